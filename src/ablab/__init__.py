@@ -1,0 +1,1 @@
+"""ablab: measured deep-learning ablations."""

@@ -1,0 +1,160 @@
+"""Where the Hydra configs live, ablab's OmegaConf resolvers, and composition with one-line errors.
+
+Everything here imports only Hydra and OmegaConf, so a bad command line fails in about a second,
+before torch is imported and before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ablab.errors import ConfigError, unknown_choice
+
+#: ``conf/`` at the top of the checkout (src layout: src/ablab/config.py -> ../../conf);
+#: ``ABLAB_CONFIG_DIR`` points elsewhere, e.g. in a non-editable install.
+CONFIG_DIR = Path(
+    os.environ.get("ABLAB_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf")
+).resolve()
+CONFIG_NAME = "train"
+
+
+def _local_artifact_root(tracking_uri: str, path: str) -> str | None:
+    """``path`` for a local store (sqlite/file); ``None`` lets a tracking server choose."""
+    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    return path if local else None
+
+
+def register_resolvers() -> None:
+    """Register ablab's resolvers once: ``${abspath:p}`` and ``${local_artifacts:uri,path}``."""
+    resolvers = {
+        "abspath": lambda p: str(Path(p).expanduser().resolve()),
+        "local_artifacts": _local_artifact_root,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
+
+
+@contextmanager
+def composed(
+    overrides: Sequence[str] = (), output_dir: str | None = None
+) -> Iterator[DictConfig]:
+    """Compose ``train.yaml`` with ``overrides`` outside ``@hydra.main`` (tests, sub-commands).
+
+    The Hydra runtime is set as in a real run, so ``${hydra:...}`` interpolations resolve;
+    ``output_dir`` stands in for the run directory Hydra would create.
+    """
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = _compose(list(overrides))
+            with _hydra_runtime(cfg, output_dir):
+                yield cfg
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@contextmanager
+def _hydra_runtime(cfg: DictConfig, output_dir: str | None) -> Iterator[None]:
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra.runtime.output_dir = output_dir or str(Path.cwd())
+    cfg.hydra.job.num = 0
+    OmegaConf.set_struct(cfg, True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        return compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as err:
+        raise _missing_option_error(err) from None
+    except HydraException as err:
+        match = re.search(r"Could not override '([^']+)'", str(err))
+        if match:
+            raise _unknown_key_error(match.group(1), overrides) from None
+        raise ConfigError(_one_line(err)) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def _missing_option_error(err: MissingConfigException) -> ConfigError:
+    missing = err.missing_cfg_file or ""
+    group, _, value = missing.rpartition("/")
+    if err.options is not None and group:
+        return unknown_choice(f"{group} option", value, err.options)
+    return ConfigError(_one_line(err))
+
+
+def _unknown_key_error(key: str, overrides: list[str]) -> ConfigError:
+    """Name the unknown key, the closest existing one and its siblings."""
+    others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
+    parent_key, _, leaf = key.rpartition(".")
+    try:
+        cfg = compose(CONFIG_NAME, overrides=others)
+        node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    except Exception:
+        node = None
+    if isinstance(node, DictConfig):
+        err = unknown_choice("key", key, [f"{parent_key}.{k}" if parent_key else k for k in node])
+        return ConfigError(f"{err}; add a new key with +{key}=...")
+    return ConfigError(f"unknown key '{key}'; add a new key with +{key}=...")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(err).__name__
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The job config (``hydra`` node left out) fully resolved; missing values are errors."""
+    body = {k: cfg[k] for k in cfg if k != "hydra"}
+    try:
+        return OmegaConf.to_container(OmegaConf.create(body), resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """The fixed overrides, then one list per value of each swept key (linear, not the product)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    variants = [fixed]
+    for o in parsed:
+        if o.is_sweep_override() and not o.is_interval_sweep():
+            key = o.get_key_element()
+            variants += [[*fixed, f"{key}={v}"] for v in o.sweep_string_iterator()]
+    return variants
+
+
+def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
+    """Compose and resolve the config for ``overrides`` (every sweep value when ``multirun``).
+
+    Raises :class:`ConfigError` with a one-line message on an unknown group option, an unknown
+    key or an unresolvable value.
+    """
+    try:
+        variants = sweep_variants(overrides) if multirun else [list(overrides)]
+    except HydraException as err:
+        raise ConfigError(_one_line(err)) from None
+    for variant in variants:
+        with composed(variant) as cfg:
+            resolved(cfg)

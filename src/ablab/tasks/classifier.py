@@ -1,0 +1,88 @@
+"""Image classification: cross-entropy-style loss, top-1 / top-5 accuracy, best val accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+class ClassifierModule(pl.LightningModule):
+    """logits = net(x); loss = loss_fn(logits, y); metrics logged as ``<stage>/<name>``.
+
+    The network is built elsewhere and injected; ``optimizer`` is a partial taking the parameters,
+    ``scheduler`` a Lightning lr-scheduler dict whose ``scheduler`` entry is a partial taking the
+    optimizer (or ``None``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: dict[str, Any] | None,
+        loss: nn.Module,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        # Modules live in the state dict and factories are code, so only plain values go into the
+        # checkpoint's hyper-parameters; ablab logs the full resolved config to MLflow.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_config = scheduler
+        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        collection = MetricCollection(metrics)
+        self.train_metrics = collection.clone(prefix="train/")
+        self.val_metrics = collection.clone(prefix="val/")
+        self.test_metrics = collection.clone(prefix="test/")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count as a "best" epoch.
+        self.val_acc_best.reset()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch[1]))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if not self.scheduler_config:
+            return optimizer
+        scheduler = dict(self.scheduler_config)
+        scheduler["scheduler"] = scheduler["scheduler"](optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,89 @@
+"""Lightning's ``MLFlowLogger`` with an explicit store, run context tags and lossless params."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+from pytorch_lightning.loggers import MLFlowLogger
+
+#: Keys that differ on every run (paths, output dirs); they go to tags, never to params.
+VOLATILE_KEYS = ("paths.", "trainer.default_root_dir", "logger.")
+
+
+def mlflow_logger(
+    *,
+    experiment_name: str,
+    tracking_uri: str,
+    run_name: str | None = None,
+    artifact_location: str | None = None,
+    log_model: bool | str = True,
+    tags: Mapping[str, Any] | None = None,
+) -> MLFlowLogger:
+    """An ``MLFlowLogger`` whose run also carries git commit, host and user tags.
+
+    ``tracking_uri`` is always explicit: Lightning's fallback ``./mlruns`` file store is refused by
+    MLflow 3. ``artifact_location`` only applies when this call creates the experiment.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    all_tags = {**run_context_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    return MLFlowLogger(
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tracking_uri=tracking_uri,
+        tags=all_tags,
+        artifact_location=artifact_location,
+        log_model=log_model,
+    )
+
+
+def run_context_tags() -> dict[str, str]:
+    """git commit (and whether the tree had uncommitted changes), host and user of this run."""
+    tags = {"host": socket.gethostname(), "user": getpass.getuser()}
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    if commit.returncode == 0:
+        tags["git_commit"] = commit.stdout.strip()
+        tags["mlflow.source.git.commit"] = tags["git_commit"]
+        tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
+    return tags
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a resolved config to ``a.b.c -> str(value)`` params, leaving out volatile keys.
+
+    MLflow caps a param value at 6000 characters; a longer value is split losslessly into
+    ``key``, ``key.part1``, ``key.part2``, … rather than cut.
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if any(name == v.rstrip(".") or name.startswith(v) for v in VOLATILE_KEYS):
+            continue
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+            continue
+        text = str(value)
+        chunks = [text[i : i + MAX_PARAM_VAL_LENGTH] for i in range(0, len(text), MAX_PARAM_VAL_LENGTH)]
+        flat[name] = chunks[0] if chunks else ""
+        for i, chunk in enumerate(chunks[1:], start=1):
+            flat[f"{name}.part{i}"] = chunk
+    return flat

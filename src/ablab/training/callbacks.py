@@ -1,0 +1,52 @@
+"""Callbacks ablab adds to Lightning's: a non-finite loss guard and a logged batch preview."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import MLFlowLogger
+
+from ablab.data.preview import batch_grid
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    failure_kind = "nonfinite_loss"
+
+
+class NonFiniteLossGuard(Callback):
+    """Stop at the first step whose loss is NaN/inf, instead of training on garbage."""
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}"
+            )
+
+
+class LogBatchPreview(Callback):
+    """Log one training batch, as the model sees it after augmentation, as a labelled PNG grid."""
+
+    def __init__(self, max_images: int = 32, artifact_file: str = "samples/train_batch.png") -> None:
+        self.max_images = max_images
+        self.artifact_file = artifact_file
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger, datamodule = trainer.logger, trainer.datamodule
+        if not (trainer.is_global_zero and isinstance(logger, MLFlowLogger) and datamodule):
+            return
+        x, y = next(iter(datamodule.train_dataloader()))
+        with torch.no_grad():
+            x = datamodule.augmentation(x[: self.max_images])
+        fig = batch_grid(x, y, datamodule.class_names, self.max_images)
+        logger.experiment.log_figure(logger.run_id, fig, self.artifact_file)
+        plt.close(fig)

@@ -1,0 +1,121 @@
+"""Build every component from the composed config, then fit, test on the best checkpoint, report.
+
+All building and validation happens before the MLflow run is created, so bad input leaves no
+half-written run behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import MLFlowLogger
+from rich.console import Console
+
+from ablab.config import resolved
+from ablab.data import ImageDataModule
+from ablab.errors import ConfigError
+from ablab.init import initialize
+from ablab.tracking import flatten_params, tracked_run
+
+
+@dataclass
+class Run:
+    """The parts of one training run."""
+
+    datamodule: ImageDataModule
+    task: pl.LightningModule
+    trainer: pl.Trainer
+    logger: MLFlowLogger
+
+
+def build(cfg: DictConfig) -> Run:
+    """Instantiate data, model, init, task, callbacks, logger and trainer; raise ConfigError."""
+    pl.seed_everything(cfg.seed, workers=True)
+    try:
+        datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+        datamodule.prepare_data()
+        net = initialize(instantiate(cfg.model), **cfg.init)
+        scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+        task = instantiate(
+            cfg.task,
+            net=net,
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=scheduler,
+            loss=instantiate(cfg.loss),
+        )
+        task.configure_optimizers()  # dry run: a bad optimizer/scheduler value fails here
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        logger = instantiate(cfg.logger)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise as_config_error(err) from err
+    return Run(datamodule, task, trainer, logger)
+
+
+def as_config_error(err: BaseException) -> ConfigError:
+    """The ConfigError in ``err``'s cause chain, else ``err`` itself on one line."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ConfigError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return ConfigError(" ".join(lines) or type(err).__name__)
+
+
+def log_run_config(run: Run, cfg: DictConfig) -> None:
+    """Params (flattened resolved config), config/override/command artifacts, size and dir tags."""
+    logger, client = run.logger, run.logger.experiment
+    config = resolved(cfg)
+    logger.log_hyperparams(flatten_params(config))
+    params = sum(p.numel() for p in run.task.net.parameters())
+    logger.log_hyperparams({"complexity.params": params})
+    client.log_text(logger.run_id, yaml.safe_dump(config, sort_keys=False), "config/config.yaml")
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    client.log_text(logger.run_id, yaml.safe_dump(overrides), "config/overrides.yaml")
+    client.log_text(logger.run_id, " ".join(sys.argv), "config/command.txt")
+    client.set_tag(logger.run_id, "hydra_output_dir", hydra_cfg.runtime.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test on the best checkpoint; return the test metrics."""
+    run = build(cfg)
+    trainer = run.trainer
+    with tracked_run(run.logger) as outcome:
+        log_run_config(run, cfg)
+        trainer.fit(run.task, datamodule=run.datamodule)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    report(metrics, run.logger, outcome.status, best)
+    return metrics
+
+
+def report(metrics: dict[str, Any], logger: MLFlowLogger, status: str, checkpoint: str) -> None:
+    """The last lines of a run: test metrics, where the run is and how to open it."""
+    console = Console(stderr=False)
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    console.print(f"[bold]test[/bold] {shown}", highlight=False)
+    if checkpoint:
+        console.print(f"best checkpoint: {checkpoint}", highlight=False)
+    uri = logger._tracking_uri
+    console.print(
+        f"MLflow run {logger.run_id} ({status}) in experiment '{logger._experiment_name}' "
+        f"[id {logger.experiment_id}] at {uri}",
+        highlight=False,
+    )
+    console.print(
+        f"open it: mlflow ui --backend-store-uri {uri}  (or: make ui), then "
+        f"http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
+        highlight=False,
+    )
