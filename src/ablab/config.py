@@ -114,7 +114,8 @@ def _unknown_key_error(key: str, overrides: list[str]) -> ConfigError:
     except Exception:
         node = None
     if isinstance(node, DictConfig):
-        err = unknown_choice("key", key, [f"{parent_key}.{k}" if parent_key else k for k in node])
+        keys = [f"{parent_key}.{k}" if parent_key else str(k) for k in node if not str(k).startswith("_")]
+        err = unknown_choice("key", key, keys)
         return ConfigError(f"{err}; add a new key with +{key}=...")
     return ConfigError(f"unknown key '{key}'; add a new key with +{key}=...")
 

@@ -41,6 +41,7 @@ def build(cfg: DictConfig) -> Run:
     try:
         datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
         datamodule.prepare_data()
+        datamodule.setup("fit")  # loads and splits once (cached): data errors surface here
         net = initialize(instantiate(cfg.model), **cfg.init)
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
         task = instantiate(
@@ -50,7 +51,10 @@ def build(cfg: DictConfig) -> Run:
             scheduler=scheduler,
             loss=instantiate(cfg.loss),
         )
-        task.configure_optimizers()  # dry run: a bad optimizer/scheduler value fails here
+        try:  # dry run: a bad optimizer or scheduler value fails here, not after the run starts
+            task.configure_optimizers()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         logger = instantiate(cfg.logger)
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -1,0 +1,69 @@
+"""Bad input: one line on stderr naming what is wrong and the valid choices; no MLflow run."""
+
+from __future__ import annotations
+
+import pytest
+
+from ablab.errors import ConfigError
+from ablab.training.run import build
+
+from conftest import run_module
+
+
+def _fails_cleanly(proc, root, *expected: str) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (root / "mlflow.db").exists(), "an MLflow store/run was created for bad input"
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model=resnt18"], ["model option 'resnt18'", "lenet5"]),
+        (["data=digitz"], ["data option 'digitz'", "did you mean 'digits'", "cifar10"]),
+        (["trainer.max_epoch=3"], ["'trainer.max_epoch'", "did you mean 'trainer.max_epochs'"]),
+        (["-m", "seed=0,1", "optimizer=adam,adamm"], ["optimizer option 'adamm'", "sgd"]),
+        (["data.image_size=${nope}"], ["nope"]),
+    ],
+    ids=["group-option", "close-match", "unknown-key", "sweep-value", "interpolation"],
+)
+def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None:
+    proc = run_module(["ablab.train", *args], root, timeout=60)
+    _fails_cleanly(proc, root, *expected)
+    assert not (root / "outputs").exists()  # rejected before Hydra creates a run directory
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["model.act=relux"], ["activation 'relux'", "did you mean 'relu'", "leaky_relu"]),
+        (["model.pool=mean"], ["pool 'mean'", "avg, max"]),
+        (["data=mnist"], ["MNIST/raw", "data.download=true"]),
+        (["data=cifar10", "data.download=true"], ["could not download cifar10", "download=false"]),
+        (["data=image_folder"], ["image_folder does not exist", "data.root"]),
+        (["optimizer.lr=-1"], ["optimizer", "Invalid learning rate"]),
+        (["data.num_classes=11"], ["num_classes=11", "digits has 10 classes"]),
+        (["data.val_fraction=1.5"], ["val_fraction must be in (0, 1)"]),
+        (["+model.depth=3"], ["unexpected keyword argument 'depth'"]),
+    ],
+    ids=["registry-name", "pool", "missing-dataset", "no-network", "missing-folder", "bad-lr",
+         "too-many-classes", "bad-fraction", "unknown-argument"],  # fmt: skip
+)
+def test_bad_values_fail_before_any_run(args, expected, compose_cfg, root) -> None:
+    with compose_cfg("trainer=smoke", *args) as cfg, pytest.raises(ConfigError) as info:
+        build(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message
+    assert not (root / "mlflow.db").exists()
+
+
+def test_bad_value_from_the_command_line(root) -> None:
+    """The whole path: Hydra job, build, one line on stderr, exit status 2, no store."""
+    proc = run_module(["ablab.train", "trainer=smoke", "model.act=relux"], root, timeout=120)
+    _fails_cleanly(proc, root, "activation 'relux'", "did you mean 'relu'")

@@ -1,0 +1,129 @@
+"""End to end: a real run on digits into a temporary MLflow store, and how runs end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from ablab.training.callbacks import NonFiniteLossError
+from ablab.training.run import train
+from conftest import tracking_uri
+
+
+def only_run(root: Path) -> Run:
+    client = MlflowClient(tracking_uri(root))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, root) -> None:
+    with compose_cfg("trainer=smoke", "trainer.max_epochs=2") as cfg:
+        metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    run = only_run(root)
+    client = MlflowClient(tracking_uri(root))
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "lenet5-digits-s0"
+    # params: the flattened resolved config, minus volatile paths
+    params = run.data.params
+    assert params["model.act"] == "sigmoid"
+    assert params["data._target_"] == "ablab.data.DigitsDataModule"
+    assert params["model.num_classes"] == "10"
+    assert params["complexity.params"] == "61706"
+    assert not any(k.startswith("paths.") for k in params)
+    # metrics, namespaced; test metric comes from the best checkpoint
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc",
+                "test/acc_top5"):  # fmt: skip
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    # tags
+    tags = run.data.tags
+    assert (tags["model"], tags["data"], tags["experiment"]) == ("lenet5", "digits", "default")
+    assert tags["host"] and len(tags["git_commit"]) == 40
+    # artifacts: resolved config, overrides, command, batch preview, best checkpoint
+    paths = artifact_paths(client, run.info.run_id)
+    for expected in ("config/config.yaml", "config/overrides.yaml", "config/command.txt",
+                     "samples/train_batch.png"):  # fmt: skip
+        assert expected in paths, paths
+    assert any(p.endswith(".ckpt") for p in paths), paths
+    local = client.download_artifacts(run.info.run_id, "config/config.yaml", str(root))
+    logged = yaml.safe_load(Path(local).read_text())
+    assert logged["model"]["act"] == "sigmoid" and logged["data"]["image_size"] == 28
+    overrides = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config/overrides.yaml", str(root)))
+        .read_text()
+    )
+    assert overrides == ["trainer=smoke", "trainer.max_epochs=2"]
+    # artifacts live under the explicit artifact root, not ./mlruns
+    assert run.info.artifact_uri.startswith(str(root / "mlartifacts"))
+    assert not (root / "mlruns").exists()
+
+
+def test_crash_ends_failed_with_reason(compose_cfg, root) -> None:
+    # 4x4 inputs shrink below LeNet's 5x5 C3 kernel: the forward pass raises inside fit.
+    with compose_cfg("trainer=smoke", "data.image_size=4") as cfg, pytest.raises(RuntimeError):
+        train(cfg)
+    run = only_run(root)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == "exception"
+    assert "Kernel size can't be greater than actual input size" in run.data.tags["error"]
+    client = MlflowClient(tracking_uri(root))
+    assert "error/traceback.txt" in artifact_paths(client, run.info.run_id)
+    assert "model.act" in run.data.params  # what was logged before the crash is kept
+
+
+def test_nonfinite_loss_stops_the_run(compose_cfg, root) -> None:
+    overrides = ["trainer=smoke", "trainer.limit_train_batches=20", "model.act=relu",
+                 "optimizer=sgd", "optimizer.lr=1e12", "scheduler=none"]  # fmt: skip
+    with compose_cfg(*overrides) as cfg, pytest.raises(NonFiniteLossError):
+        train(cfg)
+    run = only_run(root)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == "nonfinite_loss"
+    assert "non-finite training loss" in run.data.tags["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_killed_run_ends_killed_and_keeps_what_was_logged(sig, root) -> None:
+    cmd = [sys.executable, "-m", "ablab.train", "trainer.max_epochs=1000", "scheduler=none"]
+    env = {"ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = MlflowClient(tracking_uri(root))
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # wait for two finished epochs to be logged
+            time.sleep(1)
+            if (root / "mlflow.db").exists():
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                if runs and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2:
+                    break
+        else:
+            pytest.fail("training never logged two epochs")
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    run = only_run(root)
+    assert proc.returncode != 0
+    assert run.info.status == "KILLED", run.data.tags
+    assert run.data.tags["killed_by"] == sig.name
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
+    assert any(p.endswith(".ckpt") for p in artifact_paths(client, run.info.run_id))
