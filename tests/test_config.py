@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,21 @@ from ablab.config import resolved
 from ablab.init import initialize
 from conftest import CONF, run_module
 
-GROUPS = ["data", "model", "optimizer", "scheduler", "init", "augmentation", "loss", "task",
-          "trainer", "logger", "callbacks", "paths", "experiment"]  # fmt: skip
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "init",
+    "augmentation",
+    "loss",
+    "task",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from ablab.errors import ConfigError
 from ablab.training.run import build
-
 from conftest import run_module
 
 
@@ -50,8 +49,17 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         (["data.val_fraction=1.5"], ["val_fraction must be in (0, 1)"]),
         (["+model.depth=3"], ["unexpected keyword argument 'depth'"]),
     ],
-    ids=["registry-name", "pool", "missing-dataset", "no-network", "missing-folder", "bad-lr",
-         "too-many-classes", "bad-fraction", "unknown-argument"],  # fmt: skip
+    ids=[
+        "registry-name",
+        "pool",
+        "missing-dataset",
+        "no-network",
+        "missing-folder",
+        "bad-lr",
+        "too-many-classes",
+        "bad-fraction",
+        "unknown-argument",
+    ],
 )
 def test_bad_values_fail_before_any_run(args, expected, compose_cfg, root) -> None:
     with compose_cfg("trainer=smoke", *args) as cfg, pytest.raises(ConfigError) as info:

@@ -48,8 +48,15 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
     assert params["complexity.params"] == "61706"
     assert not any(k.startswith("paths.") for k in params)
     # metrics, namespaced; test metric comes from the best checkpoint
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc",
-                "test/acc_top5"):  # fmt: skip
+    for key in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+        "test/acc_top5",
+    ):
         assert key in run.data.metrics, key
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
@@ -59,16 +66,21 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
     assert tags["host"] and len(tags["git_commit"]) == 40
     # artifacts: resolved config, overrides, command, batch preview, best checkpoint
     paths = artifact_paths(client, run.info.run_id)
-    for expected in ("config/config.yaml", "config/overrides.yaml", "config/command.txt",
-                     "samples/train_batch.png"):  # fmt: skip
+    for expected in (
+        "config/config.yaml",
+        "config/overrides.yaml",
+        "config/command.txt",
+        "samples/train_batch.png",
+    ):
         assert expected in paths, paths
     assert any(p.endswith(".ckpt") for p in paths), paths
     local = client.download_artifacts(run.info.run_id, "config/config.yaml", str(root))
     logged = yaml.safe_load(Path(local).read_text())
     assert logged["model"]["act"] == "sigmoid" and logged["data"]["image_size"] == 28
     overrides = yaml.safe_load(
-        Path(client.download_artifacts(run.info.run_id, "config/overrides.yaml", str(root)))
-        .read_text()
+        Path(
+            client.download_artifacts(run.info.run_id, "config/overrides.yaml", str(root))
+        ).read_text()
     )
     assert overrides == ["trainer=smoke", "trainer.max_epochs=2"]
     # artifacts live under the explicit artifact root, not ./mlruns
@@ -90,8 +102,14 @@ def test_crash_ends_failed_with_reason(compose_cfg, root) -> None:
 
 
 def test_nonfinite_loss_stops_the_run(compose_cfg, root) -> None:
-    overrides = ["trainer=smoke", "trainer.limit_train_batches=20", "model.act=relu",
-                 "optimizer=sgd", "optimizer.lr=1e12", "scheduler=none"]  # fmt: skip
+    overrides = [
+        "trainer=smoke",
+        "trainer.limit_train_batches=20",
+        "model.act=relu",
+        "optimizer=sgd",
+        "optimizer.lr=1e12",
+        "scheduler=none",
+    ]
     with compose_cfg(*overrides) as cfg, pytest.raises(NonFiniteLossError):
         train(cfg)
     run = only_run(root)
@@ -105,7 +123,9 @@ def test_nonfinite_loss_stops_the_run(compose_cfg, root) -> None:
 def test_killed_run_ends_killed_and_keeps_what_was_logged(sig, root) -> None:
     cmd = [sys.executable, "-m", "ablab.train", "trainer.max_epochs=1000", "scheduler=none"]
     env = {"ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     client = MlflowClient(tracking_uri(root))
     deadline = time.monotonic() + 120
     try:

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         lines = [f"  {name:<11} {fn.__doc__.splitlines()[0]}" for name, fn in COMMANDS.items()]
-        print("usage: ablab {%s} [options] [hydra overrides]" % ",".join(COMMANDS), file=sys.stderr)
+        names = ",".join(COMMANDS)
+        print(f"usage: ablab {{{names}}} [options] [hydra overrides]", file=sys.stderr)
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     try:

@@ -51,9 +51,7 @@ register_resolvers()
 
 
 @contextmanager
-def composed(
-    overrides: Sequence[str] = (), output_dir: str | None = None
-) -> Iterator[DictConfig]:
+def composed(overrides: Sequence[str] = (), output_dir: str | None = None) -> Iterator[DictConfig]:
     """Compose ``train.yaml`` with ``overrides`` outside ``@hydra.main`` (tests, sub-commands).
 
     The Hydra runtime is set as in a real run, so ``${hydra:...}`` interpolations resolve;
@@ -107,14 +105,18 @@ def _missing_option_error(err: MissingConfigException) -> ConfigError:
 def _unknown_key_error(key: str, overrides: list[str]) -> ConfigError:
     """Name the unknown key, the closest existing one and its siblings."""
     others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
-    parent_key, _, leaf = key.rpartition(".")
+    parent_key = key.rpartition(".")[0]
     try:
         cfg = compose(CONFIG_NAME, overrides=others)
         node = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     except Exception:
         node = None
     if isinstance(node, DictConfig):
-        keys = [f"{parent_key}.{k}" if parent_key else str(k) for k in node if not str(k).startswith("_")]
+        keys = [
+            f"{parent_key}.{k}" if parent_key else str(k)
+            for k in node
+            if not str(k).startswith("_")
+        ]
         err = unknown_choice("key", key, keys)
         return ConfigError(f"{err}; add a new key with +{key}=...")
     return ConfigError(f"unknown key '{key}'; add a new key with +{key}=...")

@@ -25,8 +25,6 @@ class ConvNormAct(nn.Sequential):
         if padding is None:
             padding = kernel_size // 2  # "same" size for odd kernels at stride 1
         super().__init__()
-        self.conv = nn.Conv2d(
-            c_in, c_out, kernel_size, stride, padding, bias=not uses_norm(norm)
-        )
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride, padding, bias=not uses_norm(norm))
         self.norm = make_norm(norm, c_out)
         self.act = make_act(act)

@@ -82,7 +82,9 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
             flat.update(flatten_params(value, f"{name}."))
             continue
         text = str(value)
-        chunks = [text[i : i + MAX_PARAM_VAL_LENGTH] for i in range(0, len(text), MAX_PARAM_VAL_LENGTH)]
+        chunks = [
+            text[i : i + MAX_PARAM_VAL_LENGTH] for i in range(0, len(text), MAX_PARAM_VAL_LENGTH)
+        ]
         flat[name] = chunks[0] if chunks else ""
         for i, chunk in enumerate(chunks[1:], start=1):
             flat[f"{name}.part{i}"] = chunk

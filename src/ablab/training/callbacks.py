@@ -23,7 +23,12 @@ class NonFiniteLossGuard(Callback):
     """Stop at the first step whose loss is NaN/inf, instead of training on garbage."""
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss).all():
@@ -36,7 +41,9 @@ class NonFiniteLossGuard(Callback):
 class LogBatchPreview(Callback):
     """Log one training batch, as the model sees it after augmentation, as a labelled PNG grid."""
 
-    def __init__(self, max_images: int = 32, artifact_file: str = "samples/train_batch.png") -> None:
+    def __init__(
+        self, max_images: int = 32, artifact_file: str = "samples/train_batch.png"
+    ) -> None:
         self.max_images = max_images
         self.artifact_file = artifact_file
 
