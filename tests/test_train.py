@@ -15,7 +15,7 @@ from mlflow.entities import Run
 
 from ablab.training.callbacks import NonFiniteLossError
 from ablab.training.run import train
-from conftest import tracking_uri
+from conftest import run_module, tracking_uri
 
 
 def only_run(root: Path) -> Run:
@@ -147,3 +147,14 @@ def test_killed_run_ends_killed_and_keeps_what_was_logged(sig, root) -> None:
     assert run.data.tags["killed_by"] == sig.name
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
     assert any(p.endswith(".ckpt") for p in artifact_paths(client, run.info.run_id))
+
+
+@pytest.mark.slow
+def test_multirun_sweep_tracks_one_run_per_job(root) -> None:
+    proc = run_module(["ablab.train", "-m", "trainer=smoke", "seed=0,1"], root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri(root))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_name for r in runs} == {"lenet5-digits-s0", "lenet5-digits-s1"}

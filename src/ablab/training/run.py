@@ -7,6 +7,7 @@ half-written run behind.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from ablab.data import ImageDataModule
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params, tracked_run
+
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass
@@ -107,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def report(metrics: dict[str, Any], logger: MLFlowLogger, status: str, checkpoint: str) -> None:
     """The last lines of a run: test metrics, where the run is and how to open it."""
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)  # long paths and URLs stay on one line
     shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
     console.print(f"[bold]test[/bold] {shown}", highlight=False)
     if checkpoint:
