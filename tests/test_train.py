@@ -64,6 +64,8 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
     tags = run.data.tags
     assert (tags["model"], tags["data"], tags["experiment"]) == ("lenet5", "digits", "default")
     assert tags["host"] and len(tags["git_commit"]) == 40
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI view
     # artifacts: resolved config, overrides, command, batch preview, best checkpoint
     paths = artifact_paths(client, run.info.run_id)
     for expected in (

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
 
 @dataclass
 class RunOutcome:
@@ -43,6 +45,12 @@ def tracked_run(logger: MLFlowLogger) -> Iterator[RunOutcome]:
     cleanly, saving what it had) and end the run KILLED with a ``killed_by`` tag.
     """
     client, outcome = logger.experiment, RunOutcome(run_id=logger.run_id)
+    experiment = client.get_experiment(logger.experiment_id)
+    if EXPERIMENT_KIND not in experiment.tags:
+        # MLflow 3's UI opens untagged experiments in its GenAI view; these are training runs.
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development"
+        )
     received: list[str] = []
 
     def on_signal(signum: int, frame: object) -> None:
