@@ -78,8 +78,9 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             if cfg.scheduler is not None:
                 sched = instantiate(cfg.scheduler, _convert_="all")
                 assert sched["interval"] in ("epoch", "step")
+                scheduler = sched["scheduler"](optimizer)
                 optimizer.step()
-                sched["scheduler"](optimizer).step()
+                scheduler.step()
         elif group in ("augmentation", "loss"):
             module = instantiate(cfg[group])
             assert isinstance(module, torch.nn.Module)
