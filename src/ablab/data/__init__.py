@@ -1,0 +1,15 @@
+"""DataModules behind one interface (see ``base``), and a batch preview."""
+
+from ablab.data.base import ImageDataModule
+from ablab.data.digits import DigitsDataModule
+from ablab.data.folder import ImageFolderDataModule
+from ablab.data.synthetic import SyntheticDataModule
+from ablab.data.vision import VisionDataModule
+
+__all__ = [
+    "DigitsDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "SyntheticDataModule",
+    "VisionDataModule",
+]

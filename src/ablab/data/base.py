@@ -1,0 +1,199 @@
+"""The one interface every dataset shares.
+
+A DataModule yields ``(x, y)`` with ``x`` float in [0, 1], shape (N, C, H, W) at the configured
+``image_size`` and ``in_channels``, and ``y`` class indices in ``[0, num_classes)``. Augmentation and
+standardisation run on the training device after the batch is transferred (Lightning's
+``on_after_batch_transfer``), so in-memory datasets never pay per-sample Python for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ablab.errors import ConfigError
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Splits, loaders, device-side augmentation and standardisation common to all image data.
+
+    In-memory subclasses implement :meth:`load`; file-backed ones override :meth:`build_splits`.
+    """
+
+    #: Human-readable dataset name for error messages.
+    name: str = "dataset"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        num_workers: int = 0,
+        normalize: bool = True,
+        augmentation: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
+        if in_channels not in (1, 3):
+            raise ConfigError(f"data.in_channels must be 1 or 3, got {in_channels}")
+        if image_size < 1:
+            raise ConfigError(f"data.image_size must be positive, got {image_size}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
+        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 < frac < 1.0:
+                raise ConfigError(f"data.{key} must be in (0, 1), got {frac}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.normalize = normalize
+        self.augmentation = augmentation if augmentation is not None else nn.Identity()
+        self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self.mean = torch.zeros(in_channels)
+        self.std = torch.ones(in_channels)
+        self.splits: dict[str, Dataset] | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Return raw splits: ``{"train": (x, y), "test": (x, y)}`` or ``{"all": (x, y)}``.
+
+        ``x`` is (N, C, H, W), uint8 in [0, 255] or float in [0, 1]; ``y`` integer labels.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement load() or build_splits()")
+
+    def source_classes(self) -> Sequence[str]:
+        """All class names the source provides (``num_classes`` selects the first ones)."""
+        return [str(i) for i in range(self.num_classes)]
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self.build_splits()
+            if self.normalize:
+                self.mean, self.std = self.channel_stats(self.splits["train"])
+
+    def build_splits(self) -> dict[str, Dataset]:
+        """Held-in-memory splits: classes selected, images converted, train/val/test split."""
+        classes = list(self.source_classes())
+        self.check_num_classes(len(classes))
+        self.class_names = classes[: self.num_classes]
+        raw = {split: self.prepare_images(x, y) for split, (x, y) in self.load().items()}
+        if "all" in raw:
+            x, y = raw.pop("all")
+            raw["train"], raw["test"] = self.stratified_split(x, y, self.test_fraction)
+        if "val" not in raw:
+            raw["train"], raw["val"] = self.stratified_split(*raw["train"], self.val_fraction)
+        return {split: TensorDataset(x, y) for split, (x, y) in raw.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader("train", shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
+        x, y = batch
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            x = self.augmentation(x)
+        return self.standardize(x), y
+
+    # -- helpers ------------------------------------------------------------------------------
+    def standardize(self, x: Tensor) -> Tensor:
+        """(x − mean) / std per channel, with train-split statistics."""
+        if not self.normalize:
+            return x
+        mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
+        std = self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def check_num_classes(self, available: int) -> None:
+        if self.num_classes > available:
+            raise ConfigError(
+                f"data.num_classes={self.num_classes} but {self.name} has {available} classes; "
+                f"use at most {available}"
+            )
+
+    def prepare_images(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the first ``num_classes`` classes; float [0, 1]; match channels and size."""
+        y = torch.as_tensor(y, dtype=torch.long)
+        keep = y < self.num_classes
+        x, y = torch.as_tensor(x)[keep], y[keep]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = match_channels(x, self.in_channels)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            ).clamp_(0.0, 1.0)
+        return x.contiguous(), y
+
+    def stratified_split(
+        self, x: Tensor, y: Tensor, fraction: float
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Split off ``fraction`` of the samples with class proportions kept, seeded."""
+        index = torch.arange(len(y)).numpy()
+        try:
+            keep, held = train_test_split(
+                index, test_size=fraction, stratify=y.numpy(), random_state=self.seed
+            )
+        except ValueError as err:  # too few samples of some class for a stratified split
+            raise ConfigError(f"cannot split {self.name} with fraction {fraction}: {err}") from None
+        keep, held = torch.as_tensor(keep), torch.as_tensor(held)
+        return (x[keep], y[keep]), (x[held], y[held])
+
+    @staticmethod
+    def channel_stats(dataset: Dataset, max_decoded: int = 1000) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std of a split (of ``max_decoded`` evenly spaced file images)."""
+        if isinstance(dataset, TensorDataset):
+            x = dataset.tensors[0]
+        else:  # file-backed: decoding every image just for statistics would dominate start-up
+            step = max(1, len(dataset) // max_decoded)
+            x = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)])
+        return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+    def _loader(self, split: str, shuffle: bool, generator: torch.Generator | None = None):
+        if self.splits is None:
+            self.setup()
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def match_channels(x: Tensor, channels: int) -> Tensor:
+    """Convert (N, C, H, W) images between grayscale and RGB (ITU-R 601 luma for RGB -> gray)."""
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if have == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise ConfigError(f"cannot convert {have}-channel images to {channels} channels")
+
