@@ -1,7 +1,8 @@
 """Name -> constructor tables, so an ablation switch is a string in a config file.
 
-One small ``Registry`` class and the tables the rest of the package fills in:
-``NORM`` (normalisation layers), ``ACT`` (activations) and ``INIT`` (weight-init schemes).
+One small ``Registry`` class and the tables the rest of the package fills in: ``NORM``
+(normalisation layers), ``ACT`` (activations), ``SHORTCUT`` (residual shortcuts), ``BLOCK``
+(network blocks sharing one signature) and ``INIT`` (weight-init schemes).
 """
 
 from __future__ import annotations
@@ -51,4 +52,6 @@ class Registry(Generic[T]):
 
 NORM: Registry[Callable[..., object]] = Registry("norm")
 ACT: Registry[Callable[..., object]] = Registry("activation")
+SHORTCUT: Registry[Callable[..., object]] = Registry("shortcut")
+BLOCK: Registry[Callable[..., object]] = Registry("block")
 INIT: Registry[Callable[..., None]] = Registry("init scheme")

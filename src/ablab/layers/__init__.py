@@ -1,7 +1,8 @@
-"""Layers resolved by name: normalisation, activation, conv-norm-act."""
+"""Layers resolved by name: normalisation, activation, conv-norm-act, shortcuts."""
 
 from ablab.layers.act import make_act
 from ablab.layers.conv import ConvNormAct
 from ablab.layers.norm import make_norm
+from ablab.layers.shortcut import make_shortcut
 
-__all__ = ["ConvNormAct", "make_act", "make_norm"]
+__all__ = ["ConvNormAct", "make_act", "make_norm", "make_shortcut"]

@@ -1,30 +1,75 @@
-"""Activation functions by name.
+"""Activation functions by name; each entry builds a module for a given channel count.
 
-ReLU: Nair & Hinton 2010; Leaky ReLU: Maas et al. 2013; PReLU: He et al. 2015;
-SiLU/swish: Ramachandran et al. 2017; h-swish: Howard et al. 2019 (MobileNetV3); GELU: Hendrycks &
-Gimpel 2016.
+ReLU: Nair & Hinton 2010; Leaky ReLU: Maas et al. 2013; PReLU: He et al. 2015; maxout:
+Goodfellow et al. 2013; ReLU6 and h-swish: Howard et al. 2017/2019 (MobileNets); SiLU/swish:
+Ramachandran et al. 2017; GELU: Hendrycks & Gimpel 2016.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ablab.registry import ACT
 
-ACT.register("sigmoid")(nn.Sigmoid)
-ACT.register("tanh")(nn.Tanh)
-ACT.register("relu")(nn.ReLU)
-ACT.register("leaky_relu")(partial(nn.LeakyReLU, negative_slope=0.01))
-ACT.register("prelu")(nn.PReLU)
-ACT.register("relu6")(nn.ReLU6)
-ACT.register("silu", "swish")(nn.SiLU)
-ACT.register("hswish")(nn.Hardswish)
-ACT.register("gelu")(nn.GELU)
-ACT.register("identity")(nn.Identity)
+
+def _fixed(make: Callable[[], nn.Module]) -> Callable[[int], nn.Module]:
+    """An activation with no per-channel parameters: the channel count is not needed."""
+
+    def build(channels: int) -> nn.Module:
+        return make()
+
+    build.__doc__ = f"{make!r} (channel-independent)"
+    return build
 
 
-def make_act(act: str) -> nn.Module:
-    """Build the activation module named ``act``."""
-    return ACT[act]()
+ACT.register("sigmoid")(_fixed(nn.Sigmoid))
+ACT.register("tanh")(_fixed(nn.Tanh))
+ACT.register("relu")(_fixed(nn.ReLU))
+ACT.register("leaky_relu")(_fixed(lambda: nn.LeakyReLU(0.01)))
+ACT.register("relu6")(_fixed(nn.ReLU6))
+ACT.register("silu", "swish")(_fixed(nn.SiLU))
+ACT.register("hswish")(_fixed(nn.Hardswish))
+ACT.register("gelu")(_fixed(nn.GELU))
+ACT.register("identity")(_fixed(nn.Identity))
+
+
+@ACT.register("prelu")
+def prelu(channels: int) -> nn.Module:
+    """max(0, x) + a_c min(0, x) with one learned slope a_c per channel (init 0.25)."""
+    return nn.PReLU(channels)
+
+
+class Maxout(nn.Module):
+    """y_c = max_i (w_{c,i} x_c + b_{c,i}), i < k: the max of k learned affine pieces per channel.
+
+    Goodfellow et al. 2013 apply the max over k linear feature maps; applied after a layer's own
+    linear map this is the same family with the pieces' shared part folded into that layer, so it
+    keeps the channel count and drops in wherever an activation goes. Pieces start as
+    slopes 0, 1/(k−1), …, 1 with zero bias, i.e. exactly ReLU for k = 2.
+    """
+
+    def __init__(self, channels: int, pieces: int = 2) -> None:
+        super().__init__()
+        if pieces < 2:
+            raise ValueError(f"maxout needs at least 2 pieces, got {pieces}")
+        self.weight = nn.Parameter(torch.linspace(0.0, 1.0, pieces).repeat(channels, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, pieces))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, *self.weight.shape) + (1,) * (x.dim() - 2)  # (1, C, k, 1, 1) for images
+        pieces = x.unsqueeze(2) * self.weight.view(shape) + self.bias.view(shape)
+        return pieces.amax(dim=2)
+
+
+@ACT.register("maxout")
+def maxout(channels: int, pieces: int = 2) -> nn.Module:
+    """Maxout with ``pieces`` affine pieces per channel."""
+    return Maxout(channels, pieces)
+
+
+def make_act(act: str, channels: int) -> nn.Module:
+    """Build the activation named ``act`` for ``channels`` features."""
+    return ACT[act](channels)

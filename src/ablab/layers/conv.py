@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from torch import nn
 
+from ablab.errors import ConfigError
 from ablab.layers.act import make_act
 from ablab.layers.norm import make_norm, uses_norm
 
 
+def num_groups(channels: int, group_width: int | None) -> int:
+    """Groups of ``group_width`` channels each; ``None`` is one group (a dense conv)."""
+    if group_width is None:
+        return 1
+    if group_width < 1 or channels % group_width:
+        raise ConfigError(f"group_width={group_width} does not divide {channels} channels")
+    return channels // group_width
+
+
 class ConvNormAct(nn.Sequential):
-    """y = act(norm(conv(x))); the conv has a bias exactly when ``norm`` is ``none``."""
+    """y = act(norm(conv(x))); the conv has a bias exactly when ``norm`` has no shift of its own.
+
+    ``group_width`` sets channels per group: ``None`` dense, 1 depthwise, else grouped (ResNeXt).
+    """
 
     def __init__(
         self,
@@ -21,10 +34,16 @@ class ConvNormAct(nn.Sequential):
         *,
         norm: str = "bn",
         act: str = "relu",
+        group_width: int | None = None,
     ) -> None:
         if padding is None:
             padding = kernel_size // 2  # "same" size for odd kernels at stride 1
+        groups = num_groups(c_in, group_width)
+        if c_out % groups:
+            raise ConfigError(f"{groups} groups do not divide {c_out} output channels")
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride, padding, bias=not uses_norm(norm))
+        self.conv = nn.Conv2d(
+            c_in, c_out, kernel_size, stride, padding, groups=groups, bias=not uses_norm(norm)
+        )
         self.norm = make_norm(norm, c_out)
-        self.act = make_act(act)
+        self.act = make_act(act, c_out)

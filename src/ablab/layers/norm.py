@@ -1,7 +1,8 @@
-"""Normalisation layers by name (``bn``, ``gn``, ``ln``, ``none``) for (N, C, H, W) feature maps.
+"""Normalisation layers by name (``bn``, ``gn``, ``ln``, ``lrn``, ``none``) for (N, C, H, W) maps.
 
 BatchNorm: Ioffe & Szegedy 2015; GroupNorm: Wu & He 2018; LayerNorm: Ba et al. 2016 (here over
-(C, H, W) per sample, i.e. GroupNorm with one group, the form used for conv nets).
+(C, H, W) per sample, i.e. GroupNorm with one group, the form used for conv nets); local response
+normalisation: Krizhevsky et al. 2012 (AlexNet).
 """
 
 from __future__ import annotations
@@ -29,10 +30,20 @@ def layer_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
+@NORM.register("lrn")
+def local_response_norm(channels: int) -> nn.Module:
+    """b = a / (k + α/n Σ_{n neighbouring channels} a²)^β with n=5, α=1e-4, β=0.75, k=2 (AlexNet)."""
+    return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+
+
 @NORM.register("none")
 def no_norm(channels: int) -> nn.Module:
     """No normalisation (the preceding conv then carries a bias)."""
     return nn.Identity()
+
+
+#: Norms with a learnable shift β, which makes a preceding conv bias redundant.
+SHIFTING_NORMS = frozenset({"bn", "gn", "ln"})
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -41,6 +52,6 @@ def make_norm(norm: str, channels: int) -> nn.Module:
 
 
 def uses_norm(norm: str) -> bool:
-    """Whether ``norm`` adds a learnable shift, which makes a conv bias redundant."""
+    """Whether ``norm`` has a learnable shift, so the conv before it needs no bias."""
     NORM[norm]  # validate the name
-    return norm != "none"
+    return norm in SHIFTING_NORMS

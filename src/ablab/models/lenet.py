@@ -58,7 +58,7 @@ class LeNet5(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(c5, f6),
-            make_act(act),
+            make_act(act, f6),
             nn.Linear(f6, num_classes),
         )
 

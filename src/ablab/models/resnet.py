@@ -1,0 +1,122 @@
+"""ResNet family: ImageNet ResNets, CIFAR ResNets and their plain twins, pre-activation, ResNeXt, SE.
+
+He et al. 2016, "Deep Residual Learning for Image Recognition" (ImageNet layout §3.4, CIFAR layout
+6n+2 with 16/32/64 channels §4.2); He et al. 2016b, "Identity Mappings in Deep Residual Networks"
+(pre-activation); Xie et al. 2017 (ResNeXt); Hu et al. 2018 (SE).
+
+One class: the stem, the block (by name), depths, widths and the three switches — ``norm``,
+``act``, ``shortcut`` — are arguments, and every named variant is a YAML file in ``conf/model``.
+Notes' slips recorded here: the first stage does not halve the size (the stem's max pool does);
+there is one FC layer after global pooling; 64-128-256-512 are the widths of ResNet-18/34 only
+(ResNet-50+ end their stages with 256-512-1024-2048 channels).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import ablab.blocks  # noqa: F401  (registers the blocks in BLOCK)
+from ablab.blocks.residual import inner_width
+from ablab.errors import ConfigError, unknown_choice
+from ablab.layers import ConvNormAct, make_act, make_norm
+from ablab.registry import BLOCK
+
+
+def imagenet_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
+    """7x7/2 conv + norm + act, then 3x3/2 max pool: 224 → 56."""
+    return nn.Sequential(
+        ConvNormAct(c_in, width, 7, 2, 3, norm=norm, act=act), nn.MaxPool2d(3, 2, 1)
+    )
+
+
+def cifar_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
+    """One 3x3/1 conv + norm + act: 32 → 32."""
+    return nn.Sequential(ConvNormAct(c_in, width, 3, 1, norm=norm, act=act))
+
+
+STEMS = {"imagenet": imagenet_stem, "cifar": cifar_stem}
+
+
+class ResNet(nn.Module):
+    """logits = head(stages(stem(x))); stage i has ``depths[i]`` blocks of ``widths[i]`` channels,
+    the first of each stage after the first one strided by 2."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        *,
+        block: str = "basic",
+        depths: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        stem_width: int = 64,
+        norm: str = "bn",
+        act: str = "relu",
+        shortcut: str = "projection",
+        bottleneck_ratio: float | None = None,
+        group_width: int | None = None,
+        cardinality: int | None = None,
+        se_ratio: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        final_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        depths, widths = tuple(depths), tuple(widths)
+        if stem not in STEMS:
+            raise unknown_choice("stem", stem, STEMS)
+        make_block = BLOCK[block]
+        if bottleneck_ratio is None:
+            bottleneck_ratio = inspect.signature(make_block).parameters["bottleneck_ratio"].default
+        if cardinality and group_width:
+            raise ConfigError("set either model.cardinality or model.group_width, not both")
+        self.stem = STEMS[stem](in_channels, stem_width, norm, act)
+        total, index = sum(depths), 0
+        stages, c_in = [], stem_width
+        for i, (depth, width) in enumerate(zip(depths, widths, strict=True)):
+            blocks = []
+            if cardinality:  # ResNeXt: a fixed number of groups, so group width grows per stage
+                group_width = inner_width(width, bottleneck_ratio, None) // cardinality
+            for j in range(depth):
+                blocks.append(
+                    make_block(
+                        c_in,
+                        width,
+                        2 if (j == 0 and i > 0) else 1,
+                        norm=norm,
+                        act=act,
+                        shortcut=shortcut,
+                        bottleneck_ratio=bottleneck_ratio,
+                        group_width=group_width,
+                        se_ratio=se_ratio,
+                        # Stochastic depth: the drop rate grows linearly with block index.
+                        drop_path=drop_path_rate * index / max(1, total - 1),
+                    )
+                )
+                c_in, index = width, index + 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        final = [make_norm(norm, c_in), make_act(act, c_in)] if final_norm else []
+        self.head = nn.Sequential(
+            *final,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c_in, num_classes),
+        )
+        if zero_init_last:
+            for module in self.modules():
+                if hasattr(module, "zero_init_last"):
+                    module.zero_init_last()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))

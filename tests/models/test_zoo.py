@@ -1,0 +1,166 @@
+"""Every conf/model/*.yaml builds, runs forward and backward, and matches its references."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torchvision
+from hydra.utils import instantiate
+from torch import nn
+
+from ablab.layers.act import Maxout
+from conftest import CONF
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def build(compose_cfg, name: str, *overrides: str) -> nn.Module:
+    with compose_cfg(f"model={name}", *overrides) as cfg:
+        torch.manual_seed(0)
+        return instantiate(cfg.model)
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def check_forward_backward(net: nn.Module, x: torch.Tensor, classes: int) -> None:
+    out = net(x)
+    assert out.shape == (len(x), classes)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_trains_on_digits_sized_batches(name, compose_cfg) -> None:
+    net = build(compose_cfg, name)  # data=digits: 1 channel, 28x28, 10 classes
+    check_forward_backward(net, torch.rand(2, 1, 28, 28), 10)
+
+
+def is_imagenet_form(name: str) -> bool:
+    """A config that sets, or inherits, the ImageNet stem."""
+    text = (CONF / "model" / f"{name}.yaml").read_text()
+    parent = re.search(r"^  - (\w+)$", text, re.MULTILINE)
+    return "stem: imagenet" in text or bool(parent and is_imagenet_form(parent.group(1)))
+
+
+IMAGENET_FORMS = [m for m in MODELS if is_imagenet_form(m)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", IMAGENET_FORMS)
+def test_imagenet_forms_run_at_224(name, compose_cfg) -> None:
+    net = build(compose_cfg, name, "model.in_channels=3", "model.num_classes=1000")
+    check_forward_backward(net, torch.rand(2, 3, 224, 224), 1000)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("resnet18", torchvision.models.resnet18),
+        ("resnet34", torchvision.models.resnet34),
+        ("resnet50", torchvision.models.resnet50),
+        ("resnet101", torchvision.models.resnet101),
+        ("resnet152", torchvision.models.resnet152),
+        ("resnext50_32x4d", torchvision.models.resnext50_32x4d),
+    ],
+)
+def test_parameter_count_equals_torchvision(name, reference, compose_cfg) -> None:
+    ours = build(compose_cfg, name, "model.in_channels=3", "model.num_classes=1000")
+    assert n_params(ours) == n_params(reference(weights=None))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    # He et al. 2016 Table 6 lists 0.27M / 0.46M / 0.66M / 0.85M / 1.7M; exact option-A counts.
+    [
+        ("resnet20", 269_722),
+        ("resnet32", 464_154),
+        ("resnet44", 658_586),
+        ("resnet56", 853_018),
+        ("resnet110", 1_727_962),
+    ],
+)
+def test_cifar_resnet_parameter_counts(name, expected, compose_cfg) -> None:
+    net = build(compose_cfg, name, "model.in_channels=3")
+    assert n_params(net) == expected
+    plain = build(compose_cfg, name.replace("resnet", "plain"), "model.in_channels=3")
+    assert n_params(plain) == expected  # option A shortcuts have no parameters
+
+
+def test_cifar_resnet_shapes(compose_cfg) -> None:
+    net = build(compose_cfg, "resnet20", "model.in_channels=3")
+    x = torch.rand(2, 3, 32, 32)
+    sizes = []
+    out = net.stem(x)
+    for stage in net.stages:
+        out = stage(out)
+        sizes.append(tuple(out.shape[1:]))
+    assert sizes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_imagenet_resnet_shapes(compose_cfg) -> None:
+    """224 → 112 (stem conv) → 56 (max pool) → 56 → 28 → 14 → 7 → 1 (global pool)."""
+    net = build(compose_cfg, "resnet18", "model.in_channels=3", "model.num_classes=1000")
+    x = torch.rand(1, 3, 224, 224)
+    assert net.stem[0](x).shape[-1] == 112
+    out = net.stem(x)
+    assert out.shape[-1] == 56
+    sizes = []
+    for stage in net.stages:
+        out = stage(out)
+        sizes.append(out.shape[-1])
+    assert sizes == [56, 28, 14, 7]
+
+
+def test_shortcut_none_removes_exactly_the_projections(compose_cfg) -> None:
+    residual = build(compose_cfg, "resnet18")
+    plain = build(compose_cfg, "resnet18", "model.shortcut=none")
+    projections = sum(p.numel() for n, p in residual.named_parameters() if ".shortcut." in n)
+    assert projections > 0
+    assert n_params(residual) - n_params(plain) == projections
+    assert all(
+        getattr(b, "shortcut", None) is None
+        for b in plain.stages.modules()
+        if hasattr(b, "shortcut")
+    )
+
+
+NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "preact_resnet20", "resnext29_8x16d"])
+def test_norm_none_leaves_no_norm_and_biased_convs(name, compose_cfg) -> None:
+    net = build(compose_cfg, name, "model.norm=none")
+    assert not any(isinstance(m, NORM_TYPES) for m in net.modules())
+    assert all(m.bias is not None for m in net.modules() if isinstance(m, nn.Conv2d))
+    with_bn = build(compose_cfg, name)
+    assert all(m.bias is None for m in with_bn.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_zero_init_last(compose_cfg) -> None:
+    plain = build(compose_cfg, "plain20", "model.zero_init_last=true")
+    reference = build(compose_cfg, "plain20")
+    for a, b in zip(plain.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # nothing changes without a shortcut
+    residual = build(compose_cfg, "resnet20", "model.zero_init_last=true")
+    for block in residual.stages.modules():
+        if hasattr(block, "zero_init_last"):
+            assert torch.count_nonzero(block.residual[-1].norm.weight) == 0
+
+
+def test_switches_compose_as_one_override(compose_cfg) -> None:
+    net = build(compose_cfg, "resnet20", "model.act=maxout", "model.norm=gn", "model.se_ratio=0.25")
+    assert any(isinstance(m, Maxout) for m in net.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in net.modules())
+    check_forward_backward(net, torch.rand(2, 1, 28, 28), 10)
+
+
+def test_maxout_with_two_pieces_starts_as_relu() -> None:
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.equal(Maxout(3, 2)(x), torch.relu(x))
