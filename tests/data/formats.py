@@ -43,7 +43,18 @@ def make_cifar10(root: Path, per_batch: int, seed: int = 0) -> dict:
         with open(base / name, "wb") as f:
             pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
         out[name] = (data, labels)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names, "num_cases_per_batch": per_batch}, f)
     return out
@@ -59,7 +70,9 @@ def make_cifar100(root: Path, n_train: int, n_test: int, seed: int = 0) -> dict:
         data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
         fine = [i % 100 for i in range(n)]
         with open(base / name, "wb") as f:
-            pickle.dump({"data": data, "fine_labels": fine, "coarse_labels": [i % 20 for i in fine]}, f)
+            pickle.dump(
+                {"data": data, "fine_labels": fine, "coarse_labels": [i % 20 for i in fine]}, f
+            )
         out[name] = (data, fine)
     with open(base / "meta", "wb") as f:
         pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.data.formats import make_cifar10, make_cifar100, make_image_folder, make_mnist
 
 from ablab.cli import main as ablab
 from ablab.data import (
@@ -15,7 +16,6 @@ from ablab.data import (
     VisionDataModule,
 )
 from ablab.errors import ConfigError
-from tests.data.formats import make_cifar10, make_cifar100, make_image_folder, make_mnist
 
 
 def sizes(dm) -> dict[str, int]:
@@ -30,9 +30,9 @@ def test_digits_stratified_seeded_splits() -> None:
     dm = DigitsDataModule(seed=0)
     dm.setup()
     assert sizes(dm) == {"train": 1293, "val": 144, "test": 360}
-    x, y = dm.splits["train"].tensors
+    x = dm.splits["train"].tensors[0]
     assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     for split in ("val", "test"):  # every class in every split, in proportion
         counts = torch.bincount(labels(dm.splits[split]), minlength=10)
         assert counts.min() >= 0.8 * counts.float().mean()
@@ -72,11 +72,19 @@ def test_synthetic_is_seeded_and_imbalanced() -> None:
         SyntheticDataModule(imbalance=0.0)
 
 
-@pytest.mark.parametrize(("dataset", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize(
+    ("dataset", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
 def test_mnist_idx_files(dataset, folder, tmp_path) -> None:
     arrays = make_mnist(tmp_path, folder, n_train=60, n_test=20)
-    dm = VisionDataModule(dataset=dataset, root=str(tmp_path), num_classes=10, in_channels=1,
-                          image_size=28, val_fraction=0.2)
+    dm = VisionDataModule(
+        dataset=dataset,
+        root=str(tmp_path),
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        val_fraction=0.2,
+    )
     dm.prepare_data()
     dm.setup()
     assert sizes(dm) == {"train": 48, "val": 12, "test": 20}
@@ -89,8 +97,15 @@ def test_mnist_idx_files(dataset, folder, tmp_path) -> None:
 
 def test_cifar10_pickle_batches(tmp_path) -> None:
     batches = make_cifar10(tmp_path, per_batch=20)
-    dm = VisionDataModule(dataset="cifar10", root=str(tmp_path), verify_checksums=False,
-                          num_classes=10, in_channels=3, image_size=32, val_fraction=0.1)
+    dm = VisionDataModule(
+        dataset="cifar10",
+        root=str(tmp_path),
+        verify_checksums=False,
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        val_fraction=0.1,
+    )
     dm.setup()
     assert sizes(dm) == {"train": 90, "val": 10, "test": 20}
     assert dm.class_names[3] == "cat"
@@ -104,16 +119,24 @@ def test_cifar10_pickle_batches(tmp_path) -> None:
 
 def test_cifar10_checksums_are_checked_by_default(tmp_path) -> None:
     make_cifar10(tmp_path, per_batch=2)
-    dm = VisionDataModule(dataset="cifar10", root=str(tmp_path), num_classes=10,
-                          in_channels=3, image_size=32)
-    with pytest.raises(ConfigError, match="cifar-10-batches-py.*data.download=true"):
+    dm = VisionDataModule(
+        dataset="cifar10", root=str(tmp_path), num_classes=10, in_channels=3, image_size=32
+    )
+    with pytest.raises(ConfigError, match=r"cifar-10-batches-py.*data\.download=true"):
         dm.prepare_data()
 
 
 def test_cifar100_with_class_subset_and_grayscale(tmp_path) -> None:
     make_cifar100(tmp_path, n_train=400, n_test=200)
-    dm = VisionDataModule(dataset="cifar100", root=str(tmp_path), verify_checksums=False,
-                          num_classes=5, in_channels=1, image_size=16, val_fraction=0.25)
+    dm = VisionDataModule(
+        dataset="cifar100",
+        root=str(tmp_path),
+        verify_checksums=False,
+        num_classes=5,
+        in_channels=1,
+        image_size=16,
+        val_fraction=0.25,
+    )
     dm.setup()
     assert sizes(dm) == {"train": 15, "val": 5, "test": 10}
     x, y = dm.splits["train"].tensors
@@ -123,26 +146,34 @@ def test_cifar100_with_class_subset_and_grayscale(tmp_path) -> None:
 
 def test_image_folder_flat_layout(tmp_path) -> None:
     make_image_folder(tmp_path / "pets", {"cat": 10, "dog": 10})
-    dm = ImageFolderDataModule(root=str(tmp_path / "pets"), num_classes=2, image_size=16,
-                               batch_size=4, test_fraction=0.2, val_fraction=0.25, num_workers=0)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path / "pets"),
+        num_classes=2,
+        image_size=16,
+        batch_size=4,
+        test_fraction=0.2,
+        val_fraction=0.25,
+        num_workers=0,
+    )
     dm.prepare_data()
     dm.setup()
     assert sizes(dm) == {"train": 12, "val": 4, "test": 4}
     assert dm.class_names == ["cat", "dog"]
-    x, y = next(iter(dm.train_dataloader()))
+    x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
 
 
 def test_image_folder_train_val_layout_and_class_check(tmp_path) -> None:
     make_image_folder(tmp_path / "train", {"cat": 6, "dog": 6})
     make_image_folder(tmp_path / "val", {"cat": 2, "dog": 2}, seed=1)
-    dm = ImageFolderDataModule(root=str(tmp_path), num_classes=2, in_channels=1, image_size=8,
-                               num_workers=0)
+    dm = ImageFolderDataModule(
+        root=str(tmp_path), num_classes=2, in_channels=1, image_size=8, num_workers=0
+    )
     dm.setup()
     assert sizes(dm) == {"train": 12, "val": 4, "test": 4}
     assert dm.splits["train"][0][0].shape == (1, 8, 8)
-    with pytest.raises(ConfigError, match="has 2 classes .* but data.num_classes=3"):
+    with pytest.raises(ConfigError, match=r"has 2 classes .* but data\.num_classes=3"):
         ImageFolderDataModule(root=str(tmp_path), num_classes=3, num_workers=0).setup()
 
 

@@ -196,4 +196,3 @@ def match_channels(x: Tensor, channels: int) -> Tensor:
         weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
         return (x * weights).sum(dim=1, keepdim=True)
     raise ConfigError(f"cannot convert {have}-channel images to {channels} channels")
-

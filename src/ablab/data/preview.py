@@ -14,9 +14,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 
-def batch_grid(
-    x: Tensor, y: Tensor, class_names: Sequence[str], max_images: int = 64
-) -> Figure:
+def batch_grid(x: Tensor, y: Tensor, class_names: Sequence[str], max_images: int = 64) -> Figure:
     """A figure of up to ``max_images`` images in [0, 1], each titled with its class name."""
     n = min(len(x), max_images)
     cols = min(8, n)

@@ -37,7 +37,9 @@ class SyntheticDataModule(ImageDataModule):
             num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kw
         )
         if not 0.0 < imbalance <= 1.0:
-            raise ConfigError(f"data.imbalance must be in (0, 1] (rarest/commonest), got {imbalance}")
+            raise ConfigError(
+                f"data.imbalance must be in (0, 1] (rarest/commonest), got {imbalance}"
+            )
         if noise < 0:
             raise ConfigError(f"data.noise must be non-negative, got {noise}")
         self.samples_per_class = samples_per_class
@@ -49,7 +51,8 @@ class SyntheticDataModule(ImageDataModule):
     def class_counts(self) -> list[int]:
         k = self.num_classes
         return [
-            max(1, round(self.samples_per_class * self.imbalance ** (c / (k - 1)))) for c in range(k)
+            max(1, round(self.samples_per_class * self.imbalance ** (c / (k - 1))))
+            for c in range(k)
         ]
 
     def source_classes(self) -> list[str]:
@@ -64,6 +67,8 @@ class SyntheticDataModule(ImageDataModule):
         x = templates[y]
         if self.max_shift > 0:
             shifts = torch.randint(-self.max_shift, self.max_shift + 1, (len(y), 2), generator=g)
-            x = torch.stack([img.roll(tuple(d.tolist()), dims=(1, 2)) for img, d in zip(x, shifts)])
+            x = torch.stack(
+                [img.roll(tuple(d.tolist()), dims=(1, 2)) for img, d in zip(x, shifts, strict=True)]
+            )
         x = torch.sigmoid(x + self.noise * torch.randn(x.shape, generator=g))
         return {"all": (x, y)}
