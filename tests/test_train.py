@@ -46,6 +46,7 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
     assert params["data._target_"] == "ablab.data.DigitsDataModule"
     assert params["model.num_classes"] == "10"
     assert params["complexity.params"] == "61706"
+    assert params["complexity.macs"] == "416520"  # traced at the data's 1x28x28
     assert not any(k.startswith("paths.") for k in params)
     # metrics, namespaced; test metric comes from the best checkpoint
     for key in (

@@ -1,4 +1,4 @@
-"""The ``ablab`` command: ``ablab train [overrides]``, ``ablab show-batch [overrides]``.
+"""The ``ablab`` command: ``ablab train|summary|show-batch [options] [overrides]``.
 
 Sub-commands take the same Hydra overrides as training, composed from the same ``conf/``.
 """
@@ -44,6 +44,60 @@ def show_batch(argv: list[str]) -> None:
     print(f"saved {min(len(x), args.max_images)} images of {datamodule.name} to {path}")
 
 
+def summary(argv: list[str]) -> None:
+    """Per-layer output shape, params, MACs and receptive field of the configured model."""
+    parser = argparse.ArgumentParser(
+        prog="ablab summary",
+        description="Complexity of the model a training run would build, measured by tracing.",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="sum layers up to this many name parts (stages.0)"
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet20")
+    args = parser.parse_args(argv)
+
+    import json
+
+    from hydra.utils import instantiate
+
+    from ablab.complexity import human, measure
+    from ablab.config import composed
+    from ablab.training.run import as_config_error
+
+    with composed(args.overrides) as cfg:
+        try:
+            net = instantiate(cfg.model)
+        except Exception as err:
+            raise as_config_error(err) from err
+        shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+        model_name = cfg.hydra.runtime.choices.model
+    stats = measure(net, shape)
+    if args.depth is not None:
+        stats.layers = stats.grouped(args.depth)
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model_name} on {shape} (MACs: multiply-adds, batch of one)")
+    for column in ("layer", "type", "output", "params", "MACs", "RF", "jump"):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for s in stats.layers:
+        rf = {None: "?", -1: "all"}.get(s.receptive_field, str(s.receptive_field))
+        table.add_row(
+            s.name, s.kind, "x".join(map(str, s.output_shape)), f"{s.params:,}", f"{s.macs:,}",
+            rf, "?" if s.jump is None else str(s.jump),
+        )  # fmt: skip
+    table.add_section()
+    table.add_row("total", "", "", f"{stats.params:,}", f"{stats.macs:,}", "", "")
+    console = Console()
+    console.print(table)
+    console.print(f"{model_name}: {human(stats.params)} params, {human(stats.macs)} MACs")
+
+
 def train(argv: list[str]) -> None:
     """Train and track one run (or a ``-m`` sweep): the Hydra entry point with these arguments."""
     from ablab import train as entry
@@ -52,7 +106,7 @@ def train(argv: list[str]) -> None:
     entry.main()
 
 
-COMMANDS = {"train": train, "show-batch": show_batch}
+COMMANDS = {"train": train, "summary": summary, "show-batch": show_batch}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 from rich.console import Console
 
+from ablab.complexity import measure
 from ablab.config import resolved
 from ablab.data import ImageDataModule
 from ablab.errors import ConfigError
@@ -85,8 +86,9 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
     logger, client = run.logger, run.logger.experiment
     config = resolved(cfg)
     logger.log_hyperparams(flatten_params(config))
-    params = sum(p.numel() for p in run.task.net.parameters())
-    logger.log_hyperparams({"complexity.params": params})
+    size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    stats = measure(run.task.net, size)
+    logger.log_hyperparams({"complexity.params": stats.params, "complexity.macs": stats.macs})
     client.log_text(logger.run_id, yaml.safe_dump(config, sort_keys=False), "config/config.yaml")
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)

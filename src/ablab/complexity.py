@@ -1,0 +1,188 @@
+"""Parameters, MACs, output shapes and receptive fields, measured by tracing a forward pass.
+
+Nothing here is maintained by hand: parameters are counted from the module, MACs come from
+PyTorch's FLOP counter (which reports 2 × MACs for convolutions and matmuls: a MAC is one
+multiply-add), output shapes from forward hooks, and receptive fields from a ``torch.fx`` trace,
+propagating the recurrence R_l = R_{l−1} + (k_l − 1)·J_{l−1}, J_l = J_{l−1}·s_l (Araujo et al.
+2019) through convolutions and pools, and the maximum over the inputs of additions and
+concatenations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+#: Layers that move the receptive field: (kernel, stride, dilation) read from the module.
+_WINDOWED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d, nn.ConvTranspose2d)
+#: Layers after which every output sees the whole input.
+_GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Flatten)
+
+
+@dataclass
+class LayerStats:
+    """One leaf module: its output shape, own parameters, MACs, receptive field and jump."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    receptive_field: int | None = None  # None: not traced; -1: global (whole input)
+    jump: int | None = None
+
+
+@dataclass
+class Complexity:
+    """Per-layer statistics and totals for one input shape."""
+
+    input_shape: tuple[int, ...]
+    params: int
+    trainable_params: int
+    macs: int
+    layers: list[LayerStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def grouped(self, depth: int) -> list[LayerStats]:
+        """Layers summed up to ``depth`` name components (``stages.0`` at depth 2); the output
+        shape, receptive field and jump are those of the group's last layer."""
+        groups: dict[str, LayerStats] = {}
+        for s in self.layers:
+            key = ".".join(s.name.split(".")[:depth])
+            g = groups.get(key)
+            if g is None:
+                kind = s.kind if key == s.name else "group"
+                groups[key] = LayerStats(key, kind, s.output_shape, s.params, s.macs,
+                                         s.receptive_field, s.jump)  # fmt: skip
+            else:
+                g.params, g.macs = g.params + s.params, g.macs + s.macs
+                g.output_shape, g.receptive_field, g.jump = (
+                    s.output_shape,
+                    s.receptive_field,
+                    s.jump,
+                )
+        return list(groups.values())
+
+
+def conv_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
+    """o = ⌊(W − K_eff + 2P) / S⌋ + 1 with K_eff = d(K − 1) + 1 (the notes omit the floor)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def receptive_field(layers: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(R, J) after each (kernel, stride) layer of a chain, from R_0 = J_0 = 1.
+
+    The notes' example: 3x3/1 → 3x3/2 → 2x2 pool/2 gives R = 3, 5, 7 and J = 1, 2, 4.
+    """
+    r, j, out = 1, 1, []
+    for kernel, stride in layers:
+        r, j = r + (kernel - 1) * j, j * stride
+        out.append((r, j))
+    return out
+
+
+def _pair(value) -> int:
+    return value[0] if isinstance(value, tuple) else int(value)
+
+
+def _window(module: nn.Module) -> tuple[int, int]:
+    """Effective kernel size (dilation included) and stride of a windowed layer."""
+    kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
+    dilation = _pair(getattr(module, "dilation", 1))
+    return dilation * (kernel - 1) + 1, stride
+
+
+def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
+    """module name -> (R, J) at its output, or {} when the model is not fx-traceable."""
+    try:
+        graph = fx.symbolic_trace(net).graph
+    except Exception:  # dynamic control flow: shapes and MACs are still measured
+        return {}
+    modules = dict(net.named_modules())
+    state: dict[fx.Node, tuple[int, int]] = {}
+    out: dict[str, tuple[int, int]] = {}
+    for node in graph.nodes:
+        inputs = [state[a] for a in node.all_input_nodes if a in state]
+        r_in = max((r for r, _ in inputs), default=1)
+        j_in = max((j for _, j in inputs), default=1)
+        if any(r < 0 for r, _ in inputs):
+            r_in = -1
+        r, j = r_in, j_in
+        if node.op == "call_module":
+            module = modules[node.target]
+            if isinstance(module, _GLOBAL):
+                r = -1
+            elif isinstance(module, _WINDOWED) and r_in >= 0:
+                kernel, stride = _window(module)
+                r, j = r_in + (kernel - 1) * j_in, j_in * stride
+            out[node.target] = (r, j)
+        state[node] = (r, j)
+    return out
+
+
+def measure(net: nn.Module, input_shape: Sequence[int]) -> Complexity:
+    """Trace one forward pass of a (batch-of-one) input and collect per-layer statistics."""
+    input_shape = tuple(input_shape)
+    shapes: dict[str, tuple[int, ...]] = {}
+    leaves = {name: m for name, m in net.named_modules() if not list(m.children()) and name}
+
+    def hook(name: str):
+        def record(module, args, output) -> None:
+            if isinstance(output, torch.Tensor):
+                shapes[name] = tuple(output.shape[1:])
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves.items()]
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, *input_shape))
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    flops = counter.get_flop_counts()
+    root = type(net).__name__
+    fields = _trace_receptive_fields(net)
+    layers = []
+    for name, module in leaves.items():
+        if name not in shapes:
+            continue  # not used in this forward pass
+        r, j = fields.get(name, (None, None))
+        layers.append(
+            LayerStats(
+                name=name,
+                kind=type(module).__name__,
+                output_shape=shapes[name],
+                params=sum(p.numel() for p in module.parameters(recurse=False)),
+                macs=sum(flops.get(f"{root}.{name}", {}).values()) // 2,
+                receptive_field=r,
+                jump=j,
+            )
+        )
+    return Complexity(
+        input_shape=input_shape,
+        params=sum(p.numel() for p in net.parameters()),
+        trainable_params=sum(p.numel() for p in net.parameters() if p.requires_grad),
+        macs=counter.get_total_flops() // 2,
+        layers=layers,
+    )
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n)) if math.isfinite(n) else str(n)
