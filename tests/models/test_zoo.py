@@ -75,6 +75,34 @@ def test_parameter_count_equals_torchvision(name, reference, compose_cfg) -> Non
     assert n_params(ours) == n_params(reference(weights=None))
 
 
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("bn", [False, True], ids=["plain", "bn"])
+def test_vgg_parameter_count_equals_torchvision(depth, bn, compose_cfg) -> None:
+    name = f"vgg{depth}_bn" if bn else f"vgg{depth}"
+    # torchvision's VGG-BN keeps conv biases before BN; ablab drops them unless told otherwise.
+    ours = build(
+        compose_cfg, name, "model.in_channels=3", "model.num_classes=1000", "model.conv_bias=true"
+    )
+    reference = getattr(torchvision.models, name)(weights=None)
+    assert n_params(ours) == n_params(reference)
+    if bn:
+        auto = build(compose_cfg, name, "model.in_channels=3", "model.num_classes=1000")
+        convs = [m for m in reference.modules() if isinstance(m, nn.Conv2d)]
+        assert n_params(reference) - n_params(auto) == sum(m.out_channels for m in convs)
+
+
+def test_vgg16_walkthrough(compose_cfg) -> None:
+    """138,357,544 parameters (the notes' "550M" is megabytes); 224 → 112 → 56 → 28 → 14 → 7."""
+    net = build(compose_cfg, "vgg16", "model.in_channels=3", "model.num_classes=1000")
+    assert n_params(net) == 138_357_544
+    out, sizes = torch.rand(1, 3, 224, 224), []
+    with torch.no_grad():
+        for stage in net.stages:
+            out = stage(out)
+            sizes.append(tuple(out.shape[1:]))
+    assert sizes == [(64, 112, 112), (128, 56, 56), (256, 28, 28), (512, 14, 14), (512, 7, 7)]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     # He et al. 2016 Table 6 lists 0.27M / 0.46M / 0.66M / 0.85M / 1.7M; exact option-A counts.

@@ -22,6 +22,7 @@ class ConvNormAct(nn.Sequential):
     """y = act(norm(conv(x))); the conv has a bias exactly when ``norm`` has no shift of its own.
 
     ``group_width`` sets channels per group: ``None`` dense, 1 depthwise, else grouped (ResNeXt).
+    ``bias`` overrides the automatic choice (torchvision's VGG-BN keeps conv biases before BN).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class ConvNormAct(nn.Sequential):
         norm: str = "bn",
         act: str = "relu",
         group_width: int | None = None,
+        bias: bool | None = None,
     ) -> None:
         if padding is None:
             padding = kernel_size // 2  # "same" size for odd kernels at stride 1
@@ -43,7 +45,13 @@ class ConvNormAct(nn.Sequential):
             raise ConfigError(f"{groups} groups do not divide {c_out} output channels")
         super().__init__()
         self.conv = nn.Conv2d(
-            c_in, c_out, kernel_size, stride, padding, groups=groups, bias=not uses_norm(norm)
+            c_in,
+            c_out,
+            kernel_size,
+            stride,
+            padding,
+            groups=groups,
+            bias=not uses_norm(norm) if bias is None else bias,
         )
         self.norm = make_norm(norm, c_out)
         self.act = make_act(act, c_out)

@@ -2,5 +2,6 @@
 
 from ablab.models.lenet import LeNet5
 from ablab.models.resnet import ResNet
+from ablab.models.vgg import VGG
 
-__all__ = ["LeNet5", "ResNet"]
+__all__ = ["VGG", "LeNet5", "ResNet"]
