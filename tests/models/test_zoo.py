@@ -192,3 +192,44 @@ def test_switches_compose_as_one_override(compose_cfg) -> None:
 def test_maxout_with_two_pieces_starts_as_relu() -> None:
     x = torch.randn(4, 3, 5, 5)
     assert torch.equal(Maxout(3, 2)(x), torch.relu(x))
+
+
+def test_timm_model_by_name(compose_cfg) -> None:
+    net = build(compose_cfg, "timm", "model.name=resnet26d")
+    check_forward_backward(net, torch.rand(2, 1, 28, 28), 10)
+    assert type(net).__module__.startswith("timm.")
+
+
+def test_timm_unknown_name_and_offline_pretrained(compose_cfg) -> None:
+    from ablab.errors import ConfigError
+    from ablab.training.run import as_config_error
+
+    def error_of(*overrides: str) -> str:
+        with pytest.raises(Exception) as info:  # Hydra wraps errors raised by the target
+            build(compose_cfg, "timm", *overrides)
+        err = as_config_error(info.value)
+        assert isinstance(err, ConfigError)
+        return str(err)
+
+    assert "unknown timm model 'resnet26x' (did you mean 'resnet26" in error_of(
+        "model.name=resnet26x"
+    )
+    message = error_of("model.name=resnet26d", "model.pretrained=true")
+    assert "not available offline" in message and "model.pretrained=false" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_a_short_epoch_on_digits(name, compose_cfg, root) -> None:
+    from mlflow import MlflowClient
+
+    from ablab.training.run import train
+    from conftest import tracking_uri
+
+    overrides = [f"model={name}", "trainer=smoke", "callbacks.batch_preview=null"]
+    with compose_cfg(*overrides) as cfg:
+        metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    client = MlflowClient(tracking_uri(root))
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == name

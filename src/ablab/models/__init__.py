@@ -2,6 +2,7 @@
 
 from ablab.models.lenet import LeNet5
 from ablab.models.resnet import ResNet
+from ablab.models.timm_backbone import timm_model
 from ablab.models.vgg import VGG
 
-__all__ = ["VGG", "LeNet5", "ResNet"]
+__all__ = ["VGG", "LeNet5", "ResNet", "timm_model"]
