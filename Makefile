@@ -38,8 +38,8 @@ format: install ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-ui: install ## MLflow UI on the local store (http://127.0.0.1:$(PORT))
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: install ## MLflow UI on the local store at http://127.0.0.1:5000 (PORT=..., ABLAB_ROOT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${ABLAB_ROOT:-$(CURDIR)}/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 clean: ## Remove run outputs, the local MLflow store and caches (keeps .venv)
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache .ruff_cache batch.png

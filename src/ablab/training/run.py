@@ -107,20 +107,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    report(metrics, run.logger, outcome.status, best)
+    report(metrics, run.logger, cfg.logger.tracking_uri, outcome.status, best)
     return metrics
 
 
-def report(metrics: dict[str, Any], logger: MLFlowLogger, status: str, checkpoint: str) -> None:
+def report(
+    metrics: dict[str, Any], logger: MLFlowLogger, uri: str, status: str, checkpoint: str
+) -> None:
     """The last lines of a run: test metrics, where the run is and how to open it."""
     console = Console(soft_wrap=True)  # long paths and URLs stay on one line
     shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
     console.print(f"[bold]test[/bold] {shown}", highlight=False)
     if checkpoint:
         console.print(f"best checkpoint: {checkpoint}", highlight=False)
-    uri = logger._tracking_uri
+    experiment = logger.experiment.get_experiment(logger.experiment_id).name
     console.print(
-        f"MLflow run {logger.run_id} ({status}) in experiment '{logger._experiment_name}' "
+        f"MLflow run {logger.run_id} ({status}) in experiment '{experiment}' "
         f"[id {logger.experiment_id}] at {uri}",
         highlight=False,
     )
