@@ -45,9 +45,9 @@ def test_trains_on_digits_sized_batches(name, compose_cfg) -> None:
 def is_imagenet_form(name: str) -> bool:
     """A config that sets, or inherits, an ImageNet stem or VGG's 7x7 head pool."""
     text = (CONF / "model" / f"{name}.yaml").read_text()
-    if "stem: cifar" in text or "head_pool: 1" in text:
+    if any(key in text for key in ("stem: cifar", "head_pool: 1", "stem_stride: 1")):
         return False
-    if "stem: imagenet" in text or "head_pool: 7" in text:
+    if any(key in text for key in ("stem: imagenet", "head_pool: 7", "stem_stride: 2")):
         return True
     parent = re.search(r"^  - (\w+)$", text, re.MULTILINE)
     return bool(parent and is_imagenet_form(parent.group(1)))
@@ -274,3 +274,32 @@ def test_model_trains_a_short_epoch_on_digits(name, compose_cfg, shared_store) -
     experiment = client.get_experiment_by_name("zoo")
     [run] = client.search_runs([experiment.experiment_id], f"tags.model = '{name}'")
     assert run.info.status == "FINISHED"
+
+
+def test_mobilenet_v2_matches_torchvision(compose_cfg) -> None:
+    ours = build(compose_cfg, "mobilenet_v2", "model.in_channels=3", "model.num_classes=1000")
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    assert n_params(ours) == n_params(reference) == 3_504_872
+    out = ours.forward_features(torch.rand(1, 3, 224, 224))
+    assert out.shape == (1, 320, 7, 7)
+
+
+def test_mobilenet_v1_parameter_count(compose_cfg) -> None:
+    # Howard et al. 2017 Table 8: 4.2M parameters; 4,231,976 counting BN's γ and β.
+    net = build(compose_cfg, "mobilenet_v1", "model.in_channels=3", "model.num_classes=1000")
+    assert n_params(net) == 4_231_976
+    assert not any(isinstance(m, nn.MaxPool2d | nn.AvgPool2d) for m in net.modules())
+
+
+def test_linear_bottleneck_switch(compose_cfg) -> None:
+    from ablab.blocks import InvertedResidual
+
+    linear = build(compose_cfg, "mobilenet_v2_small")
+    relu = build(compose_cfg, "mobilenet_v2_small", "model.linear_bottleneck=false")
+    for a, b in zip(linear.modules(), relu.modules(), strict=True):
+        if isinstance(a, InvertedResidual):
+            assert isinstance(a.residual[-1].act, nn.Identity)
+            assert isinstance(b.residual[-1].act, nn.ReLU6)
+    assert n_params(linear) == n_params(relu)
+    shortcuts = [m.shortcut for m in linear.modules() if isinstance(m, InvertedResidual)]
+    assert sum(s is not None for s in shortcuts) == 10  # identity only where shapes match

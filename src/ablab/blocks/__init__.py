@@ -1,10 +1,19 @@
 """Network blocks sharing one signature, resolved by name from ``ablab.registry.BLOCK``:
 
-``Block(c_in, c_out, stride=1, *, norm, act, shortcut, bottleneck_ratio, group_width, se_ratio,
-drop_path)``.
+``Block(c_in, c_out, stride=1, *, norm, act, shortcut, se_ratio, drop_path, ...)`` plus each
+family's own shape arguments (``bottleneck_ratio``/``group_width`` for residual blocks,
+``expansion``/``kernel_size`` for inverted residuals).
 """
 
+from ablab.blocks.inverted import DepthwiseSeparable, InvertedResidual
 from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.residual import BasicBlock, Bottleneck
 
-__all__ = ["BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "DepthwiseSeparable",
+    "InvertedResidual",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+]

@@ -2,6 +2,7 @@
 
 - ``projection``: identity when shapes match, else a strided 1x1 conv + norm (option B).
 - ``identity_pad``: parameter-free; subsample by the stride and zero-pad new channels (option A).
+- ``identity``: identity when shapes match, and no shortcut where they change (MobileNetV2).
 - ``none``: no shortcut at all: the block is plain (the same layers minus the add).
 """
 
@@ -40,6 +41,11 @@ def identity_pad(c_in: int, c_out: int, stride: int, norm: str) -> nn.Module:
     if c_out < c_in:
         raise ValueError(f"identity_pad cannot shrink channels ({c_in} -> {c_out})")
     return nn.Identity() if (c_in == c_out and stride == 1) else IdentityPad(c_in, c_out, stride)
+
+
+@SHORTCUT.register("identity")
+def identity_only(c_in: int, c_out: int, stride: int, norm: str) -> nn.Module | None:
+    return nn.Identity() if (c_in == c_out and stride == 1) else None
 
 
 @SHORTCUT.register("none")

@@ -1,8 +1,9 @@
 """Model families, one file each; named variants live in ``conf/model/*.yaml``."""
 
 from ablab.models.lenet import LeNet5
+from ablab.models.mobilenet import MobileNet
 from ablab.models.resnet import ResNet
 from ablab.models.timm_backbone import timm_model
 from ablab.models.vgg import VGG
 
-__all__ = ["VGG", "LeNet5", "ResNet", "timm_model"]
+__all__ = ["VGG", "LeNet5", "MobileNet", "ResNet", "timm_model"]
