@@ -303,3 +303,40 @@ def test_linear_bottleneck_switch(compose_cfg) -> None:
     assert n_params(linear) == n_params(relu)
     shortcuts = [m.shortcut for m in linear.modules() if isinstance(m, InvertedResidual)]
     assert sum(s is not None for s in shortcuts) == 10  # identity only where shapes match
+
+
+@pytest.mark.parametrize("name", ["repvgg_small", "repvgg_a0"])
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_repvgg_reparameterize_keeps_outputs(name, norm, compose_cfg) -> None:
+    from ablab.blocks import RepVGGBlock
+
+    net = build(compose_cfg, name, f"model.norm={norm}")
+    net.train()
+    with torch.no_grad():  # a few batches so running statistics are not the identity
+        for _ in range(3):
+            net(torch.randn(8, 1, 32, 32) * 2 + 0.5)
+    net.eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        n_before = n_params(net)
+        net.reparameterize()
+        after = net(x)
+    assert (before - after).abs().max().item() <= 1e-5 * max(1.0, before.abs().max().item())
+    assert n_params(net) < n_before
+    blocks = [m for m in net.modules() if isinstance(m, RepVGGBlock)]
+    assert all(b.fused is not None and not hasattr(b, "dense") for b in blocks)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.kernel_size == (3, 3) for c in convs) and len(convs) == len(blocks)
+
+
+def test_repvgg_a0_matches_timm_before_and_after_fusion(compose_cfg) -> None:
+    """9,108,968 parameters in training form, 8,309,384 fused (the paper's Table 4 says 8.30M)."""
+    import timm
+    from timm.utils.model import reparameterize_model
+
+    net = build(compose_cfg, "repvgg_a0", "model.in_channels=3", "model.num_classes=1000")
+    reference = timm.create_model("repvgg_a0", pretrained=False)
+    assert n_params(net) == n_params(reference) == 9_108_968
+    fused, fused_reference = net.eval().reparameterize(), reparameterize_model(reference.eval())
+    assert n_params(fused) == n_params(fused_reference) == 8_309_384

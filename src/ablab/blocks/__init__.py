@@ -7,6 +7,7 @@ family's own shape arguments (``bottleneck_ratio``/``group_width`` for residual 
 
 from ablab.blocks.inverted import DepthwiseSeparable, InvertedResidual
 from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
+from ablab.blocks.repvgg import RepVGGBlock
 from ablab.blocks.residual import BasicBlock, Bottleneck
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "InvertedResidual",
     "PreActBasicBlock",
     "PreActBottleneck",
+    "RepVGGBlock",
 ]

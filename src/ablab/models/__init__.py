@@ -2,8 +2,9 @@
 
 from ablab.models.lenet import LeNet5
 from ablab.models.mobilenet import MobileNet
+from ablab.models.repvgg import RepVGG
 from ablab.models.resnet import ResNet
 from ablab.models.timm_backbone import timm_model
 from ablab.models.vgg import VGG
 
-__all__ = ["VGG", "LeNet5", "MobileNet", "ResNet", "timm_model"]
+__all__ = ["VGG", "LeNet5", "MobileNet", "RepVGG", "ResNet", "timm_model"]
