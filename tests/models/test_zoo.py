@@ -241,6 +241,7 @@ PIPELINE_MODELS = [
     "se_resnet50",
     "vgg11_bn",
     "vgg16_small",
+    "repvgg_small",
     "timm",
 ]
 
