@@ -241,6 +241,8 @@ PIPELINE_MODELS = [
     "se_resnet50",
     "vgg11_bn",
     "vgg16_small",
+    "mobilenet_v1_small",
+    "mobilenet_v2_small",
     "repvgg_small",
     "timm",
 ]
