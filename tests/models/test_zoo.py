@@ -343,3 +343,13 @@ def test_repvgg_a0_matches_timm_before_and_after_fusion(compose_cfg) -> None:
     assert n_params(net) == n_params(reference) == 9_108_968
     fused, fused_reference = net.eval().reparameterize(), reparameterize_model(reference.eval())
     assert n_params(fused) == n_params(fused_reference) == 8_309_384
+
+
+def test_resnet_rejects_a_non_residual_block(compose_cfg) -> None:
+    from ablab.errors import ConfigError
+    from ablab.training.run import as_config_error
+
+    with pytest.raises(Exception) as info:
+        build(compose_cfg, "resnet20", "model.block=repvgg")
+    err = as_config_error(info.value)
+    assert isinstance(err, ConfigError) and "valid: basic, bottleneck, preact_basic" in str(err)

@@ -72,8 +72,16 @@ class ResNet(nn.Module):
         if stem not in STEMS:
             raise unknown_choice("stem", stem, STEMS)
         make_block = BLOCK[block]
+        params = inspect.signature(make_block).parameters
+        if "bottleneck_ratio" not in params:
+            valid = [
+                n for n in BLOCK if "bottleneck_ratio" in inspect.signature(BLOCK[n]).parameters
+            ]
+            raise ConfigError(
+                f"ResNet needs a residual block, not '{block}'; valid: {', '.join(valid)}"
+            )
         if bottleneck_ratio is None:
-            bottleneck_ratio = inspect.signature(make_block).parameters["bottleneck_ratio"].default
+            bottleneck_ratio = params["bottleneck_ratio"].default
         if cardinality and group_width:
             raise ConfigError("set either model.cardinality or model.group_width, not both")
         self.stem = STEMS[stem](in_channels, stem_width, norm, act)
