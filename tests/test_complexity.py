@@ -99,3 +99,30 @@ def test_grouped_layers_add_up() -> None:
     assert sum(g.params for g in stages) == stats.params
     assert sum(g.macs for g in stages) == stats.macs
     assert stages[2].output_shape == (16, 8, 8)
+
+
+def test_receptive_fields_through_preact_and_se_blocks() -> None:
+    from ablab.models import ResNet
+
+    preact = measure(
+        ResNet(
+            3,
+            10,
+            block="preact_basic",
+            depths=(1, 1),
+            widths=(8, 16),
+            stem="cifar",
+            stem_width=8,
+            final_norm=True,
+        ),
+        (3, 16, 16),
+    )
+    convs = [s for s in preact.layers if s.kind == "Conv2d"]
+    assert all(s.receptive_field is not None for s in convs)
+    assert [s.receptive_field for s in convs][:3] == [3, 5, 7]
+    se = measure(
+        ResNet(3, 10, depths=(1, 1), widths=(8, 16), stem="cifar", stem_width=8, se_ratio=0.25),
+        (3, 16, 16),
+    )
+    after_gate = [s for s in se.layers if s.name.startswith("stages.1.0.residual.0.conv")]
+    assert after_gate[0].receptive_field == -1  # SE's global mean feeds every later layer

@@ -27,8 +27,16 @@ def _fails_cleanly(proc, root, *expected: str) -> str:
         (["trainer.max_epoch=3"], ["'trainer.max_epoch'", "did you mean 'trainer.max_epochs'"]),
         (["-m", "seed=0,1", "optimizer=adam,adamm"], ["optimizer option 'adamm'", "sgd"]),
         (["data.image_size=${nope}"], ["nope"]),
+        (["seed=${oops}"], ["oops"]),
     ],
-    ids=["group-option", "close-match", "unknown-key", "sweep-value", "interpolation"],
+    ids=[
+        "group-option",
+        "close-match",
+        "unknown-key",
+        "sweep-value",
+        "interpolation",
+        "top-level-interpolation",
+    ],
 )
 def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None:
     proc = run_module(["ablab.train", *args], root, timeout=60)
@@ -48,6 +56,7 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         (["data.num_classes=11"], ["num_classes=11", "digits has 10 classes"]),
         (["data.val_fraction=1.5"], ["val_fraction must be in (0, 1)"]),
         (["+model.depth=3"], ["unexpected keyword argument 'depth'"]),
+        (["data.image_size=4"], ["Kernel size can't be greater than actual input size"]),
     ],
     ids=[
         "registry-name",
@@ -59,6 +68,7 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         "too-many-classes",
         "bad-fraction",
         "unknown-argument",
+        "input-too-small",
     ],
 )
 def test_bad_values_fail_before_any_run(args, expected, compose_cfg, root) -> None:
@@ -75,3 +85,9 @@ def test_bad_value_from_the_command_line(root) -> None:
     """The whole path: Hydra job, build, one line on stderr, exit status 2, no store."""
     proc = run_module(["ablab.train", "trainer=smoke", "model.act=relux"], root, timeout=120)
     _fails_cleanly(proc, root, "activation 'relux'", "did you mean 'relu'")
+
+
+def test_glob_sweeps_pass_the_check() -> None:
+    from ablab.config import check_overrides
+
+    check_overrides(["model=glob(plain2*)", "seed=0,1"], multirun=True)  # no error

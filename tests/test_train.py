@@ -92,16 +92,25 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
 
 
 def test_crash_ends_failed_with_reason(compose_cfg, root) -> None:
-    # 4x4 inputs shrink below LeNet's 5x5 C3 kernel: the forward pass raises inside fit.
-    with compose_cfg("trainer=smoke", "data.image_size=4") as cfg, pytest.raises(RuntimeError):
+    crash = "+callbacks.crash={_target_: tests.injected.RaiseAtStep, step: 1}"
+    with compose_cfg("trainer=smoke", crash) as cfg, pytest.raises(RuntimeError):
         train(cfg)
     run = only_run(root)
     assert run.info.status == "FAILED"
     assert run.data.tags["failure"] == "exception"
-    assert "Kernel size can't be greater than actual input size" in run.data.tags["error"]
+    assert run.data.tags["error"] == "injected failure at step 1"
     client = MlflowClient(tracking_uri(root))
     assert "error/traceback.txt" in artifact_paths(client, run.info.run_id)
-    assert "model.act" in run.data.params  # what was logged before the crash is kept
+    # what was logged before the crash is kept: params and the first step's loss
+    assert "model.act" in run.data.params
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 1
+
+
+def test_long_param_values_are_logged_whole(compose_cfg, root) -> None:
+    long = "x" * 300  # Lightning's own log_hyperparams would cut this at 250 characters
+    with compose_cfg("trainer=smoke", f"optimized_metric={long}") as cfg:
+        train(cfg)
+    assert only_run(root).data.params["optimized_metric"] == long
 
 
 def test_nonfinite_loss_stops_the_run(compose_cfg, root) -> None:

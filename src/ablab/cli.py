@@ -66,13 +66,12 @@ def summary(argv: list[str]) -> None:
     from ablab.training.run import as_config_error
 
     with composed(args.overrides) as cfg:
-        try:
-            net = instantiate(cfg.model)
-        except Exception as err:
-            raise as_config_error(err) from err
         shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
         model_name = cfg.hydra.runtime.choices.model
-    stats = measure(net, shape)
+        try:
+            stats = measure(instantiate(cfg.model), shape)
+        except Exception as err:
+            raise as_config_error(err) from err
     if args.depth is not None:
         stats.layers = stats.grouped(args.depth)
     if args.json:

@@ -22,6 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 _WINDOWED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d, nn.ConvTranspose2d)
 #: Layers after which every output sees the whole input.
 _GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Flatten)
+#: Tensor methods that reduce over the feature map in image nets (e.g. squeeze-and-excitation's
+#: x.mean((2, 3))): whatever they feed sees the whole input.
+_GLOBAL_METHODS = frozenset({"mean", "amax", "sum"})
 
 
 @dataclass
@@ -125,6 +128,8 @@ def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
                 kernel, stride = _window(module)
                 r, j = r_in + (kernel - 1) * j_in, j_in * stride
             out[node.target] = (r, j)
+        elif node.op == "call_method" and node.target in _GLOBAL_METHODS:
+            r = -1
         state[node] = (r, j)
     return out
 

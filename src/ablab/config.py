@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -129,8 +130,8 @@ def _one_line(err: BaseException) -> str:
 
 def resolved(cfg: DictConfig) -> dict:
     """The job config (``hydra`` node left out) fully resolved; missing values are errors."""
-    body = {k: cfg[k] for k in cfg if k != "hydra"}
     try:
+        body = {k: cfg[k] for k in cfg if k != "hydra"}
         return OmegaConf.to_container(OmegaConf.create(body), resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
@@ -142,7 +143,8 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     variants = [fixed]
     for o in parsed:
-        if o.is_sweep_override() and not o.is_interval_sweep():
+        # Interval sweeps (optimisers) have no values to list; glob sweeps need Hydra's loader.
+        if o.is_sweep_override() and not o.is_interval_sweep() and not isinstance(o.value(), Glob):
             key = o.get_key_element()
             variants += [[*fixed, f"{key}={v}"] for v in o.sweep_string_iterator()]
     return variants

@@ -202,6 +202,8 @@ def test_timm_model_by_name(compose_cfg) -> None:
     net = build(compose_cfg, "timm", "model.name=resnet26d")
     check_forward_backward(net, torch.rand(2, 1, 28, 28), 10)
     assert type(net).__module__.startswith("timm.")
+    tagged = build(compose_cfg, "timm", "model.name=resnet18.a1_in1k")  # a name with a weights tag
+    assert n_params(tagged) == n_params(build(compose_cfg, "timm", "model.name=resnet18"))
 
 
 def test_timm_unknown_name_and_offline_pretrained(compose_cfg) -> None:

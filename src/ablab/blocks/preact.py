@@ -44,8 +44,9 @@ class _PreActivation(nn.Module):
     residual: nn.Sequential
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.residual[0][:2](x)  # norm → act of the first unit
-        out = self.residual[0][2](pre)
+        first = self.residual[0]
+        pre = first[1](first[0](x))  # norm → act of the first unit
+        out = first[2](pre)
         for unit in self.residual[1:]:
             out = unit(out)
         out = self.drop_path(self.se(out))

@@ -41,8 +41,8 @@ def timm_model(
     **kwargs: Any,
 ) -> nn.Module:
     """``timm.create_model(name, in_chans=in_channels, num_classes=num_classes, **kwargs)``."""
-    known = timm.list_models()
-    if name not in known:
+    if not timm.is_model(name):  # also accepts tagged names such as resnet18.a1_in1k
+        known = timm.list_models()
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise ConfigError(

@@ -73,10 +73,24 @@ def tracked_run(logger: MLFlowLogger) -> Iterator[RunOutcome]:
             client.log_text(outcome.run_id, traceback.format_exc(), "error/traceback.txt")
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        tags = {"failure": outcome.failure, "error": outcome.error, "killed_by": outcome.killed_by}
-        for key, value in tags.items():
-            if value is not None:
-                client.set_tag(outcome.run_id, key, value)
-        client.set_terminated(outcome.run_id, outcome.status)
+        late: list[str] = []
+        if in_main:  # a signal now must not cut the status update short: note it, act after
+            for sig in previous:
+                signal.signal(sig, lambda signum, frame: late.append(signal.Signals(signum).name))
+        try:
+            if late and outcome.status == "FINISHED":
+                outcome.status, outcome.killed_by = "KILLED", late[0]
+            tags = {
+                "failure": outcome.failure,
+                "error": outcome.error,
+                "killed_by": outcome.killed_by,
+            }
+            for key, value in tags.items():
+                if value is not None:
+                    client.set_tag(outcome.run_id, key, value)
+            client.set_terminated(outcome.run_id, outcome.status)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if late:
+            signal.raise_signal(signal.Signals[late[0]])

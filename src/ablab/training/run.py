@@ -15,11 +15,12 @@ import pytorch_lightning as pl
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from mlflow.entities import Param
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 from rich.console import Console
 
-from ablab.complexity import measure
+from ablab.complexity import Complexity, measure
 from ablab.config import resolved
 from ablab.data import ImageDataModule
 from ablab.errors import ConfigError
@@ -38,6 +39,7 @@ class Run:
     task: pl.LightningModule
     trainer: pl.Trainer
     logger: MLFlowLogger
+    complexity: Complexity
 
 
 def build(cfg: DictConfig) -> Run:
@@ -48,6 +50,9 @@ def build(cfg: DictConfig) -> Run:
         datamodule.prepare_data()
         datamodule.setup("fit")  # loads and splits once (cached): data errors surface here
         net = initialize(instantiate(cfg.model), **cfg.init)
+        # Traced at the data's input size: a model that cannot take that size fails here.
+        size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+        complexity = measure(net, size)
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
         task = instantiate(
             cfg.task,
@@ -67,7 +72,7 @@ def build(cfg: DictConfig) -> Run:
         raise
     except Exception as err:
         raise as_config_error(err) from err
-    return Run(datamodule, task, trainer, logger)
+    return Run(datamodule, task, trainer, logger, complexity)
 
 
 def as_config_error(err: BaseException) -> ConfigError:
@@ -85,10 +90,12 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
     """Params (flattened resolved config), config/override/command artifacts, size and dir tags."""
     logger, client = run.logger, run.logger.experiment
     config = resolved(cfg)
-    logger.log_hyperparams(flatten_params(config))
-    size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-    stats = measure(run.task.net, size)
-    logger.log_hyperparams({"complexity.params": stats.params, "complexity.macs": stats.macs})
+    params = flatten_params(config)
+    params |= {"complexity.params": run.complexity.params, "complexity.macs": run.complexity.macs}
+    # Through the client, not logger.log_hyperparams: Lightning cuts every value at 250 characters.
+    entries = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(logger.run_id, params=entries[start : start + 100])
     client.log_text(logger.run_id, yaml.safe_dump(config, sort_keys=False), "config/config.yaml")
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
