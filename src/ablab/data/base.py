@@ -8,6 +8,7 @@ standardisation run on the training device after the batch is transferred (Light
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -168,7 +169,7 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(dataset, TensorDataset):
             x = dataset.tensors[0]
         else:  # file-backed: decoding every image just for statistics would dominate start-up
-            step = max(1, len(dataset) // max_decoded)
+            step = max(1, math.ceil(len(dataset) / max_decoded))
             x = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)])
         return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
