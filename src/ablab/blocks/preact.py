@@ -10,7 +10,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ablab.blocks.residual import branch_extras, inner_width
-from ablab.errors import ConfigError
 from ablab.layers import make_act, make_norm, make_shortcut
 from ablab.layers.conv import num_groups
 from ablab.layers.norm import uses_norm
@@ -20,9 +19,7 @@ from ablab.registry import BLOCK
 def norm_act_conv(
     c_in: int, c_out: int, kernel_size: int, stride: int, norm: str, act: str, group_width=None
 ) -> nn.Sequential:
-    groups = num_groups(c_in, group_width)
-    if c_out % groups:
-        raise ConfigError(f"{groups} groups do not divide {c_out} output channels")
+    groups = num_groups(c_in, group_width, c_out)
     return nn.Sequential(
         make_norm(norm, c_in),
         make_act(act, c_in),
@@ -55,17 +52,24 @@ class _PreActivation(nn.Module):
         # A projection sees the pre-activated input, an identity sees x itself (He et al. 2016b).
         return out + self.shortcut(pre if self.projects else x)
 
+    def _add_shortcut(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        norm: str,
+        shortcut: str,
+        se_ratio: float,
+        drop_path: float,
+    ) -> None:
+        self.se, self.drop_path = branch_extras(c_out, shortcut, se_ratio, drop_path)
+        self.shortcut = make_shortcut(shortcut, c_in, c_out, stride, norm)
+        self.projects = self.shortcut is not None and not (c_in == c_out and stride == 1)
+
     def zero_init_last(self) -> None:
         """Zero the last conv, so the block starts as its shortcut; nothing without a shortcut."""
         if self.shortcut is not None:
             nn.init.zeros_(self.residual[-1][-1].weight)
-
-
-def _setup(block, c_in, c_out, stride, norm, act, shortcut, se_ratio, drop_path) -> None:
-    del act  # pre-activation blocks end without an activation
-    block.se, block.drop_path = branch_extras(c_out, shortcut, se_ratio, drop_path)
-    block.shortcut = make_shortcut(shortcut, c_in, c_out, stride, norm)
-    block.projects = block.shortcut is not None and not (c_in == c_out and stride == 1)
 
 
 @BLOCK.register("preact_basic")
@@ -92,7 +96,7 @@ class PreActBasicBlock(_PreActivation):
             norm_act_conv(c_in, width, 3, stride, norm, act, group_width),
             norm_act_conv(width, c_out, 3, 1, norm, act, group_width),
         )
-        _setup(self, c_in, c_out, stride, norm, act, shortcut, se_ratio, drop_path)
+        self._add_shortcut(c_in, c_out, stride, norm, shortcut, se_ratio, drop_path)
 
 
 @BLOCK.register("preact_bottleneck")
@@ -120,4 +124,4 @@ class PreActBottleneck(_PreActivation):
             norm_act_conv(width, width, 3, stride, norm, act, group_width),
             norm_act_conv(width, c_out, 1, 1, norm, act),
         )
-        _setup(self, c_in, c_out, stride, norm, act, shortcut, se_ratio, drop_path)
+        self._add_shortcut(c_in, c_out, stride, norm, shortcut, se_ratio, drop_path)

@@ -9,13 +9,17 @@ from ablab.layers.act import make_act
 from ablab.layers.norm import make_norm, uses_norm
 
 
-def num_groups(channels: int, group_width: int | None) -> int:
-    """Groups of ``group_width`` channels each; ``None`` is one group (a dense conv)."""
+def num_groups(channels: int, group_width: int | None, c_out: int | None = None) -> int:
+    """Groups of ``group_width`` input channels each (``None``: one group, a dense conv), checked
+    to divide the ``c_out`` output channels too."""
     if group_width is None:
         return 1
     if group_width < 1 or channels % group_width:
         raise ConfigError(f"group_width={group_width} does not divide {channels} channels")
-    return channels // group_width
+    groups = channels // group_width
+    if c_out is not None and c_out % groups:
+        raise ConfigError(f"{groups} groups do not divide {c_out} output channels")
+    return groups
 
 
 class ConvNormAct(nn.Sequential):
@@ -40,9 +44,7 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         if padding is None:
             padding = kernel_size // 2  # "same" size for odd kernels at stride 1
-        groups = num_groups(c_in, group_width)
-        if c_out % groups:
-            raise ConfigError(f"{groups} groups do not divide {c_out} output channels")
+        groups = num_groups(c_in, group_width, c_out)
         super().__init__()
         self.conv = nn.Conv2d(
             c_in,
