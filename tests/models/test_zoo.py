@@ -42,18 +42,20 @@ def test_trains_on_digits_sized_batches(name, compose_cfg) -> None:
     check_forward_backward(net, torch.rand(2, 1, 28, 28), 10)
 
 
-def is_imagenet_form(name: str) -> bool:
-    """A config that sets, or inherits, an ImageNet stem or VGG's 7x7 head pool."""
-    text = (CONF / "model" / f"{name}.yaml").read_text()
-    if any(key in text for key in ("stem: cifar", "head_pool: 1", "stem_stride: 1")):
-        return False
-    if any(key in text for key in ("stem: imagenet", "head_pool: 7", "stem_stride: 2")):
-        return True
-    parent = re.search(r"^  - (\w+)$", text, re.MULTILINE)
-    return bool(parent and is_imagenet_form(parent.group(1)))
+def form_of(name: str) -> str:
+    """The ``# form: imagenet|small`` line every model config carries: the input size its layout
+    is built for (ImageNet forms must also run on 28 px digits; small forms are not run at 224)."""
+    found = re.search(r"^# form: (imagenet|small)$", (CONF / "model" / f"{name}.yaml").read_text(),
+                      re.MULTILINE)  # fmt: skip
+    assert found, f"conf/model/{name}.yaml has no '# form: imagenet|small' line"
+    return found.group(1)
 
 
-IMAGENET_FORMS = [m for m in MODELS if is_imagenet_form(m)]
+def test_every_config_declares_its_form() -> None:
+    assert {form_of(m) for m in MODELS} == {"imagenet", "small"}
+
+
+IMAGENET_FORMS = [m for m in MODELS if form_of(m) == "imagenet"]
 
 
 @pytest.mark.slow
