@@ -104,10 +104,18 @@ def _window(module: nn.Module) -> tuple[int, int]:
     return dilation * (kernel - 1) + 1, stride
 
 
+class _LayerTracer(fx.Tracer):
+    """Keeps every windowed or global layer a leaf, including subclasses outside ``torch.nn``
+    (e.g. a max pool whose window adapts to the input size, which fx could not trace into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _WINDOWED + _GLOBAL) or super().is_leaf_module(m, qualname)
+
+
 def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
     """module name -> (R, J) at its output, or {} when the model is not fx-traceable."""
     try:
-        graph = fx.symbolic_trace(net).graph
+        graph = _LayerTracer().trace(net)
     except Exception:  # dynamic control flow: shapes and MACs are still measured
         return {}
     modules = dict(net.named_modules())

@@ -1,5 +1,6 @@
 """Model families, one file each; named variants live in ``conf/model/*.yaml``."""
 
+from ablab.models.alexnet import AlexNet
 from ablab.models.lenet import LeNet5
 from ablab.models.mobilenet import MobileNet
 from ablab.models.repvgg import RepVGG
@@ -7,4 +8,4 @@ from ablab.models.resnet import ResNet
 from ablab.models.timm_backbone import timm_model
 from ablab.models.vgg import VGG
 
-__all__ = ["VGG", "LeNet5", "MobileNet", "RepVGG", "ResNet", "timm_model"]
+__all__ = ["VGG", "AlexNet", "LeNet5", "MobileNet", "RepVGG", "ResNet", "timm_model"]
