@@ -5,12 +5,13 @@ and activation; it replaces a k x k conv at about 1/C_out + 1/k² of its paramet
 MobileNetV2 (Sandler et al. 2018): expand with a 1x1 conv by ``expansion``, depthwise k x k, then
 project with a 1x1 conv that has **no activation** (the linear bottleneck), with an identity
 shortcut where shapes allow; ``se_ratio`` adds squeeze-and-excitation on the expanded features
-(MobileNetV3 / EfficientNet's MBConv).
+(MnasNet / EfficientNet's MBConv, Tan et al. 2019; MobileNetV3, Howard et al. 2019, with a
+hard-sigmoid gate).
 """
 
 from __future__ import annotations
 
-from timm.layers import DropPath, SEModule
+from timm.layers import DropPath, SEModule, make_divisible
 from torch import Tensor, nn
 
 from ablab.blocks.residual import branch_extras
@@ -50,7 +51,11 @@ class DepthwiseSeparable(nn.Module):
 
 @BLOCK.register("inverted_residual")
 class InvertedResidual(nn.Module):
-    """y = project(se(dw(expand(x)))) + x where shapes match; project has no activation."""
+    """y = project(se(dw(expand(x)))) + x where shapes match; project has no activation.
+
+    ``se_ratio``: squeeze width as a fraction of ``c_in``; ``se_act`` / ``se_gate`` are timm
+    activation names (``relu``, ``silu``; ``sigmoid``, ``hard_sigmoid``).
+    """
 
     def __init__(
         self,
@@ -64,6 +69,9 @@ class InvertedResidual(nn.Module):
         expansion: float = 6.0,
         kernel_size: int = 3,
         se_ratio: float = 0.0,
+        se_divisor: int = 1,
+        se_act: str = "relu",
+        se_gate: str = "sigmoid",
         linear_bottleneck: bool = True,
         drop_path: float = 0.0,
     ) -> None:
@@ -76,7 +84,12 @@ class InvertedResidual(nn.Module):
             ConvNormAct(hidden, hidden, kernel_size, stride, norm=norm, act=act, group_width=1)
         )
         if se_ratio > 0:
-            layers.append(SEModule(hidden, rd_ratio=se_ratio, rd_divisor=1))
+            # The squeeze width is a fraction of the block's *input* width (EfficientNet's
+            # convention), rounded to a multiple of ``se_divisor`` (8 in MobileNetV3).
+            squeeze = make_divisible(c_in * se_ratio, se_divisor)
+            layers.append(
+                SEModule(hidden, rd_channels=squeeze, act_layer=se_act, gate_layer=se_gate)
+            )
         # The linear bottleneck: ReLU on a thin projection destroys information (Sandler et al.
         # §3.2); ``linear_bottleneck=false`` puts the activation back to test that claim.
         layers.append(
