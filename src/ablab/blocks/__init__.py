@@ -5,17 +5,23 @@ family's own shape arguments (``bottleneck_ratio``/``group_width`` for residual 
 ``expansion``/``kernel_size`` for inverted residuals).
 """
 
+from ablab.blocks.dense import DenseBlock, DenseLayer, Transition
 from ablab.blocks.inverted import DepthwiseSeparable, InvertedResidual
 from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.repvgg import RepVGGBlock
 from ablab.blocks.residual import BasicBlock, Bottleneck
+from ablab.blocks.shuffle import ShuffleV2Unit
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "DenseBlock",
+    "DenseLayer",
     "DepthwiseSeparable",
     "InvertedResidual",
     "PreActBasicBlock",
     "PreActBottleneck",
     "RepVGGBlock",
+    "ShuffleV2Unit",
+    "Transition",
 ]

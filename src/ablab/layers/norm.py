@@ -20,8 +20,13 @@ def batch_norm(channels: int) -> nn.Module:
 
 @NORM.register("gn")
 def group_norm(channels: int, group_size: int = 16) -> nn.Module:
-    """GroupNorm with groups of ``group_size`` channels (one group when channels are fewer)."""
-    return nn.GroupNorm(max(1, channels // group_size), channels)
+    """GroupNorm with groups of about ``group_size`` channels: the most groups, at most
+    channels // group_size, that divide the channels (DenseNet widths like 84 are not multiples
+    of 16)."""
+    groups = max(1, channels // group_size)
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
 
 
 @NORM.register("ln")
