@@ -11,6 +11,7 @@ from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.repvgg import RepVGGBlock
 from ablab.blocks.residual import BasicBlock, Bottleneck
 from ablab.blocks.shuffle import ShuffleV2Unit
+from ablab.blocks.transformer import TransformerBlock
 
 __all__ = [
     "BasicBlock",
@@ -23,5 +24,6 @@ __all__ = [
     "PreActBottleneck",
     "RepVGGBlock",
     "ShuffleV2Unit",
+    "TransformerBlock",
     "Transition",
 ]

@@ -59,9 +59,10 @@ class Maxout(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels, pieces))
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = (1, *self.weight.shape) + (1,) * (x.dim() - 2)  # (1, C, k, 1, 1) for images
-        pieces = x.unsqueeze(2) * self.weight.view(shape) + self.bias.view(shape)
-        return pieces.amax(dim=2)
+        # Channels last so (C, k) parameters broadcast for any rank, with no shape arithmetic
+        # that torch.fx could not trace: (N, C, *S) → (N, *S, C, 1) → (N, *S, C, k) → (N, C, *S).
+        pieces = x.movedim(1, -1).unsqueeze(-1) * self.weight + self.bias
+        return pieces.amax(dim=-1).movedim(-1, 1)
 
 
 @ACT.register("maxout")

@@ -9,5 +9,18 @@ from ablab.models.resnet import ResNet
 from ablab.models.shufflenet import ShuffleNetV2
 from ablab.models.timm_backbone import timm_model
 from ablab.models.vgg import VGG
+from ablab.models.vit import ViT
 
-__all__ = ["VGG", "AlexNet", "DenseNet", "LeNet5", "MobileNet", "MobileNetV3", "RepVGG", "ResNet", "ShuffleNetV2", "timm_model"]
+__all__ = [
+    "VGG",
+    "AlexNet",
+    "DenseNet",
+    "LeNet5",
+    "MobileNet",
+    "MobileNetV3",
+    "RepVGG",
+    "ResNet",
+    "ShuffleNetV2",
+    "ViT",
+    "timm_model",
+]
