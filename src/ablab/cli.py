@@ -1,4 +1,4 @@
-"""The ``ablab`` command: ``ablab train|summary|show-batch [options] [overrides]``.
+"""The ``ablab`` command: ``ablab train|summary|zoo|show-batch [options] [overrides]``.
 
 Sub-commands take the same Hydra overrides as training, composed from the same ``conf/``.
 """
@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ablab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ablab.complexity import Complexity
 
 
 def show_batch(argv: list[str]) -> None:
@@ -44,6 +48,23 @@ def show_batch(argv: list[str]) -> None:
     print(f"saved {min(len(x), args.max_images)} images of {datamodule.name} to {path}")
 
 
+def measure_configured(overrides: list[str]) -> tuple[str, Complexity]:
+    """(model config name, Complexity) of the model these overrides configure, on one input of
+    the configured data's channels and size."""
+    from hydra.utils import instantiate
+
+    from ablab.complexity import measure
+    from ablab.config import composed
+    from ablab.training.run import as_config_error
+
+    with composed(overrides) as cfg:
+        shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+        try:
+            return cfg.hydra.runtime.choices.model, measure(instantiate(cfg.model), shape)
+        except Exception as err:
+            raise as_config_error(err) from err
+
+
 def summary(argv: list[str]) -> None:
     """Per-layer output shape, params, MACs and receptive field of the configured model."""
     parser = argparse.ArgumentParser(
@@ -59,19 +80,10 @@ def summary(argv: list[str]) -> None:
 
     import json
 
-    from hydra.utils import instantiate
+    from ablab.complexity import human
 
-    from ablab.complexity import human, measure
-    from ablab.config import composed
-    from ablab.training.run import as_config_error
-
-    with composed(args.overrides) as cfg:
-        shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-        model_name = cfg.hydra.runtime.choices.model
-        try:
-            stats = measure(instantiate(cfg.model), shape)
-        except Exception as err:
-            raise as_config_error(err) from err
+    model_name, stats = measure_configured(args.overrides)
+    shape = stats.input_shape
     if args.depth is not None:
         stats.layers = stats.grouped(args.depth)
     if args.json:
@@ -97,6 +109,53 @@ def summary(argv: list[str]) -> None:
     console.print(f"{model_name}: {human(stats.params)} params, {human(stats.macs)} MACs")
 
 
+def zoo(argv: list[str]) -> None:
+    """Params and MACs of every conf/model config at small and ImageNet sizes."""
+    parser = argparse.ArgumentParser(
+        prog="ablab zoo",
+        description="Params and MACs of every model config, measured by tracing (as `summary`).",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224], metavar="PX")
+    parser.add_argument("--models", nargs="+", default=None, help="config names (default: all)")
+    parser.add_argument("--save", default=None, metavar="FILE", help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    import json
+    import re
+
+    from ablab.complexity import human
+    from ablab.config import CONFIG_DIR
+
+    folder = CONFIG_DIR / "model"
+    names = args.models or sorted(p.stem for p in folder.glob("*.yaml"))
+    table: dict[str, dict] = {}
+    for name in names:
+        form = re.search(r"^# form: (\w+)$", (folder / f"{name}.yaml").read_text(), re.MULTILINE)
+        row: dict = {"form": form.group(1) if form else "?"}
+        for size in args.sizes:
+            classes = 1000 if size >= 160 else 10  # ImageNet heads at ImageNet sizes
+            overrides = [f"model={name}", "data.in_channels=3", f"data.image_size={size}"]
+            _, stats = measure_configured([*overrides, f"data.num_classes={classes}"])
+            row[str(size)] = {"classes": classes, "params": stats.params, "macs": stats.macs}
+        table[name] = row
+        if not args.json:
+            if len(table) == 1:
+                head = [f"params @{s} px | MACs @{s} px" for s in args.sizes]
+                print("| model | form | " + " | ".join(head) + " |")
+                print("|---|---|" + "---:|---:|" * len(args.sizes))
+            cells = [
+                f"{row[str(s)]['params']:,} | {human(row[str(s)]['macs'])}" for s in args.sizes
+            ]
+            print(f"| {name} | {row['form']} | " + " | ".join(cells) + " |", flush=True)
+    if args.json:
+        print(json.dumps(table, indent=1))
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(table, f, indent=1)
+            f.write("\n")
+
+
 def train(argv: list[str]) -> None:
     """Train and track one run (or a ``-m`` sweep): the Hydra entry point with these arguments."""
     from ablab import train as entry
@@ -105,7 +164,7 @@ def train(argv: list[str]) -> None:
     entry.main()
 
 
-COMMANDS = {"train": train, "summary": summary, "show-batch": show_batch}
+COMMANDS = {"train": train, "summary": summary, "zoo": zoo, "show-batch": show_batch}
 
 
 def main(argv: list[str] | None = None) -> None:

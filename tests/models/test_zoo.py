@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,7 +249,15 @@ PIPELINE_MODELS = [
     "vgg16_small",
     "mobilenet_v1_small",
     "mobilenet_v2_small",
+    "mobilenet_v3_small_cifar",
+    "efficientnet_b0_small",
     "repvgg_small",
+    "alexnet_small",
+    "googlenet",  # with its auxiliary heads on: the task trains them
+    "squeezenet_small",
+    "densenet_bc100",
+    "shufflenet_v2_small",
+    "vit_tiny_p4",
     "timm",
 ]
 
@@ -274,6 +284,8 @@ def test_model_trains_a_short_epoch_on_digits(name, compose_cfg, shared_store) -
         "trainer.limit_test_batches=1",
         "+trainer.num_sanity_val_steps=0",
     ]
+    if name == "googlenet":
+        overrides.append("model.aux_heads=true")
     with compose_cfg(*overrides) as cfg:
         metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
@@ -357,3 +369,18 @@ def test_resnet_rejects_a_non_residual_block(compose_cfg) -> None:
         build(compose_cfg, "resnet20", "model.block=repvgg")
     err = as_config_error(info.value)
     assert isinstance(err, ConfigError) and "valid: basic, bottleneck, preact_basic" in str(err)
+
+
+STORED = json.loads((Path(__file__).parent / "zoo_complexity.json").read_text())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_complexity_matches_the_stored_numbers(name) -> None:
+    """Params and MACs at 32 px as `make zoo` last measured them: a change shows up here."""
+    from ablab.cli import measure_configured
+
+    assert name in STORED, f"{name} has no stored complexity: run `make zoo` and commit the diff"
+    stored = STORED[name]["32"]
+    overrides = [f"model={name}", "data.in_channels=3", "data.image_size=32"]
+    _, stats = measure_configured([*overrides, f"data.num_classes={stored['classes']}"])
+    assert (stats.params, stats.macs) == (stored["params"], stored["macs"])

@@ -6,6 +6,8 @@ family's own shape arguments (``bottleneck_ratio``/``group_width`` for residual 
 """
 
 from ablab.blocks.dense import DenseBlock, DenseLayer, Transition
+from ablab.blocks.fire import Fire
+from ablab.blocks.inception import Inception, InceptionAux
 from ablab.blocks.inverted import DepthwiseSeparable, InvertedResidual
 from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.repvgg import RepVGGBlock
@@ -19,6 +21,9 @@ __all__ = [
     "DenseBlock",
     "DenseLayer",
     "DepthwiseSeparable",
+    "Fire",
+    "Inception",
+    "InceptionAux",
     "InvertedResidual",
     "PreActBasicBlock",
     "PreActBottleneck",

@@ -20,6 +20,10 @@ class ClassifierModule(pl.LightningModule):
     The network is built elsewhere and injected; ``optimizer`` is a partial taking the parameters,
     ``scheduler`` a Lightning lr-scheduler dict whose ``scheduler`` entry is a partial taking the
     optimizer (or ``None``).
+
+    Nets with auxiliary classifiers (GoogLeNet) expose ``forward_with_aux(x) -> (logits, [aux])``
+    and ``aux_weight``; in training the loss is then loss(logits) + aux_weight · Σ loss(aux_i)
+    (Szegedy et al. 2015, weight 0.3), and ``train/loss`` is that total.
     """
 
     def __init__(
@@ -52,8 +56,18 @@ class ClassifierModule(pl.LightningModule):
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.loss_fn(logits, y)
+        if stage == "train" and hasattr(self.net, "forward_with_aux"):
+            logits, aux = self.net.forward_with_aux(x)
+            loss = self.loss_fn(logits, y)
+            if aux:
+                aux_loss = sum(self.loss_fn(a, y) for a in aux)
+                self.log(
+                    "train/loss_aux", aux_loss, on_step=False, on_epoch=True, batch_size=len(y)
+                )
+                loss = loss + self.net.aux_weight * aux_loss
+        else:
+            logits = self(x)
+            loss = self.loss_fn(logits, y)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), y)
         self.log(
