@@ -176,7 +176,7 @@ def test_identity_shortcut_only_where_widths_match() -> None:
     assert n_params(net) == n_params(GoogLeNet())
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_classifier_task_adds_the_weighted_aux_losses(compose_cfg) -> None:
     from functools import partial
 
