@@ -37,6 +37,7 @@ class LeNet5(nn.Module):
         norm: str = "none",
         pool: str = "max",
         c1_padding: int = 2,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         c1, c3, c5, f6 = tuple(widths)
@@ -57,8 +58,10 @@ class LeNet5(nn.Module):
             # At 28x28 C5 is already 1x1 and this is the identity; it lets larger inputs through.
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
+            nn.Dropout(dropout),  # not in LeNet-5; the switch for dropout ablations
             nn.Linear(c5, f6),
             make_act(act, f6),
+            nn.Dropout(dropout),
             nn.Linear(f6, num_classes),
         )
 

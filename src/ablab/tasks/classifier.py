@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from ablab.errors import ConfigError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
@@ -20,6 +23,11 @@ class ClassifierModule(pl.LightningModule):
     The network is built elsewhere and injected; ``optimizer`` is a partial taking the parameters,
     ``scheduler`` a Lightning lr-scheduler dict whose ``scheduler`` entry is a partial taking the
     optimizer (or ``None``).
+
+    Weight decay (the optimizer's ``weight_decay``) applies to conv/linear weights only, not to
+    biases or norm parameters, unless ``decay_norm_and_bias``; ``l1`` adds l1 · Σ|w| over those
+    weights to the training loss. Training targets may be soft (N, C) probabilities (mixup,
+    cutmix): metrics then score against their arg-max.
 
     Nets with auxiliary classifiers (GoogLeNet) expose ``forward_with_aux(x) -> (logits, [aux])``
     and ``aux_weight``; in training the loss is then loss(logits) + aux_weight · Σ loss(aux_i)
@@ -33,6 +41,8 @@ class ClassifierModule(pl.LightningModule):
         scheduler: dict[str, Any] | None,
         loss: nn.Module,
         num_classes: int,
+        decay_norm_and_bias: bool = False,
+        l1: float = 0.0,
     ) -> None:
         super().__init__()
         # Modules live in the state dict and factories are code, so only plain values go into the
@@ -42,6 +52,9 @@ class ClassifierModule(pl.LightningModule):
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
+        if l1 < 0:
+            raise ConfigError(f"task.l1={l1} must be >= 0")
+        self.decay_norm_and_bias, self.l1 = decay_norm_and_bias, l1
         metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
         if num_classes > 5:
             metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -68,8 +81,12 @@ class ClassifierModule(pl.LightningModule):
         else:
             logits = self(x)
             loss = self.loss_fn(logits, y)
+        if stage == "train" and self.l1 > 0:
+            penalty = sum(p.abs().sum() for p in self.decayed_parameters())
+            self.log("train/l1_penalty", penalty, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + self.l1 * penalty
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), y)
+        metrics.update(logits.detach(), y.argmax(1) if y.dim() == 2 else y)
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
         )
@@ -95,10 +112,39 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        """Parameters under weight decay and l1: weights of ≥ 2 dims, i.e. not biases or norms."""
+        return [p for p in self.net.parameters() if p.requires_grad and p.dim() > 1]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """[decayed weights, everything else with weight_decay 0], or one group when norms and
+        biases are decayed too (the optimizer's own ``weight_decay`` then applies to all)."""
+        if self.decay_norm_and_bias:
+            return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "all"}]
+        decayed = {id(p) for p in self.decayed_parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in decayed]
+        # Named groups: the learning-rate monitor logs lr-<Optimizer>/weights etc.
+        groups = [
+            {"params": self.decayed_parameters(), "name": "weights"},
+            {"params": rest, "weight_decay": 0.0, "name": "norm_and_bias"},
+        ]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if not self.scheduler_config:
             return optimizer
         scheduler = dict(self.scheduler_config)
-        scheduler["scheduler"] = scheduler["scheduler"](optimizer)
+        make = scheduler["scheduler"]
+        if isinstance(make, partial) and make.keywords.get("total_steps", 0) is None:
+            make = partial(make, total_steps=self._total_steps())  # one-cycle spans the run
+        scheduler["scheduler"] = make(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole run; a placeholder when no trainer is attached yet (the
+        dry run that validates the config before training)."""
+        try:
+            return max(1, int(self.trainer.estimated_stepping_batches))
+        except RuntimeError:
+            return 100

@@ -9,9 +9,11 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -19,6 +21,7 @@ from mlflow.entities import Param
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import MLFlowLogger
 from rich.console import Console
+from torch import nn
 
 from ablab.complexity import Complexity, measure
 from ablab.config import resolved
@@ -26,6 +29,7 @@ from ablab.data import ImageDataModule
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params, tracked_run
+from ablab.training.losses import dataset_targets
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -49,17 +53,20 @@ def build(cfg: DictConfig) -> Run:
         datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
         datamodule.prepare_data()
         datamodule.setup("fit")  # loads and splits once (cached): data errors surface here
+        # Weights draw from their own stream, so variants can share data order and augmentation.
+        torch.manual_seed(cfg.seeds.init)
         net = initialize(instantiate(cfg.model), **cfg.init)
         # Traced at the data's input size: a model that cannot take that size fails here.
         size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
         complexity = measure(net, size)
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+        loss = instantiate(cfg.loss)
+        if isinstance(loss, partial):  # losses that need the training set's class counts
+            targets = dataset_targets(datamodule.splits["train"])
+            loss = loss(class_counts=torch.bincount(targets, minlength=cfg.data.num_classes))
+        check_loss(loss, cfg.data.num_classes)
         task = instantiate(
-            cfg.task,
-            net=net,
-            optimizer=instantiate(cfg.optimizer),
-            scheduler=scheduler,
-            loss=instantiate(cfg.loss),
+            cfg.task, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, loss=loss
         )
         try:  # dry run: a bad optimizer or scheduler value fails here, not after the run starts
             task.configure_optimizers()
@@ -73,6 +80,14 @@ def build(cfg: DictConfig) -> Run:
     except Exception as err:
         raise as_config_error(err) from err
     return Run(datamodule, task, trainer, logger, complexity)
+
+
+def check_loss(loss: nn.Module, num_classes: int) -> None:
+    """Evaluate the loss once on dummy logits, so a bad loss value fails before the run starts."""
+    try:
+        loss(torch.zeros(2, num_classes), torch.zeros(2, dtype=torch.long))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"loss rejected the config: {err}") from err
 
 
 def as_config_error(err: BaseException) -> ConfigError:
