@@ -13,7 +13,7 @@ TEST_WORKERS ?= 2
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format ui zoo clean
+.PHONY: help install train test lint format ui zoo bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,6 +50,9 @@ zoo: install ## Re-measure every model config: docs/zoo.md and the numbers tests
 	  echo "10 classes at 32 px, 1000 classes at 224 px; MACs are multiply-adds for one image."; \
 	  echo "\`form\` is the input size a layout is built for (small: 28-32 px)."; echo; \
 	  $(BIN)/ablab zoo --save tests/models/zoo_complexity.json; } > docs/zoo.md
+
+bench: install ## Augmentation throughput, batched (kornia) vs per-sample (torchvision): bench/results/
+	$(BIN)/python bench/augmentation.py --out bench/results/augmentation.md
 
 clean: ## Remove run outputs, the local MLflow store and caches (keeps .venv)
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache .ruff_cache batch.png

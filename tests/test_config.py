@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import pytest
 import torch
@@ -78,11 +79,21 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             if cfg.scheduler is not None:
                 sched = instantiate(cfg.scheduler, _convert_="all")
                 assert sched["interval"] in ("epoch", "step")
-                scheduler = sched["scheduler"](optimizer)
+                make = sched["scheduler"]
+                if (
+                    make.keywords.get("total_steps", 0) is None
+                ):  # the task fills it from the trainer
+                    make = partial(make, total_steps=10)
+                scheduler = make(optimizer)
                 optimizer.step()
-                scheduler.step()
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(1.0)  # the monitored metric
+                else:
+                    scheduler.step()
         elif group in ("augmentation", "loss"):
             module = instantiate(cfg[group])
+            if isinstance(module, partial):  # a loss built from the training split's class counts
+                module = module(class_counts=torch.ones(cfg.data.num_classes))
             assert isinstance(module, torch.nn.Module)
         elif group == "logger":
             logger = instantiate(cfg.logger)

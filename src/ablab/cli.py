@@ -43,7 +43,8 @@ def show_batch(argv: list[str]) -> None:
             raise as_config_error(err) from err
     x, y = next(iter(datamodule.train_dataloader()))
     if args.augmented:
-        x = datamodule.augmentation(x)
+        x, y = datamodule.augmentation.draw(x, y, index=0)
+        y = y.argmax(1) if y.dim() == 2 else y  # mixed targets: the dominant class
     path = save_batch_grid(x, y, datamodule.class_names, args.out, args.max_images)
     print(f"saved {min(len(x), args.max_images)} images of {datamodule.name} to {path}")
 

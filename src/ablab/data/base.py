@@ -3,13 +3,19 @@
 A DataModule yields ``(x, y)`` with ``x`` float in [0, 1], shape (N, C, H, W) at the configured
 ``image_size`` and ``in_channels``, and ``y`` class indices in ``[0, num_classes)``. Augmentation and
 standardisation run on the training device after the batch is transferred (Lightning's
-``on_after_batch_transfer``), so in-memory datasets never pay per-sample Python for them.
+``on_after_batch_transfer``), so in-memory datasets never pay per-sample Python for them. Training
+batches go through the :class:`~ablab.data.augment.BatchAugment` as ``(x, y)``: a mixing op (mixup,
+CutMix) returns ``y`` as (N, num_classes) class probabilities.
+
+Three seeds: ``seed`` draws the splits, ``order_seed`` the training-set shuffling order and the
+augmentation its own (``seeds.augmentation`` in the config).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ablab.data.augment import BatchAugment
 from ablab.errors import ConfigError
 
 
@@ -40,10 +47,13 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         seed: int = 0,
+        order_seed: int | None = None,
         num_workers: int = 0,
         normalize: bool = True,
-        augmentation: nn.Module | None = None,
+        augmentation: BatchAugment | nn.Module | None = None,
     ) -> None:
+        """``order_seed`` (default: ``seed``) shuffles the training set; ``augmentation`` is a
+        :class:`BatchAugment`, or any image-only module, which is then wrapped in one."""
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
@@ -63,9 +73,15 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        self.order_seed = seed if order_seed is None else order_seed
         self.num_workers = num_workers
         self.normalize = normalize
-        self.augmentation = augmentation if augmentation is not None else nn.Identity()
+        if not isinstance(augmentation, BatchAugment):
+            ops = {} if augmentation is None else {type(augmentation).__name__: augmentation}
+            augmentation = BatchAugment(
+                ops, seed=seed, in_channels=in_channels, image_size=image_size
+            )
+        self.augmentation = augmentation
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self.mean = torch.zeros(in_channels)
         self.std = torch.ones(in_channels)
@@ -104,7 +120,8 @@ class ImageDataModule(pl.LightningDataModule):
         return {split: TensorDataset(x, y) for split, (x, y) in raw.items()}
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        # A fresh generator per loader: a second loader (the batch preview) leaves the order alone.
+        generator = torch.Generator().manual_seed(self.order_seed)
         return self._loader("train", shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
@@ -113,12 +130,22 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> tuple[Tensor, Tensor]:
         x, y = batch
         trainer = self.trainer
-        if trainer is not None and trainer.training:
-            x = self.augmentation(x)
+        if trainer is not None and trainer.training:  # validation and test are never augmented
+            x, y = self.augmentation(x, y)
         return self.standardize(x), y
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in Lightning checkpoints: the augmentation's batch counter, so a resumed run
+        continues the sequence of augmentation draws instead of repeating it."""
+        return {"augmentation": self.augmentation.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.augmentation.load_state_dict(state_dict["augmentation"])
 
     # -- helpers ------------------------------------------------------------------------------
     def standardize(self, x: Tensor) -> Tensor:

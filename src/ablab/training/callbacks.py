@@ -52,8 +52,10 @@ class LogBatchPreview(Callback):
         if not (trainer.is_global_zero and isinstance(logger, MLFlowLogger) and datamodule):
             return
         x, y = next(iter(datamodule.train_dataloader()))
-        with torch.no_grad():
-            x = datamodule.augmentation(x[: self.max_images])
-        fig = batch_grid(x, y, datamodule.class_names, self.max_images)
+        n = self.max_images
+        with torch.no_grad():  # draw 0 without advancing the counter: training starts there too
+            x, y = datamodule.augmentation.draw(x[:n], y[:n], index=0)
+        labels = y.argmax(1) if y.dim() == 2 else y  # mixed targets: the dominant class
+        fig = batch_grid(x, labels, datamodule.class_names, self.max_images)
         logger.experiment.log_figure(logger.run_id, fig, self.artifact_file)
         plt.close(fig)

@@ -64,7 +64,8 @@ def build(cfg: DictConfig) -> Run:
         if isinstance(loss, partial):  # losses that need the training set's class counts
             targets = dataset_targets(datamodule.splits["train"])
             loss = loss(class_counts=torch.bincount(targets, minlength=cfg.data.num_classes))
-        check_loss(loss, cfg.data.num_classes)
+        # mixup/CutMix hand the loss (N, C) class probabilities: a loss that needs indices fails here
+        check_loss(loss, cfg.data.num_classes, soft=datamodule.augmentation.mix is not None)
         task = instantiate(
             cfg.task, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, loss=loss
         )
@@ -82,10 +83,13 @@ def build(cfg: DictConfig) -> Run:
     return Run(datamodule, task, trainer, logger, complexity)
 
 
-def check_loss(loss: nn.Module, num_classes: int) -> None:
-    """Evaluate the loss once on dummy logits, so a bad loss value fails before the run starts."""
+def check_loss(loss: nn.Module, num_classes: int, soft: bool = False) -> None:
+    """Evaluate the loss once on dummy logits (and, with ``soft``, on class-probability targets),
+    so a bad loss value fails before the run starts."""
     try:
         loss(torch.zeros(2, num_classes), torch.zeros(2, dtype=torch.long))
+        if soft:
+            loss(torch.zeros(2, num_classes), torch.full((2, num_classes), 1.0 / num_classes))
     except (ValueError, RuntimeError) as err:
         raise ConfigError(f"loss rejected the config: {err}") from err
 
@@ -112,6 +116,8 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
     for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(logger.run_id, params=entries[start : start + 100])
     client.log_text(logger.run_id, yaml.safe_dump(config, sort_keys=False), "config/config.yaml")
+    augmentation = "\n".join(run.datamodule.augmentation.describe()) + "\n"
+    client.log_text(logger.run_id, augmentation, "config/augmentation.txt")
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     client.log_text(logger.run_id, yaml.safe_dump(overrides), "config/overrides.yaml")
