@@ -65,6 +65,17 @@ def test_every_loss_trains(name, compose_cfg, store) -> None:
     assert_trained(fit(compose_cfg, store, f"loss={name}", "data=synthetic"))
 
 
+@pytest.mark.parametrize("name", options("init"))
+def test_every_init_trains(name, compose_cfg, store) -> None:
+    assert_trained(fit(compose_cfg, store, f"init={name}"))
+
+
+@pytest.mark.parametrize("name", options("augmentation"))
+def test_every_augmentation_trains(name, compose_cfg, store) -> None:
+    assert_trained(fit(compose_cfg, store, f"augmentation={name}", "data=synthetic",
+                       "data.in_channels=3", "data.image_size=32"))  # fmt: skip
+
+
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_every_callbacks_option_trains(name, compose_cfg, store) -> None:
     assert_trained(fit(compose_cfg, store, f"callbacks={name}"))
