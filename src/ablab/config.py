@@ -32,9 +32,13 @@ CONFIG_NAME = "train"
 
 
 def _local_artifact_root(tracking_uri: str, path: str) -> str | None:
-    """``path`` for a local store (sqlite/file); ``None`` lets a tracking server choose."""
-    local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-    return path if local else None
+    """``path`` unless a tracking server stores the artifacts (``None`` lets it choose).
+
+    A database URI without a server (sqlite, postgresql, mysql) has no artifact store of its
+    own: MLflow would fall back to a relative ``./mlruns``.
+    """
+    served = tracking_uri.startswith(("http://", "https://", "databricks"))
+    return None if served else path
 
 
 def register_resolvers() -> None:

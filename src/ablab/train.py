@@ -29,12 +29,36 @@ def fail(err: ConfigError) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from ablab.tracking.sweep import record_job
     from ablab.training.run import train  # heavy imports only once the command line is valid
 
+    # In a sweep one job's failure must not stop the others: it is recorded (and its MLflow run
+    # is already FAILED), the sweep goes on, and the sweep's end reports it and exits non-zero.
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
     except ConfigError as err:
-        fail(err)
+        if not in_sweep:
+            fail(err)
+        record_job("ERROR", error=str(err))
+        print(f"ablab: job {HydraConfig.get().job.num} error: {err}", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:
+        if in_sweep:
+            record_job("KILLED")
+        raise
+    except Exception as err:
+        if not in_sweep:
+            raise
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        record_job("FAILED", error=first)
+        print(f"ablab: job {HydraConfig.get().job.num} failed: {first}", file=sys.stderr)
+        return None
+    if in_sweep:
+        record_job("FINISHED")
     optimized = cfg.get("optimized_metric")
     return metrics.get(optimized) if optimized else None
 

@@ -12,6 +12,8 @@ from typing import Any
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from pytorch_lightning.loggers import MLFlowLogger
 
+from ablab.tracking.sweep import child_tags
+
 #: Keys that differ on every run (paths, output dirs); they go to tags, never to params.
 VOLATILE_KEYS = ("paths.", "trainer.default_root_dir", "logger.")
 
@@ -32,7 +34,12 @@ def mlflow_logger(
     """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    all_tags = {**run_context_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    # Inside a multirun the run is a child of the sweep's parent run, tagged with its factors.
+    all_tags = {
+        **run_context_tags(),
+        **child_tags(),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
     return MLFlowLogger(
         experiment_name=experiment_name,
         run_name=run_name,
