@@ -30,7 +30,7 @@ train: install ## Train the default experiment (digits, CPU); overrides: ARGS=".
 	$(BIN)/python -m ablab.train $(ARGS)
 
 test: install ## Run the test suite in TEST_WORKERS processes (pytest options: ARGS="-k data")
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests

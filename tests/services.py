@@ -1,0 +1,226 @@
+"""Real services for tests: PostgreSQL and an MLflow tracking server on loopback.
+
+Each context manager starts what it needs in its own temporary directory and stops exactly what
+it started: PostgreSQL through ``pg_ctl`` (its own pid file), the MLflow server by its process
+group, never by process name. Recipe: PostgreSQL 15 in /work/shared/RECIPES.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: Where Debian's ``postgresql`` package puts the server binaries (not on PATH).
+DEBIAN_PG_BINARIES = "/usr/lib/postgresql/*/bin"
+#: The OS account that owns the cluster: initdb and postgres refuse to run as root.
+PG_USER = "postgres"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_bin_dir() -> Path:
+    """The directory holding ``initdb`` and ``pg_ctl``; installs Debian's package if neither has it.
+
+    PATH first, then Debian's versioned directory. The install needs root and apt-get; anywhere
+    else the calling test is skipped with the reason.
+    """
+    found = _find_postgres()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
+        # A stale package index is the usual reason the first install fails.
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+            subprocess.run(install, env=env, capture_output=True, check=True)
+        found = _find_postgres()
+    if found is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found and not installable")
+    return found
+
+
+def _find_postgres() -> Path | None:
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return Path(shutil.which("initdb")).parent
+    candidates = sorted(Path("/").glob(DEBIAN_PG_BINARIES.lstrip("/")), key=_major_version)
+    return next((d for d in reversed(candidates) if (d / "initdb").exists()), None)
+
+
+def _major_version(bin_dir: Path) -> int:
+    name = bin_dir.parent.name
+    return int(name) if name.isdigit() else 0
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    # As root, run as the postgres account (the recipe's runuser); otherwise as ourselves.
+    return ["runuser", "-u", PG_USER, "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running cluster: trust auth for user ``postgres`` on 127.0.0.1:``port``."""
+
+    root: Path
+    port: int
+
+    def uri(self, database: str) -> str:
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the dev extras install psycopg2.
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name``; return its SQLAlchemy URI."""
+        import psycopg2
+
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
+        )
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return self.uri(name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster in a new temporary directory, stopped and removed on exit."""
+    bin_dir = postgres_bin_dir()
+    # Not under pytest's tmp_path: its parent is mode 0700 for root, closed to the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="ablab-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, PG_USER)
+    data, port = root / "data", free_port()
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
+    try:
+        _run(_as_pg_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER]))
+        _run(
+            _as_pg_user(
+                [*pg_ctl, "-l", str(root / "log"), "-w", "-t", "60", "-o", options, "start"]
+            )
+        )
+        try:
+            yield Postgres(root, port)
+        finally:
+            _run(_as_pg_user([*pg_ctl, "-m", "fast", "-w", "stop"]))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running ``mlflow server``: its URL, artifact root, log file and start-up time."""
+
+    url: str
+    artifacts: Path
+    log: Path
+    pid: int
+    start_seconds: float
+
+
+@contextmanager
+def mlflow_server(
+    backend_store_uri: str,
+    workdir: Path,
+    *,
+    allowed_hosts: str | None = None,
+    timeout: float = 120.0,
+) -> Iterator[MlflowServer]:
+    """``mlflow server`` on a free loopback port, proxying artifacts into ``workdir/artifacts``.
+
+    Waits for ``/health`` (start-up with migrations takes 10-30 s on a shared 2-core machine) and
+    fails with the server log if it does not come up. On exit the server's process group
+    (uvicorn worker included) gets SIGTERM, then SIGKILL after 20 s.
+    """
+    port, artifacts, log = free_port(), workdir / "artifacts", workdir / "mlflow-server.log"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow if mlflow.exists() else shutil.which("mlflow")),
+        "server",
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", str(artifacts),
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # The GenAI job runner adds seven huey worker processes that tracking never uses.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        _wait_healthy(url, proc, log, timeout)
+        yield MlflowServer(url, artifacts, log, proc.pid, time.monotonic() - started)
+    finally:
+        stop_process_group(proc)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"mlflow server not healthy after {timeout:.0f} s:\n{log.read_text()}")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group led by ``proc`` (started with a new session), SIGKILL stragglers."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or it stays a zombie in the group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    proc.wait(timeout=5)
