@@ -51,8 +51,9 @@ zoo: install ## Re-measure every model config: docs/zoo.md and the numbers tests
 	  echo "\`form\` is the input size a layout is built for (small: 28-32 px)."; echo; \
 	  $(BIN)/ablab zoo --save tests/models/zoo_complexity.json; } > docs/zoo.md
 
-bench: install ## Augmentation throughput, batched (kornia) vs per-sample (torchvision): bench/results/
+bench: install ## Benchmarks (augmentation throughput, MLflow logging cost): bench/results/
 	$(BIN)/python bench/augmentation.py --out bench/results/augmentation.md
+	$(BIN)/python bench/logging.py --out bench/results/logging.md
 
 clean: ## Remove run outputs, the local MLflow store and caches (keeps .venv)
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache .ruff_cache batch.png
