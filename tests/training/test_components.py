@@ -196,3 +196,24 @@ def test_bad_values_fail_before_a_run_exists(overrides, message, compose_cfg, tm
         else:
             pytest.fail(f"{overrides} built without an error")
     assert not (tmp_path / "bad.db").exists()  # no store, no run
+
+
+def test_seed_streams_are_separate(compose_cfg) -> None:
+    """seeds.init fixes the weights whatever `seed` is; seeds.data fixes the shuffling order."""
+    from hydra.utils import instantiate
+
+    def first_weights_and_batch(*overrides: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with compose_cfg(*overrides) as cfg:
+            torch.manual_seed(cfg.seeds.init)  # as the training run does before building
+            net = instantiate(cfg.model)
+            datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            _, y = next(iter(datamodule.train_dataloader()))
+        return next(net.parameters()).detach().clone(), y
+
+    w0, y0 = first_weights_and_batch("seed=0", "seeds.init=7", "seeds.data=3")
+    w1, y1 = first_weights_and_batch("seed=0", "seeds.init=8", "seeds.data=3")
+    w2, y2 = first_weights_and_batch("seed=0", "seeds.init=7", "seeds.data=4")
+    assert not torch.equal(w0, w1) and torch.equal(y0, y1)  # init differs, data order shared
+    assert torch.equal(w0, w2) and not torch.equal(y0, y2)  # data order differs, init shared
