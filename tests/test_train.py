@@ -167,6 +167,9 @@ def test_multirun_sweep_tracks_one_run_per_job(root) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri(root))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    [parent] = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    jobs = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    assert sorted(r.data.params["seed"] for r in jobs) == ["0", "1"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.info.run_name for r in runs} == {"lenet5-digits-s0", "lenet5-digits-s1"}
+    assert {r.info.run_name for r in jobs} == {"lenet5-digits-s0", "lenet5-digits-s1"}

@@ -102,20 +102,24 @@ class SweepTracker(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow import MlflowClient
 
-        from ablab.tracking.mlflow import mlflow_logger, run_context_tags
+        from ablab.tracking.mlflow import run_context_tags
 
         self.sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
-        # Creating the logger's client migrates a new sqlite store here, once, before any job.
-        logger = mlflow_logger(
-            experiment_name=config.experiment_name,
-            tracking_uri=config.logger.tracking_uri,
-            artifact_location=config.logger.artifact_location,
-            log_model=False,
-        )
+        # The first client call creates and migrates a new local store: here, once, before any job.
+        # (Not through Lightning's logger: its `experiment` property would start a stray run.)
+        if str(config.logger.tracking_uri).startswith("sqlite:///"):
+            db = Path(str(config.logger.tracking_uri).removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(config.logger.tracking_uri)
-        experiment_id = logger.experiment_id  # creates the experiment when it is new
+        experiment = self.client.get_experiment_by_name(config.experiment_name)
+        if experiment is None:
+            experiment_id = self.client.create_experiment(
+                config.experiment_name, artifact_location=config.logger.artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
         command = " ".join(
             shlex.quote(a) for a in [sys.executable, "-m", "ablab.train", *sys.argv[1:]]
         )
