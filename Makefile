@@ -53,7 +53,7 @@ zoo: install ## Re-measure every model config: docs/zoo.md and the numbers tests
 
 bench: install ## Benchmarks (augmentation throughput, MLflow logging cost): bench/results/
 	$(BIN)/python bench/augmentation.py --out bench/results/augmentation.md
-	$(BIN)/python bench/logging.py --out bench/results/logging.md
+	$(BIN)/python bench/mlflow_logging.py --out bench/results/logging.md
 
 clean: ## Remove run outputs, the local MLflow store and caches (keeps .venv)
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache .ruff_cache batch.png
