@@ -200,12 +200,22 @@ class ImageDataModule(pl.LightningDataModule):
             x = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)])
         return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
+    def rank_batch_size(self, world_size: int) -> int:
+        """``batch_size`` is the global batch: each of ``world_size`` processes loads its share."""
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must split evenly over "
+                f"{world_size} processes; use a multiple of {world_size}"
+            )
+        return self.batch_size // world_size
+
     def _loader(self, split: str, shuffle: bool, generator: torch.Generator | None = None):
         if self.splits is None:
             self.setup()
+        world_size = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             self.splits[split],
-            batch_size=self.batch_size,
+            batch_size=self.rank_batch_size(world_size),
             shuffle=shuffle,
             generator=generator,
             num_workers=self.num_workers,

@@ -16,12 +16,15 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from mlflow.entities import Param
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from rich.console import Console
-from torch import nn
+from torch import Tensor, nn
 
 from ablab.complexity import Complexity, measure
 from ablab.config import resolved
@@ -33,6 +36,9 @@ from ablab.training.losses import dataset_targets
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+#: Keys of the ``trainer`` group that ablab applies itself; all others are ``pl.Trainer`` arguments.
+RUNTIME_KEYS = ("compile", "channels_last", "system_metrics_interval")
 
 
 @dataclass
@@ -58,7 +64,8 @@ def build(cfg: DictConfig) -> Run:
         net = initialize(instantiate(cfg.model), **cfg.init)
         # Traced at the data's input size: a model that cannot take that size fails here.
         size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-        complexity = measure(net, size)
+        complexity = measure(net, size)  # on the eager net: fx cannot trace a compiled one
+        net = apply_compute_switches(net, cfg.trainer.compile, cfg.trainer.channels_last)
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
         loss = instantiate(cfg.loss)
         if isinstance(loss, partial):  # losses that need the training set's class counts
@@ -75,12 +82,69 @@ def build(cfg: DictConfig) -> Run:
             raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         logger = instantiate(cfg.logger)
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+        trainer = build_trainer(cfg, callbacks=callbacks, logger=logger)
+        datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
     except ConfigError:
         raise
     except Exception as err:
         raise as_config_error(err) from err
     return Run(datamodule, task, trainer, logger, complexity)
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """``pl.Trainer`` from the ``trainer`` group minus ablab's own keys; refuse combinations that
+    Lightning would silently change or that would re-run a sweep (see :func:`check_trainer`)."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in RUNTIME_KEYS:
+        args.pop(key, None)
+    trainer = instantiate(args, **kwargs)
+    check_trainer(trainer, precision=str(args["precision"]), strategy=str(args["strategy"]))
+    return trainer
+
+
+def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
+    """Raise ConfigError for fp16 autocast on CPU (Lightning would quietly train in bf16) and for
+    a script-relaunching DDP strategy inside a multirun.
+
+    Lightning's ``ddp`` starts ranks 1..N-1 by running the command line again with
+    ``hydra.run.dir`` pinned to this run's folder. In a single run that folder is shared and only
+    rank 0 tracks; under ``-m`` the command line is the whole sweep, so every child would run it.
+    """
+    if precision in ("16", "16-mixed") and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            f"trainer.precision={precision} needs a GPU (fp16 autocast is not supported on CPU); "
+            "on CPU use 32-true or bf16-mixed"
+        )
+    launcher = trainer.strategy.launcher
+    relaunches = (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"trainer.strategy={strategy} with {launcher.num_processes} "
+            "processes per job would re-run the whole sweep in every process it starts; in a "
+            "multirun use trainer.strategy=ddp_spawn, or hydra/launcher=slurm (one task per device)"
+        )
+
+
+def apply_compute_switches(net: nn.Module, compiled: bool, channels_last: bool) -> nn.Module:
+    """Channels-last weights and inputs, then ``torch.compile`` (in place: checkpoint keys stay)."""
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        net.register_forward_pre_hook(channels_last_input)
+    if compiled:
+        net.compile()
+    return net
+
+
+def channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: an (N, C, H, W) batch in channels-last memory format."""
+    x, *rest = args
+    if isinstance(x, Tensor) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return (x, *rest)
 
 
 def check_loss(loss: nn.Module, num_classes: int, soft: bool = False) -> None:
@@ -126,16 +190,23 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test on the best checkpoint; return the test metrics."""
+    """Fit, then test on the best checkpoint; return the test metrics.
+
+    Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
+    1..N-1); only global rank 0 creates, fills and reports the MLflow run.
+    """
     run = build(cfg)
     trainer = run.trainer
-    with tracked_run(run.logger) as outcome:
-        log_run_config(run, cfg)
+    interval = cfg.trainer.system_metrics_interval
+    with tracked_run(run.logger, trainer, system_metrics_interval=interval) as outcome:
+        if trainer.is_global_zero:  # one run per job: the other ranks only train
+            log_run_config(run, cfg)
         trainer.fit(run.task, datamodule=run.datamodule)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    report(metrics, run.logger, cfg.logger.tracking_uri, outcome.status, best)
+    if trainer.is_global_zero:
+        report(metrics, run.logger, cfg.logger.tracking_uri, outcome.status, best)
     return metrics
 
 

@@ -1,0 +1,142 @@
+"""The ``trainer`` group: every option builds (or names why not here), precision, channels-last,
+torch.compile and deterministic switches do what they say, system metrics reach the run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from pytorch_lightning.plugins.precision import MixedPrecision
+from torch import nn
+
+from ablab.errors import ConfigError
+from ablab.training.run import RUNTIME_KEYS, build, train
+from conftest import CONF, tracking_uri
+
+FAST = [
+    "trainer=smoke",
+    "callbacks.batch_preview=null",
+    "callbacks.model_checkpoint=null",
+    "callbacks.progress_bar=null",
+    "logger.log_model=false",
+]
+OPTIONS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
+NEEDS_GPU = {"gpu", "ddp"}
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d:
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_every_trainer_option_builds(name, compose_cfg) -> None:
+    with compose_cfg(f"trainer={name}") as cfg:
+        assert set(RUNTIME_KEYS) <= set(cfg.trainer)  # the switches exist on every option
+        if name in NEEDS_GPU and not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match=r"(?i)gpu"):
+                build(cfg)
+            return
+        trainer = build(cfg).trainer
+    expected = {"cpu": 1, "default": 1, "smoke": 1, "ddp_cpu": 2}.get(name)
+    assert trainer.world_size == expected or name in NEEDS_GPU
+
+
+def test_ddp_option_is_multi_gpu_ddp_with_a_sync_bn_switch(compose_cfg) -> None:
+    with compose_cfg("trainer=ddp", "trainer.devices=4", "trainer.sync_batchnorm=true") as cfg:
+        t = cfg.trainer
+        assert (t.accelerator, t.devices, t.strategy, t.sync_batchnorm) == ("gpu", 4, "ddp", True)
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "16"])
+def test_fp16_on_cpu_is_refused_before_the_run(precision, compose_cfg, root) -> None:
+    bad = pytest.raises(ConfigError, match=f"trainer.precision={precision} needs a GPU.*bf16-mixed")
+    with compose_cfg(*FAST, f"trainer.precision={precision}") as cfg, bad:
+        build(cfg)
+    client = MlflowClient(tracking_uri(root))
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_bf16_mixed_trains_in_bfloat16_on_cpu(compose_cfg) -> None:
+    with compose_cfg(*FAST, "trainer.precision=bf16-mixed", "trainer.limit_train_batches=1") as cfg:
+        run = build(cfg)
+        dtypes: list[torch.dtype] = []
+        first_conv(run.task.net).register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    plugin = run.trainer.precision_plugin
+    assert isinstance(plugin, MixedPrecision) and plugin.device == "cpu"
+    assert run.trainer.global_step == 1
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # autocast ran the convs in bf16
+    assert torch.isfinite(run.trainer.callback_metrics["train/loss"])
+    assert {p.dtype for p in run.task.parameters()} == {torch.float32}  # fp32 master weights
+
+
+def test_channels_last_weights_and_batches(compose_cfg) -> None:
+    with compose_cfg(*FAST, "trainer.channels_last=true", "trainer.limit_train_batches=1") as cfg:
+        run = build(cfg)
+        conv = first_conv(run.task.net)
+        seen: list[bool] = []
+        conv.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen and all(seen)  # training and validation batches
+    assert torch.isfinite(run.trainer.callback_metrics["train/loss"])
+
+
+def test_compute_switches_are_not_trainer_arguments(compose_cfg) -> None:
+    # pl.Trainer rejects unknown keyword arguments: building at all shows they were kept out
+    overrides = ("trainer.compile=false", "trainer.channels_last=false")
+    with compose_cfg(*FAST, *overrides, "trainer.system_metrics_interval=null") as cfg:
+        run = build(cfg)
+    assert run.trainer.max_epochs == 1
+
+
+@pytest.mark.slow
+def test_compile_trains_and_keeps_checkpoint_keys(compose_cfg) -> None:
+    """~25 s on 2 CPU cores with a cold inductor cache (C++ codegen for forward and backward),
+    ~7 s warm."""
+    overrides = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=0")
+    with compose_cfg(*FAST, *overrides) as cfg:
+        eager = build(cfg)
+    with compose_cfg(*FAST, *overrides, "trainer.compile=true") as cfg:
+        run = build(cfg)
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    assert run.task.net._compiled_call_impl is not None
+    assert run.trainer.global_step == 2
+    assert torch.isfinite(run.trainer.callback_metrics["train/loss"])
+    # measured on the eager net; compiled in place, so a checkpoint loads into an eager net
+    assert run.complexity == eager.complexity
+    assert run.task.state_dict().keys() == eager.task.state_dict().keys()
+
+
+def test_deterministic_switch(compose_cfg, monkeypatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        with compose_cfg(*FAST, "trainer.deterministic=true") as cfg:
+            build(cfg)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # what cuBLAS needs on a GPU
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("interval", [0.2, None], ids=["on", "off"])
+def test_system_metrics_reach_the_run(interval, compose_cfg, root) -> None:
+    interval_override = (
+        f"trainer.system_metrics_interval={'null' if interval is None else interval}"
+    )
+    with compose_cfg(*FAST, interval_override) as cfg:
+        train(cfg)
+    client = MlflowClient(tracking_uri(root))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    if interval is None:
+        assert not system
+    else:
+        assert {
+            "system/cpu_utilization_percentage",
+            "system/system_memory_usage_megabytes",
+        } <= system
