@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablab.config import resolved
 from ablab.init import initialize
+from ablab.training.run import RUNTIME_KEYS, build_trainer
 from conftest import CONF, run_module
 
 GROUPS = [
@@ -37,13 +38,14 @@ def test_every_group_has_options() -> None:
         assert list((CONF / group).glob("*.yaml")), f"conf/{group} has no options"
 
 
-def _check_signature(node: DictConfig, where: str) -> None:
-    """Keys of a ``_target_`` node must be parameters of the target (configs mirror signatures)."""
+def _check_signature(node: DictConfig, where: str, own: tuple[str, ...] = ()) -> None:
+    """Keys of a ``_target_`` node must be parameters of the target (configs mirror signatures),
+    except ``own`` keys that ablab applies itself (the trainer group's compute switches)."""
     target = get_object(node._target_)
     params = inspect.signature(target).parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for key in node:
-        if not str(key).startswith("_") and not takes_kwargs:
+        if not str(key).startswith("_") and key not in own and not takes_kwargs:
             assert key in params, f"{where}: '{key}' is not a parameter of {node._target_}"
 
 
@@ -54,7 +56,8 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
         assert config["seed"] == cfg.seed
         node = cfg.get(group) if group != "experiment" else None
         if isinstance(node, DictConfig) and "_target_" in node:
-            _check_signature(node, f"{group}={option}")
+            own = RUNTIME_KEYS if group == "trainer" else ()
+            _check_signature(node, f"{group}={option}", own)
         if group == "callbacks":
             for name, cb in cfg.callbacks.items():
                 if cb is not None:
@@ -63,7 +66,7 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
         elif group == "trainer":
             if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
                 pytest.skip("needs a GPU to instantiate (signature checked above)")
-            trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+            trainer = build_trainer(cfg, logger=False, enable_progress_bar=False)
             assert trainer.max_epochs == cfg.trainer.max_epochs
         elif group == "data":
             dm = instantiate(cfg.data)

@@ -23,7 +23,6 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.server.security_utils import is_allowed_host_header
 
 from ablab.tracking import flatten_params, mlflow_logger, tracked_run
@@ -271,13 +270,7 @@ def test_two_concurrent_trainings_share_the_server(server: MlflowServer, tmp_pat
 
 @pytest.mark.server
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=MlflowException,
-    reason="Lightning's MLFlowLogger looks the experiment up, then creates it: of two jobs that "
-    "both miss it, one fails with RESOURCE_ALREADY_EXISTS (fix: retry in tracked_run)",
-)
-def test_parallel_jobs_may_race_to_create_the_experiment(
+def test_parallel_jobs_racing_to_create_the_experiment_both_run(
     server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"race-{uuid.uuid4().hex[:8]}"

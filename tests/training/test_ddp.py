@@ -126,11 +126,6 @@ def test_metrics_are_reduced_over_both_ranks(ddp_root: Path, expected: dict[str,
 
 @shared_run
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ClassifierModule logs its losses without sync_dist=True: the logged val/loss is "
-    "rank 0's half of the split",
-)
 def test_loss_is_reduced_over_both_ranks(ddp_root: Path, expected: dict[str, float]) -> None:
     (run,) = all_runs(ddp_root)
     assert expected["val/loss"] != pytest.approx(expected["val/loss_rank0"], rel=1e-3)

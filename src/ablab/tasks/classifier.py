@@ -75,7 +75,12 @@ class ClassifierModule(pl.LightningModule):
             if aux:
                 aux_loss = sum(self.loss_fn(a, y) for a in aux)
                 self.log(
-                    "train/loss_aux", aux_loss, on_step=False, on_epoch=True, batch_size=len(y)
+                    "train/loss_aux",
+                    aux_loss,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=len(y),
+                    sync_dist=True,
                 )
                 loss = loss + self.net.aux_weight * aux_loss
         else:
@@ -83,12 +88,25 @@ class ClassifierModule(pl.LightningModule):
             loss = self.loss_fn(logits, y)
         if stage == "train" and self.l1 > 0:
             penalty = sum(p.abs().sum() for p in self.decayed_parameters())
-            self.log("train/l1_penalty", penalty, on_step=False, on_epoch=True, batch_size=len(y))
+            self.log(
+                "train/l1_penalty",
+                penalty,
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(y),
+                sync_dist=True,
+            )
             loss = loss + self.l1 * penalty
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), y.argmax(1) if y.dim() == 2 else y)
         self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,  # under DDP: the mean over every rank's samples, not rank 0's
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import MLFlowLogger
@@ -65,6 +66,21 @@ def failure_kind(exc: BaseException) -> str:
     return getattr(exc, "failure_kind", "exception")
 
 
+def experiment_client(logger: MLFlowLogger) -> MlflowClient:
+    """``logger.experiment``, retried once when a parallel job created the experiment first.
+
+    Lightning looks the experiment up by name and creates it when missing; two sweep jobs that
+    start together both miss it, and the second ``create_experiment`` fails with
+    RESOURCE_ALREADY_EXISTS. The logger is left uninitialised, so the retry finds it by name.
+    """
+    try:
+        return logger.experiment
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return logger.experiment
+
+
 @contextmanager
 def tracked_run(
     logger: MLFlowLogger,
@@ -82,7 +98,7 @@ def tracked_run(
     """
     rank = trainer.global_rank if trainer is not None else 0
     if rank == 0:
-        client, outcome = logger.experiment, RunOutcome(run_id=logger.run_id)
+        client, outcome = experiment_client(logger), RunOutcome(run_id=logger.run_id)
         tag_experiment_kind(client, logger.experiment_id)
         clear_end_tags(client, outcome.run_id)
     else:  # Lightning's logger has no run here; rank 0 shares its id once the group exists
