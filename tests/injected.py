@@ -14,3 +14,26 @@ class RaiseAtStep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"injected failure at step {trainer.global_step}")
+
+
+class PauseAtStep(Callback):
+    """Once, at global step ``step``: create ``paused``, then wait until ``release`` exists.
+
+    The test acts on the paused run (kill -9, SIGTERM, ``scontrol requeue``) at a known step;
+    a rerun of the same command finds ``paused`` and does not pause again.
+    """
+
+    def __init__(self, step: int, paused: str, release: str, timeout: float = 300) -> None:
+        self.step, self.paused, self.release, self.timeout = step, paused, release, timeout
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+        from pathlib import Path
+
+        paused, release = Path(self.paused), Path(self.release)
+        if trainer.global_step != self.step or paused.exists():
+            return
+        paused.write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -6,6 +6,7 @@ before torch is imported and before any MLflow run exists.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -41,11 +42,31 @@ def _local_artifact_root(tracking_uri: str, path: str) -> str | None:
     return None if served else path
 
 
+#: Override keys that do not change what a job computes, so not where it lives (see job_key).
+JOB_KEY_IGNORED = ("paths.", "logger.", "resume", "trainer.system_metrics_interval")
+
+
+def job_key(overrides: Sequence[str]) -> str:
+    """The folder name of a single run: its command-line overrides, sorted, ``,``-joined.
+
+    The same command (in any override order) gives the same folder, which is what lets a rerun
+    find the run's ``last.ckpt`` and MLflow run id and continue it. Overrides of where things are
+    written (``paths.*``, ``logger.*``) are left out; a long or path-unsafe key becomes a hash.
+    """
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith(JOB_KEY_IGNORED))
+    key = ",".join(kept) or "default"
+    if len(key) > 120 or any(c in key for c in "/\\\0\n\"'*?$`"):
+        return "h" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    return key
+
+
 def register_resolvers() -> None:
-    """Register ablab's resolvers once: ``${abspath:p}`` and ``${local_artifacts:uri,path}``."""
+    """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}`` and
+    ``${job_key:overrides}``."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
+        "job_key": lambda overrides: job_key(list(overrides)),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

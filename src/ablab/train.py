@@ -7,6 +7,7 @@ wrong option or key exits with one line before torch is imported or an MLflow ru
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import hydra
@@ -32,6 +33,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from ablab.tracking.status import Preempted
     from ablab.tracking.sweep import record_job
     from ablab.training.run import train  # heavy imports only once the command line is valid
 
@@ -46,6 +48,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         record_job("ERROR", error=str(err))
         print(f"ablab: job {HydraConfig.get().job.num} error: {err}", file=sys.stderr)
         return None
+    except Preempted as err:  # a checkpoint was saved; the job's next attempt continues it
+        if in_sweep:
+            record_job("KILLED", error=str(err))
+        print(f"ablab: preempted by {err}", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[err.signal_name].value) from err
     except KeyboardInterrupt:
         if in_sweep:
             record_job("KILLED")

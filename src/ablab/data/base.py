@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from ablab.data.augment import BatchAugment
 from ablab.errors import ConfigError
@@ -120,9 +120,20 @@ class ImageDataModule(pl.LightningDataModule):
         return {split: TensorDataset(x, y) for split, (x, y) in raw.items()}
 
     def train_dataloader(self) -> DataLoader:
-        # A fresh generator per loader: a second loader (the batch preview) leaves the order alone.
-        generator = torch.Generator().manual_seed(self.order_seed)
-        return self._loader("train", shuffle=True, generator=generator)
+        # The order of epoch e is a permutation drawn from seed order_seed + e (torch's
+        # DistributedSampler; Lightning calls its set_epoch each epoch): a job resumed at epoch e
+        # sees the order an uninterrupted one would, and a second loader (the batch preview)
+        # leaves the order alone. With several processes each rank takes its share of it.
+        self.setup()
+        trainer = self.trainer
+        sampler = DistributedSampler(
+            self.splits["train"],
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            shuffle=True,
+            seed=self.order_seed,
+        )
+        return self._loader("train", shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -209,7 +220,7 @@ class ImageDataModule(pl.LightningDataModule):
             )
         return self.batch_size // world_size
 
-    def _loader(self, split: str, shuffle: bool, generator: torch.Generator | None = None):
+    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None):
         if self.splits is None:
             self.setup()
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -217,7 +228,11 @@ class ImageDataModule(pl.LightningDataModule):
             self.splits[split],
             batch_size=self.rank_batch_size(world_size),
             shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
+            # Every new iterator draws its workers' base seed from this generator; without one
+            # it would come from the global generator, which dropout shares: a resumed job,
+            # creating loaders at other moments, would then draw different dropout masks.
+            generator=torch.Generator().manual_seed(self.order_seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ablab.tracking.sweep import child_tags
 
@@ -26,11 +27,13 @@ def mlflow_logger(
     artifact_location: str | None = None,
     log_model: bool | str = True,
     tags: Mapping[str, Any] | None = None,
-) -> MLFlowLogger:
+    run_id: str | None = None,
+) -> ResumableMLFlowLogger:
     """An ``MLFlowLogger`` whose run also carries git commit, host and user tags.
 
     ``tracking_uri`` is always explicit: Lightning's fallback ``./mlruns`` file store is refused by
     MLflow 3. ``artifact_location`` only applies when this call creates the experiment.
+    ``run_id`` continues an existing run (a resumed job) instead of creating one.
     """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,8 @@ def mlflow_logger(
         **child_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
-    return MLFlowLogger(
+    return ResumableMLFlowLogger(
+        run_id=run_id,
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=tracking_uri,
@@ -48,6 +52,31 @@ def mlflow_logger(
         artifact_location=artifact_location,
         log_model=log_model,
     )
+
+
+class ResumableMLFlowLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger`` that, in a resumed run, logs each metric step only once.
+
+    A job resumed from ``last.ckpt`` replays the steps between that checkpoint and the moment it
+    died; the run already has those steps, so their replayed values are dropped
+    (:meth:`skip_recorded`), and every ``(metric, step)`` pair appears exactly once.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recorded: dict[str, int] = {}
+
+    def skip_recorded(self, recorded: Mapping[str, int]) -> None:
+        """Drop values at or before ``recorded[key]`` (each metric's last step in the run)."""
+        self.recorded = dict(recorded)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.recorded and step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > self.recorded.get(k, -1)}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
 
 
 def run_context_tags() -> dict[str, str]:

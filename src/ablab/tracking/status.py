@@ -3,6 +3,13 @@
 Lightning marks a run FAILED on Ctrl-C and FINISHED after every ``fit``/``test``; the status set
 here, after everything else, is the one that stays.
 
+Preemption: SIGTERM (``scontrol requeue``, a cluster reclaiming the node, ``kill``) and SIGUSR2
+(submitit's warning before a time limit) do not cut a training step short. Training stops at the
+end of the current batch, ``last.ckpt`` is written, the run ends KILLED and tagged ``preempted``
+(never FINISHED), and the handler that was there before (submitit's requeue) runs last. The next
+attempt of the job continues from that checkpoint into the same run. SIGINT (Ctrl-C) stops at
+once.
+
 One run per job, however many processes train it: global rank 0 creates the run, attaches MLflow's
 system metrics to it and sets its final status. The other ranks create nothing; they learn the run
 id from rank 0 once the process group exists, and use it only to report their own failure (the
@@ -19,6 +26,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +45,10 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 ENDED_BY_RANK = "ended_by_rank"
 #: Tags that explain how a run ended.
 END_TAGS = ("failure", "error", "killed_by", ENDED_BY_RANK)
+#: Tag set when a preemption signal stopped the run after saving ``last.ckpt``.
+PREEMPTED = "preempted"
+#: Signals that ask training to stop at the next batch boundary, keeping its state.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclass
@@ -47,6 +60,50 @@ class RunOutcome:
     failure: str | None = None
     error: str | None = None
     killed_by: str | None = None
+    #: While ``fit`` runs, preemption signals are deferred to the next batch boundary.
+    deferring: bool = False
+    #: The checkpoint written when a preemption signal stopped training.
+    preempted_checkpoint: str | None = None
+
+
+class Preempted(KeyboardInterrupt):
+    """Training stopped on a preemption signal after saving its checkpoint; rerun to continue."""
+
+    def __init__(self, signal_name: str, message: str = "") -> None:
+        super().__init__(message or signal_name)
+        self.signal_name = signal_name
+
+
+class Preemption(Callback):
+    """Stop at a batch boundary on a preemption signal and save ``last.ckpt`` first.
+
+    SIGTERM is Lightning's own business (it raises at the end of the batch, on every rank);
+    SIGUSR2 stops here, at ``on_train_batch_end``. Either way the checkpoint is written in
+    ``on_exception``, on every rank (a DDP save is collective), by Lightning's checkpoint I/O,
+    which writes to a temporary file and renames it: a kill mid-save leaves the old file.
+    """
+
+    def __init__(self, outcome: RunOutcome, received: list[str], checkpoint: Path) -> None:
+        self.outcome, self.received, self.checkpoint = outcome, received, checkpoint
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.outcome.deferring = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.outcome.deferring = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.received and self.received[0] != "SIGTERM":
+            raise Preempted(self.received[0])
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.outcome.deferring = False
+        if not self.received or self.received[0] == "SIGINT":
+            return  # Ctrl-C lands mid-step: its state is not one to resume from
+        trainer.save_checkpoint(self.checkpoint)
+        self.outcome.preempted_checkpoint = str(self.checkpoint)
 
 
 class ShareRunId(Callback):
@@ -87,6 +144,7 @@ def tracked_run(
     trainer: pl.Trainer | None = None,
     *,
     system_metrics_interval: float | None = None,
+    checkpoint: Path | None = None,
 ) -> Iterator[RunOutcome]:
     """Create the logger's run (on global rank 0 only), and on exit set its final status and tags.
 
@@ -95,6 +153,8 @@ def tracked_run(
     ``system_metrics_interval`` (seconds) samples CPU, memory, disk, network and GPU into
     ``system/*`` metrics while the block runs; ``None`` turns that off. With a multi-process
     ``trainer`` the other ranks get the run id during ``fit`` and report their own failures.
+    With ``checkpoint`` (a ``last.ckpt`` path) and a ``trainer``, preemption signals during
+    ``fit`` stop training at a batch boundary and save that checkpoint first.
     """
     rank = trainer.global_rank if trainer is not None else 0
     if rank == 0:
@@ -115,21 +175,32 @@ def tracked_run(
         )
         monitor.start()
     received: list[str] = []
+    if trainer is not None and checkpoint is not None:
+        trainer.callbacks.append(Preemption(outcome, received, checkpoint))
 
     def on_signal(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
+        if outcome.deferring and signum != signal.SIGINT:
+            return  # fit stops at the end of this batch, after saving its checkpoint
         raise KeyboardInterrupt(received[-1])
 
     in_main = threading.current_thread() is threading.main_thread()
-    previous = (
-        {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
-    )
+    handled = (signal.SIGINT, *PREEMPTION_SIGNALS)
+    previous = {s: signal.signal(s, on_signal) for s in handled} if in_main else {}
     try:
         yield outcome
         outcome.status = "FINISHED"
     except BaseException as exc:
         if received or isinstance(exc, KeyboardInterrupt):
             outcome.status, outcome.killed_by = "KILLED", received[0] if received else "SIGINT"
+            if outcome.preempted_checkpoint:
+                if rank == 0:
+                    client.set_tag(outcome.run_id, PREEMPTED, outcome.killed_by)
+                raise Preempted(
+                    outcome.killed_by,
+                    f"{outcome.killed_by}: stopped after saving {outcome.preempted_checkpoint}; "
+                    "run the job again to continue it",
+                ) from exc
         else:
             outcome.status, outcome.failure = "FAILED", failure_kind(exc)
             outcome.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
@@ -153,6 +224,9 @@ def tracked_run(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        chained = previous.get(signal.Signals[outcome.killed_by]) if outcome.killed_by else None
+        if outcome.preempted_checkpoint and callable(chained):
+            chained(signal.Signals[outcome.killed_by], None)  # e.g. submitit: requeue, then exit
         if late:
             signal.raise_signal(signal.Signals[late[0]])
 
@@ -167,7 +241,7 @@ def tag_experiment_kind(client: MlflowClient, experiment_id: str) -> None:
 def clear_end_tags(client: MlflowClient, run_id: str) -> None:
     """Drop how an earlier attempt of a resumed run ended: this attempt's end replaces it."""
     tags = client.get_run(run_id).data.tags
-    for key in END_TAGS:
+    for key in (*END_TAGS, PREEMPTED):
         if key in tags:
             client.delete_tag(run_id, key)
 

@@ -1,12 +1,15 @@
-"""Callbacks ablab adds to Lightning's: a non-finite loss guard and a logged batch preview."""
+"""Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, and the
+random-number state in every checkpoint."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -59,3 +62,26 @@ class LogBatchPreview(Callback):
         fig = batch_grid(x, labels, datamodule.class_names, self.max_images)
         logger.experiment.log_figure(logger.run_id, fig, self.artifact_file)
         plt.close(fig)
+
+
+class RngState(Callback):
+    """Save the Python, NumPy and torch (CPU and CUDA) random states in each checkpoint and
+    restore them on resume, so dropout and other draws continue where the job stopped.
+
+    Lightning checkpoints hold weights, optimizer, scheduler and loop state but not these
+    generators; the data order and augmentation draws are seeded per epoch and per batch already.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        # NumPy's key array as a list: checkpoints load with torch.load(weights_only=True),
+        # which refuses to unpickle ndarrays.
+        name, keys, *rest = states["numpy"]
+        states["numpy"] = (name, keys.tolist(), *rest)
+        return {"rng_states": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = dict(state_dict["rng_states"])
+        name, keys, *rest = states["numpy"]
+        states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), *rest)
+        _set_rng_states(states)

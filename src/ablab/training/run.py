@@ -10,6 +10,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,8 +22,10 @@ from hydra.utils import instantiate
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 from torch import Tensor, nn
 
@@ -32,6 +35,13 @@ from ablab.data import ImageDataModule
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params, tracked_run
+from ablab.tracking.resume import (
+    JobState,
+    metric_summary,
+    previous_attempt,
+    recorded_steps,
+    set_aside,
+)
 from ablab.training.losses import dataset_targets
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
@@ -52,8 +62,11 @@ class Run:
     complexity: Complexity
 
 
-def build(cfg: DictConfig) -> Run:
-    """Instantiate data, model, init, task, callbacks, logger and trainer; raise ConfigError."""
+def build(cfg: DictConfig, run_id: str | None = None) -> Run:
+    """Instantiate data, model, init, task, callbacks, logger and trainer; raise ConfigError.
+
+    ``run_id`` makes the logger continue that MLflow run instead of creating one.
+    """
     pl.seed_everything(cfg.seed, workers=True)
     try:
         datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
@@ -81,7 +94,7 @@ def build(cfg: DictConfig) -> Run:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-        logger = instantiate(cfg.logger)
+        logger = instantiate(cfg.logger, run_id=run_id)
         trainer = build_trainer(cfg, callbacks=callbacks, logger=logger)
         datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
     except ConfigError:
@@ -190,23 +203,66 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test on the best checkpoint; return the test metrics.
+    """Fit, then test on the best checkpoint; return the test metrics (and the best validation
+    score, ``<monitor>_best``, which is what a sweeper should optimise).
 
     Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
     1..N-1); only global rank 0 creates, fills and reports the MLflow run.
+
+    The job folder (``paths.output_dir``) remembers the run (:mod:`ablab.tracking.resume`): with
+    ``resume=true`` a rerun continues an unfinished run from ``last.ckpt`` and reports a finished
+    one without training it again; ``resume=false`` sets the old run's files aside and starts anew.
     """
-    run = build(cfg)
+    job_dir = Path(cfg.paths.output_dir)
+    uri = cfg.logger.tracking_uri
+    params = flatten_params(resolved(cfg))
+    previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
+    if previous is not None and previous.status == "FINISHED":
+        metrics = metric_summary(previous.metrics)
+        if rank_zero_only.rank == 0:
+            console = Console(soft_wrap=True)
+            console.print(
+                f"job already finished: MLflow run {previous.state.run_id} in {job_dir}; "
+                "resume=false trains a new run there",
+                highlight=False,
+                markup=False,
+            )
+        return metrics
+    run = build(cfg, run_id=previous.state.run_id if previous else None)
     trainer = run.trainer
+    checkpoint_dir = (
+        Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else None
+    )
+    last = (
+        checkpoint_dir / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        if checkpoint_dir
+        else None
+    )
+    if not cfg.resume and trainer.is_global_zero and (old := JobState.load(job_dir)):
+        set_aside(job_dir, old, checkpoint_dir or job_dir / "checkpoints")
     interval = cfg.trainer.system_metrics_interval
-    with tracked_run(run.logger, trainer, system_metrics_interval=interval) as outcome:
+    with tracked_run(
+        run.logger, trainer, system_metrics_interval=interval, checkpoint=last
+    ) as outcome:
         if trainer.is_global_zero:  # one run per job: the other ranks only train
-            log_run_config(run, cfg)
-        trainer.fit(run.task, datamodule=run.datamodule)
+            client = run.logger.experiment
+            if previous is None:
+                log_run_config(run, cfg)
+                JobState(run.logger.run_id, run.logger.experiment_id, uri).save(job_dir)
+            else:  # the run goes on: back to RUNNING, and no step is logged twice
+                client.update_run(run.logger.run_id, status="RUNNING")
+                client.set_tag(run.logger.run_id, "attempt", str(previous.attempts + 1))
+                run.logger.skip_recorded(recorded_steps(client, run.logger.run_id))
+        resume_from = str(last) if previous is not None and last and last.exists() else None
+        trainer.fit(run.task, datamodule=run.datamodule, ckpt_path=resume_from)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    checkpointing = trainer.checkpoint_callback
+    if checkpointing and checkpointing.monitor and checkpointing.best_model_score is not None:
+        metrics[f"{checkpointing.monitor}_best"] = float(checkpointing.best_model_score)
     if trainer.is_global_zero:
-        report(metrics, run.logger, cfg.logger.tracking_uri, outcome.status, best)
+        report(metrics, run.logger, uri, outcome.status, best)
     return metrics
 
 
@@ -222,11 +278,17 @@ def report(
     experiment = logger.experiment.get_experiment(logger.experiment_id).name
     console.print(
         f"MLflow run {logger.run_id} ({status}) in experiment '{experiment}' "
-        f"[id {logger.experiment_id}] at {uri}",
+        f"(id {logger.experiment_id}) at {uri}",
         highlight=False,
+        markup=False,
     )
-    console.print(
-        f"open it: mlflow ui --backend-store-uri {uri}  (or: make ui), then "
-        f"http://127.0.0.1:5000/#/experiments/{logger.experiment_id}/runs/{logger.run_id}",
-        highlight=False,
-    )
+    path = f"#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        console.print(f"open it: {uri.rstrip('/')}/{path}", highlight=False, markup=False)
+    else:
+        console.print(
+            f"open it: mlflow ui --backend-store-uri {uri}  (or: make ui), then "
+            f"http://127.0.0.1:5000/{path}",
+            highlight=False,
+            markup=False,
+        )
