@@ -185,11 +185,7 @@ class SlurmCluster:
             self._start_munged()
             self._start_daemon("slurmctld", self.root / "slurmctld.pid")
             self._start_daemon("slurmd", self.root / "slurmd.pid")
-            self.wait_for(
-                lambda: self.run(["sinfo", "-h", "-o", "%T"], check=False).stdout.strip() == "idle",
-                timeout,
-                "the node to be idle",
-            )
+            self.wait_for(lambda: self.node_state() == "idle", timeout, "the node to be idle")
         except BaseException:
             self.stop()
             raise
@@ -255,6 +251,10 @@ class SlurmCluster:
             )
         return proc
 
+    def node_state(self) -> str:
+        """The node's state as ``sinfo`` shows it (``idle``, ``mixed``, ``inval``, ``down*``...)."""
+        return self.run(["sinfo", "-h", "-o", "%T"], check=False).stdout.strip()
+
     def sbatch(self, *args: str) -> str:
         """Submit with ``sbatch --parsable``; return the job id."""
         return self.run(["sbatch", "--parsable", *args]).stdout.strip().split(";")[0]
@@ -294,8 +294,10 @@ class SlurmCluster:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n"
-                                   + self.log_tail())  # fmt: skip
+                raise TimeoutError(
+                    f"timed out after {timeout:.0f} s waiting for {what} "
+                    f"(node {self.node_state() or 'unknown'})\n{self.log_tail()}"
+                )
             time.sleep(0.25)
 
     def wait_job(self, job_id: str, timeout: float = 60.0) -> dict[str, str]:

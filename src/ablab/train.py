@@ -67,6 +67,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if in_sweep:
         record_job("FINISHED")
     optimized = cfg.get("optimized_metric")
+    if optimized and optimized not in metrics:  # a sweeper would fail on None, trial by trial
+        fail(ConfigError(f"optimized_metric={optimized} is not a metric of this run; it has: "
+                         f"{', '.join(sorted(metrics))}"))  # fmt: skip
     return metrics.get(optimized) if optimized else None
 
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from ablab.tracking.sweep import swept_keys
@@ -87,3 +88,26 @@ def test_a_failing_job_does_not_stop_the_sweep_and_can_be_rerun(root) -> None:
     reruns = [c for c in children if c.data.tags["sweep_job"] == "1"]
     assert len(reruns) == 2
     assert {c.data.tags["factor.optimizer.lr"] for c in reruns} == {"1000000000000.0"}
+
+
+@pytest.mark.slow
+def test_optuna_search_maximises_the_best_validation_accuracy(root) -> None:
+    fast = [o for o in FAST if not o.startswith("callbacks.model_checkpoint")]
+    args = ["ablab.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *fast]
+    proc = run_module(args, root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, [parent], children = runs_of(root)
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.data.params["factors"] == "optimizer.lr,optimizer.weight_decay,data.batch_size"
+    for child in children:  # each trial is tagged with the values it tried
+        for key in ("optimizer.lr", "optimizer.weight_decay", "data.batch_size"):
+            assert child.data.tags[f"factor.{key}"] == child.data.params[key]
+    (results,) = (root / "outputs" / "multiruns").glob("*/*/optimization_results.yaml")
+    best = yaml.safe_load(results.read_text())
+    # one epoch: the best validation accuracy is the logged one; the sweeper picked the top trial
+    accuracy = {c.info.run_id: c.data.metrics["val/acc"] for c in children}
+    assert best["best_value"] == pytest.approx(max(accuracy.values()))
+    top = max(children, key=lambda c: accuracy[c.info.run_id])
+    assert best["best_params"]["optimizer.lr"] == pytest.approx(
+        float(top.data.params["optimizer.lr"])
+    )

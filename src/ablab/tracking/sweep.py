@@ -135,6 +135,8 @@ class SweepTracker(Callback):
         )
         self.parent_run_id = run.info.run_id
         factors = swept_keys(overrides)
+        # Sweeper-defined search spaces (hparams_search=optuna, hydra.sweeper.params) are factors too.
+        factors += [k for k in (config.hydra.sweeper.get("params") or {}) if k not in factors]
         self.client.log_text(self.parent_run_id, command, "sweep/command.txt")
         self.client.log_param(self.parent_run_id, "factors", ",".join(factors) or "none")
         info = {"parent_run_id": self.parent_run_id, "factors": factors, "command": command,

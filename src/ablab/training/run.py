@@ -47,6 +47,7 @@ from ablab.training.losses import dataset_targets
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
+LAST_CHECKPOINT = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 #: Keys of the ``trainer`` group that ablab applies itself; all others are ``pl.Trainer`` arguments.
 RUNTIME_KEYS = ("compile", "channels_last", "system_metrics_interval")
 
@@ -230,14 +231,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     run = build(cfg, run_id=previous.state.run_id if previous else None)
     trainer = run.trainer
-    checkpoint_dir = (
-        Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else None
-    )
-    last = (
-        checkpoint_dir / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        if checkpoint_dir
-        else None
-    )
+    # Resume and preemption need a checkpoint folder of ablab's (callbacks.model_checkpoint).
+    dirpath = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+    checkpoint_dir = Path(dirpath) if dirpath else None
+    last = checkpoint_dir / LAST_CHECKPOINT if checkpoint_dir else None
     if not cfg.resume and trainer.is_global_zero and (old := JobState.load(job_dir)):
         set_aside(job_dir, old, checkpoint_dir or job_dir / "checkpoints")
     interval = cfg.trainer.system_metrics_interval
