@@ -33,7 +33,10 @@ class PauseAtStep(Callback):
         paused, release = Path(self.paused), Path(self.release)
         if trainer.global_step != self.step or paused.exists():
             return
-        paused.write_text(str(trainer.global_step))
+        import os
+
+        # the SLURM job (an array task's own job id) that paused, for scontrol requeue
+        paused.write_text(os.environ.get("SLURM_JOB_ID", ""))
         deadline = time.monotonic() + self.timeout
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

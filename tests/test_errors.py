@@ -28,6 +28,7 @@ def _fails_cleanly(proc, root, *expected: str) -> str:
         (["-m", "seed=0,1", "optimizer=adam,adamm"], ["optimizer option 'adamm'", "sgd"]),
         (["data.image_size=${nope}"], ["nope"]),
         (["seed=${oops}"], ["oops"]),
+        (["-m", "trainer=ddp_cpu", "seed=0,1"], ["re-run the whole sweep", "ddp_spawn"]),
     ],
     ids=[
         "group-option",
@@ -36,6 +37,7 @@ def _fails_cleanly(proc, root, *expected: str) -> str:
         "sweep-value",
         "interpolation",
         "top-level-interpolation",
+        "ddp-in-multirun",
     ],
 )
 def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None:

@@ -61,12 +61,13 @@ def job_key(overrides: Sequence[str]) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}`` and
-    ``${job_key:overrides}``."""
+    """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}``,
+    ``${job_key:overrides}`` and ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
         "job_key": lambda overrides: job_key(list(overrides)),
+        "slurm_gpus": lambda accelerator, devices: None if accelerator == "cpu" else devices,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -188,3 +189,29 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
     for variant in variants:
         with composed(variant) as cfg:
             resolved(cfg)
+            if multirun:
+                check_processes_per_job(cfg)
+
+
+#: Strategies whose launcher re-runs the command line for ranks 1..N-1.
+RELAUNCHING = ("ddp", "auto", "ddp_find_unused_parameters_true")
+
+
+def check_processes_per_job(cfg: DictConfig) -> None:
+    """Refuse, before the sweep starts, a job that would start its DDP ranks by re-running the
+    command line: under ``-m`` that command is the whole sweep (a known Hydra + Lightning trap).
+
+    With the SLURM launcher SLURM starts one task per device, so nothing is re-run; ``ddp_spawn``
+    forks instead of re-running, and one process per job needs neither.
+    """
+    trainer = cfg.trainer
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    many = devices == -1 or (isinstance(devices, int) and devices > 1) or nodes > 1
+    many = many or (not isinstance(devices, int | str) and len(devices) > 1)
+    launcher = str(cfg.hydra.launcher.get("_target_", ""))
+    if many and str(trainer.strategy) in RELAUNCHING and "submitit" not in launcher:
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy} with trainer.devices={devices} would re-run the "
+            "whole sweep in every process it starts; in a multirun use trainer.strategy=ddp_spawn, "
+            "or hydra/launcher=slurm (one task per device)"
+        )

@@ -75,7 +75,7 @@ def ddp_root(tmp_path_factory) -> Path:
 def expected(ddp_root: Path) -> dict[str, float]:
     """Single-process evaluation of the run's checkpoint on the full val and test splits."""
     # one epoch: last.ckpt holds the weights that were validated and tested (the best ones)
-    (checkpoint,) = ddp_root.glob("outputs/runs/*/*/checkpoints/last.ckpt")
+    (checkpoint,) = ddp_root.glob("outputs/runs/*/checkpoints/last.ckpt")
     with composed([*DDP], output_dir=str(ddp_root / "eval")) as cfg:
         datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
         net = instantiate(cfg.model)
@@ -108,7 +108,7 @@ def test_one_run_from_rank_zero_in_one_folder(ddp_root: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.strategy"] == "ddp"
     # rank 1 re-ran the entry point inside rank 0's run folder: no second folder or run
-    (folder,) = ddp_root.glob("outputs/runs/*/*")
+    (folder,) = ddp_root.glob("outputs/runs/*")
     assert (folder / "train_ddp_process_1.log").is_file()
     assert run.data.tags["hydra_output_dir"] == str(folder)
 

@@ -35,6 +35,8 @@ TRAIN = [
     "trainer.system_metrics_interval=null",
 ]
 PER_STEP = ("train/loss_step", "train/acc_step")
+# One worker runs the module, so the uninterrupted reference run is trained once.
+pytestmark = pytest.mark.xdist_group("resume")
 
 
 def test_job_key_names_the_folder_after_the_overrides() -> None:

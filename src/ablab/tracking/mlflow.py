@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -80,8 +81,12 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
 
 def run_context_tags() -> dict[str, str]:
-    """git commit (and whether the tree had uncommitted changes), host and user of this run."""
+    """git commit (and whether the tree had uncommitted changes), host, user and SLURM job."""
     tags = {"host": socket.gethostname(), "user": getpass.getuser()}
+    # On SLURM: the job (an array task as <array job>_<task>) and how often it was requeued.
+    if job := os.environ.get("SLURM_JOB_ID"):
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        tags["slurm_job_id"] = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
