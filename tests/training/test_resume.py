@@ -213,3 +213,26 @@ def test_resume_false_sets_the_old_run_aside(compose_cfg, root: Path) -> None:
     client = MlflowClient(tracking_uri(root))
     statuses = {r.info.run_id: r.info.status for r in client.search_runs(["1"])}
     assert statuses == {old: "FINISHED", new: "FINISHED"}
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from ablab.training.checkpoint_io import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 5}, path)
+    real_save = torch.save
+
+    def killed_mid_write(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as SIGKILL would, minus the process
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 8}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert io.load_checkpoint(path)["global_step"] == 5
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no partial file left
+    io.save_checkpoint({"global_step": 8}, path)
+    assert io.load_checkpoint(path)["global_step"] == 8
