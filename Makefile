@@ -8,12 +8,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 ARGS ?=
 PORT ?= 5000
+# make study name=<study> size=quick|full (experiments/<study>/study.yaml)
+name ?=
+size ?= quick
 # Test processes; one torch thread each (the tests are many and small, not big matmuls).
 TEST_WORKERS ?= 2
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint format ui zoo bench clean
+.PHONY: help install train study report test lint format ui zoo bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +31,14 @@ install: $(STAMP) ## Create .venv and install ablab with its dev extras (seconds
 
 train: install ## Train the default experiment (digits, CPU); overrides: ARGS="..."
 	$(BIN)/python -m ablab.train $(ARGS)
+
+study: install ## Run a study and write its report: make study name=bn_vs_nobn size=quick [ARGS=...]
+	@test -n "$(name)" || { echo "usage: make study name=<study> size=quick|full; studies: $$(ls experiments/*/study.yaml | cut -d/ -f2 | tr '\n' ' ')"; exit 2; }
+	$(BIN)/ablab study $(name) --size $(size) $(ARGS)
+
+report: install ## Rewrite a study's report from its latest runs: make report name=<study>
+	@test -n "$(name)" || { echo "usage: make report name=<study>"; exit 2; }
+	$(BIN)/ablab report $(name) $(ARGS)
 
 test: install ## Run the test suite in TEST_WORKERS processes (pytest options: ARGS="-k data")
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)

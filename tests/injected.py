@@ -35,8 +35,10 @@ class PauseAtStep(Callback):
             return
         import os
 
-        # the SLURM job (an array task's own job id) that paused, for scontrol requeue
-        paused.write_text(os.environ.get("SLURM_JOB_ID", ""))
+        # the SLURM job that paused, for scontrol requeue: an array task as <array>_<task>
+        # (task 0's SLURM_JOB_ID is the array's own id, which would requeue every task)
+        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        paused.write_text(f"{array}_{task}" if array else os.environ.get("SLURM_JOB_ID", ""))
         deadline = time.monotonic() + self.timeout
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,4 +1,4 @@
-"""The ``ablab`` command: ``ablab train|summary|zoo|show-batch [options] [overrides]``.
+"""The ``ablab`` command: ``ablab train|study|report|summary|zoo|show-batch [options] [overrides]``.
 
 Sub-commands take the same Hydra overrides as training, composed from the same ``conf/``.
 """
@@ -157,6 +157,76 @@ def zoo(argv: list[str]) -> None:
             f.write("\n")
 
 
+def report(argv: list[str]) -> None:
+    """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
+    parser = argparse.ArgumentParser(
+        prog="ablab report",
+        description="Read a study's runs back from MLflow, compare every variant with the "
+        "baseline seed by seed, and write RESULTS.md / RESULTS.html (with plots) into the study "
+        "folder; also logged on the study's parent run.",
+    )
+    parser.add_argument("study", help="a study name (experiments/<name>) or a parent run id")
+    parser.add_argument("--out", help="folder to write into (default: the study's folder)")
+    parser.add_argument("--stem", default="RESULTS", help="file name stem (default: RESULTS)")
+    parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
+    parser.add_argument("overrides", nargs="*", help="e.g. logger.tracking_uri=http://host:5000")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from ablab.analysis.collect import collect, find_study_runs, publish
+    from ablab.analysis.render import write_report
+    from ablab.config import composed
+
+    with composed(args.overrides) as cfg:
+        uri = str(cfg.logger.tracking_uri)
+    client = MlflowClient(uri)
+    runs = find_study_runs(client, args.study)
+    result = collect(client, runs)
+    paths = write_report(result, Path(args.out) if args.out else runs.study.folder, args.stem)
+    if not args.no_log:
+        publish(client, result, paths)
+    for verdict in result.verdicts:
+        print(f"{verdict.variant}: {verdict.quantity} {verdict.expected}? {verdict.outcome} "
+              f"({verdict.reason})")  # fmt: skip
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def study(argv: list[str]) -> None:
+    """Run a study (every variant x seed of one size) as one sweep, then write its report."""
+    parser = argparse.ArgumentParser(
+        prog="ablab study",
+        description="Run experiments/<name>/study.yaml as one Hydra multirun (any launcher: "
+        "add hydra/launcher=local_parallel or slurm), then `ablab report` it.",
+    )
+    parser.add_argument("name", help="the study: experiments/<name>/study.yaml")
+    parser.add_argument("--size", default="quick", help="a size the study defines (quick, full)")
+    parser.add_argument("--no-report", action="store_true", help="only run the sweep")
+    parser.add_argument("overrides", nargs="*", help="applied to every job, after the study's")
+    args = parser.parse_args(argv)
+
+    import subprocess
+
+    from ablab.analysis.study import load_study
+    from ablab.config import check_overrides
+
+    spec = load_study(args.name)
+    task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
+    for job in spec.jobs(args.size):  # every job composes, before any run or parent exists
+        check_overrides([*job.overrides, *task])
+    command = [sys.executable, "-m", "ablab.train", "-m", "hydra/sweeper=study",
+               f"hydra.sweeper.study={spec.name}", f"hydra.sweeper.size={args.size}",
+               *args.overrides]  # fmt: skip
+    code = subprocess.call(command)
+    if code not in (0, 1):  # 1: some jobs failed, which the report shows
+        raise SystemExit(code)
+    if not args.no_report:
+        report([spec.name, *(o for o in task if o.startswith(("logger.", "paths.")))])
+    raise SystemExit(code)
+
+
 def train(argv: list[str]) -> None:
     """Train and track one run (or a ``-m`` sweep): the Hydra entry point with these arguments."""
     from ablab import train as entry
@@ -165,7 +235,14 @@ def train(argv: list[str]) -> None:
     entry.main()
 
 
-COMMANDS = {"train": train, "summary": summary, "zoo": zoo, "show-batch": show_batch}
+COMMANDS = {
+    "train": train,
+    "study": study,
+    "report": report,
+    "summary": summary,
+    "zoo": zoo,
+    "show-batch": show_batch,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -135,8 +135,11 @@ class SweepTracker(Callback):
         )
         self.parent_run_id = run.info.run_id
         factors = swept_keys(overrides)
-        # Sweeper-defined search spaces (hparams_search=optuna, hydra.sweeper.params) are factors too.
-        factors += [k for k in (config.hydra.sweeper.get("params") or {}) if k not in factors]
+        # Sweeper-defined factors (optuna's search space, a study's variants) are factors too.
+        extra, sweeper_tags = sweeper_factors(config.hydra.sweeper)
+        factors += [k for k in extra if k not in factors]
+        for key, value in sweeper_tags.items():
+            self.client.set_tag(self.parent_run_id, key, value)
         self.client.log_text(self.parent_run_id, command, "sweep/command.txt")
         self.client.log_param(self.parent_run_id, "factors", ",".join(factors) or "none")
         info = {"parent_run_id": self.parent_run_id, "factors": factors, "command": command,
@@ -185,3 +188,16 @@ class SweepTracker(Callback):
             lines.append(f"{JOB_ENV}={record['job']} {python} -m ablab.train {args} || status=1")
         lines.append("exit $status")
         (self.sweep_dir / "rerun_failed.sh").write_text("\n".join(lines) + "\n")
+
+
+def sweeper_factors(sweeper: DictConfig) -> tuple[list[str], dict[str, str]]:
+    """Factors a sweeper defines beyond the command line (optuna's search space, a study's
+    variant keys) and tags for the parent run (``study``, ``study_size``)."""
+    if str(sweeper.get("_target_", "")).endswith("StudySweeper"):
+        from ablab.analysis.study import load_study
+
+        study = load_study(sweeper.study)
+        tags = {"study": study.name, "study_size": str(sweeper.size),
+                "study_file": str(study.folder / "study.yaml")}  # fmt: skip
+        return study.factors(), tags
+    return list(sweeper.get("params") or {}), {}

@@ -1,0 +1,223 @@
+"""Read a study's runs back from MLflow and turn them into a :class:`StudyReport`.
+
+The study's parent run (the sweep) is found by id or as the latest parent tagged
+``study=<name>``; its children are grouped by their ``variant`` param and paired across variants
+by their ``seed`` param. Each run gives one number per quantity (final or best value of a
+metric, or the first step at which it reaches a threshold); each variant is compared with the
+baseline seed by seed, Holm-corrected across the claims the study states, and each claim gets a
+verdict (:mod:`ablab.analysis.stats` holds the rules).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from ablab.analysis import stats
+from ablab.analysis.results import StudyReport, VariantResult
+from ablab.analysis.study import Quantity, Study, load_study
+from ablab.errors import ConfigError
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class StudyRuns:
+    """A study's parent run and its finished-or-not children."""
+
+    study: Study
+    parent: Run
+    children: list[Run]
+
+
+def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
+    """The parent run ``study_or_run`` (a run id) or the latest parent of study ``study_or_run``,
+    with its children. Raises ConfigError when there is none."""
+    if RUN_ID.match(study_or_run):
+        parent = client.get_run(study_or_run)
+        if "study" not in parent.data.tags:
+            raise ConfigError(f"run {study_or_run} is not a study's parent run (no 'study' tag)")
+    else:
+        study = load_study(study_or_run)  # unknown names fail here, listing the studies
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        parents = client.search_runs(
+            experiments,
+            f"tags.study = '{study.name}' and tags.sweep = 'parent'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not parents:
+            raise ConfigError(
+                f"no runs of study '{study.name}' in {client.tracking_uri}; run it first: "
+                f"make study name={study.name} size=quick"
+            )
+        parent = parents[0]
+    # The study file the sweep ran, when it is still there (a study outside experiments/ too).
+    tags = parent.data.tags
+    source = tags["study_file"] if Path(tags.get("study_file", "")).is_file() else tags["study"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    return StudyRuns(load_study(source), parent, children)
+
+
+def quantity_value(client: MlflowClient, run: Run, quantity: Quantity) -> float:
+    """One run's value of ``quantity``; NaN when the run never logged the metric."""
+    if quantity.metric not in run.data.metrics:
+        return float("nan")
+    if quantity.stat == "final":
+        return float(run.data.metrics[quantity.metric])
+    history = sorted(
+        client.get_metric_history(run.info.run_id, quantity.metric), key=lambda m: m.step
+    )
+    values = [m.value for m in history]
+    if quantity.stat == "best":
+        return float(max(values) if quantity.mode == "max" else min(values))
+    return stats.time_to_threshold(
+        [m.step for m in history], values, quantity.threshold, quantity.mode
+    )
+
+
+def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
+    """The report of one study run (see the module docstring)."""
+    study, by_variant = runs.study, group_by_variant(runs.children)
+    unknown = set(by_variant) - set(study.variants)
+    if unknown:
+        raise ConfigError(
+            f"runs of variants {sorted(unknown)} are not in {study.folder}/study.yaml; "
+            f"valid: {', '.join(study.variants)}"
+        )
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    variants = []
+    for name in study.variants:
+        seeded = by_variant.get(name, {})
+        values[name] = {
+            q.name: {seed: quantity_value(client, run, q) for seed, run in seeded.items()}
+            for q in study.quantities
+        }
+        summaries = {
+            q: stats.summarize([v for _, v in sorted(per_seed.items())])
+            for q, per_seed in values[name].items()
+        }
+        run_ids = {seed: run.info.run_id for seed, run in sorted(seeded.items())}
+        variants.append(VariantResult(name, study_overrides(study, name), run_ids, summaries))
+    base = values.get(study.baseline, {})
+    claimed = {(e.variant, e.quantity) for e in study.expect}
+    comparisons = [
+        stats.paired(name, q.name, base.get(q.name, {}), values[name][q.name])
+        for name in study.variants
+        if name != study.baseline
+        for q in study.quantities
+    ]
+    # The family Holm corrects is the set of claims the verdicts are drawn from.
+    family = stats.holm([c for c in comparisons if (c.variant, c.quantity) in claimed])
+    adjusted = {(c.variant, c.quantity): c for c in family}
+    comparisons = [adjusted.get((c.variant, c.quantity), c) for c in comparisons]
+    verdicts = [
+        stats.verdict(study.claim, adjusted[(e.variant, e.quantity)], e.direction, margin=e.margin)
+        for e in study.expect
+    ]
+    curves = {
+        metric: {
+            name: stats.seed_band(
+                {
+                    seed: metric_curve(client, run, metric)
+                    for seed, run in by_variant.get(name, {}).items()
+                    if metric in run.data.metrics
+                }
+            )
+            for name in study.variants
+            if any(metric in r.data.metrics for r in by_variant.get(name, {}).values())
+        }
+        for metric in study.curves
+    }
+    parent = runs.parent
+    tags = parent.data.tags
+    return StudyReport(
+        study=study.name,
+        claim=study.claim,
+        question=study.question,
+        command=study_command(client, parent),
+        machine=f"{tags.get('host', '?')} (git {tags.get('git_commit', '?')[:10]})",
+        baseline=study.baseline,
+        seeds=sorted({s for seeded in by_variant.values() for s in seeded}),
+        variants=variants,
+        comparisons=comparisons,
+        verdicts=verdicts,
+        curves={m: bands for m, bands in curves.items() if bands},
+        parent_run_id=parent.info.run_id,
+        tracking_uri=str(client.tracking_uri),
+    )
+
+
+def group_by_variant(children: Iterable[Run]) -> dict[str, dict[int, Run]]:
+    """``{variant: {seed: run}}``; of two runs of the same variant and seed the later one wins
+    (a rerun of a failed job)."""
+    grouped: dict[str, dict[int, Run]] = {}
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
+        variant = run.data.params.get("variant")
+        if variant is None or variant == "None":
+            continue
+        grouped.setdefault(variant, {})[int(run.data.params["seed"])] = run
+    return grouped
+
+
+def metric_curve(client: MlflowClient, run: Run, metric: str) -> tuple[list[int], list[float]]:
+    history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+    return [m.step for m in history], [m.value for m in history]
+
+
+def study_overrides(study: Study, variant: str) -> dict[str, str]:
+    return {k: str(v) for k, v in study.variants[variant].items()}
+
+
+def study_command(client: MlflowClient, parent: Run) -> str:
+    """The sweep's command line, as the parent run recorded it."""
+    try:
+        path = client.download_artifacts(parent.info.run_id, "sweep/command.txt")
+    except Exception:  # an older parent without it: the report still stands
+        return ""
+    with open(path) as f:
+        return f.read().strip()
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name from free text ("steps to val/acc >= 0.9" -> "steps_to_val/acc_0.9")."""
+    text = "/".join(parts)
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_/.\- ]", "_", text)).replace(" ", "_").strip("_")
+
+
+def publish(client: MlflowClient, report: StudyReport, paths: dict[str, Path]) -> None:
+    """Log the written report as artifacts of the study's parent run (``report/``), and per
+    variant and quantity the mean and CI bounds as parent metrics, so MLflow's own views line
+    the variants up."""
+    from mlflow.entities import Metric
+
+    run_id = report.parent_run_id
+    for path in paths.values():
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"report/{path.name}")
+        else:
+            client.log_artifact(run_id, str(path), "report")
+    metrics = [
+        Metric(metric_key("summary", v.name, quantity, stat), value, 0, 0)
+        for v in report.variants
+        for quantity, summary in v.summaries.items()
+        for stat, value in (
+            ("mean", summary.mean),
+            ("ci_low", summary.ci_low),
+            ("ci_high", summary.ci_high),
+        )
+        if value == value  # MLflow stores NaN, but the compare view cannot sort it
+    ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for verdict in report.verdicts:
+        client.set_tag(
+            run_id, metric_key("verdict", verdict.variant, verdict.quantity), verdict.outcome
+        )

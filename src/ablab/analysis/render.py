@@ -1,0 +1,605 @@
+"""A :class:`StudyReport` as a reader sees it: learning-curve figures, a GitHub Markdown page
+(``RESULTS.md``, its PNGs in ``RESULTS_files/``) and one self-contained HTML page
+(``RESULTS.html``: PNGs inline as base64 data URIs, inline CSS, no scripts, nothing fetched).
+
+Both pages are rendered from the same formatted tables (:func:`report_tables`), so they say the
+same thing. Numbers keep 4 significant digits; p-values 2 (below 1e-4 as ``<1e-4``); an
+undefined value (NaN: too few seeds, a diverged run) is an em dash, never a silent 0 or a gap.
+The HTML goes through Jinja2 with autoescaping, so run names or claims cannot inject markup.
+Figures use matplotlib's object API (``Figure``, saved through the Agg canvas), which leaves
+pyplot's global figure list untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import jinja2
+from markupsafe import Markup
+from matplotlib.figure import Figure
+
+from ablab.analysis.results import Band, StudyReport
+
+#: What an undefined number (NaN) shows as.
+DASH = "—"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: CSS class of each verdict outcome (the class selectors colour the verdict cells).
+OUTCOME_CLASS = {"holds": "holds", "does not hold": "does-not-hold", "inconclusive": "inconclusive"}
+
+
+# --- numbers -----------------------------------------------------------------------------
+
+
+def fmt(x: float | None) -> str:
+    """4 significant digits; no exponent between 1e-4 and 1e15 (a step count 12345 shows as
+    12350, not 1.234e+04); NaN as an em dash, infinities as ∞ and -∞."""
+    if x is None or math.isnan(x):
+        return DASH
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    text = f"{x:.4g}"
+    if "e+" in text and abs(x) < 1e15:
+        text = f"{float(text):.0f}"
+    return text
+
+
+def fmt_signed(x: float) -> str:
+    """:func:`fmt` with an explicit sign for positive values (differences)."""
+    text = fmt(x)
+    return "+" + text if x > 0 else text
+
+
+def fmt_p(p: float) -> str:
+    """A p-value to 2 significant digits (0.0032, 0.045, 1); below 1e-4 as ``<1e-4``."""
+    if math.isnan(p):
+        return DASH
+    if p < 1e-4:
+        return "<1e-4"
+    return f"{p:.2g}"
+
+
+def fmt_interval(low: float, high: float) -> str:
+    """``[low, high]``; an em dash when both bounds are undefined."""
+    if math.isnan(low) and math.isnan(high):
+        return DASH
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    """One figure of a report: its file-safe name, which section it is in and what it plots."""
+
+    name: str
+    section: str  # "curves" | "diagnostics"
+    metric: str
+    alt: str
+
+
+def figure_refs(report: StudyReport) -> list[FigureRef]:
+    """The report's figures in page order: ``curve_<metric>`` per learning-curve metric, then
+    ``diag_<metric>`` per diagnostic (``diag/act_std/stem.conv`` -> ``diag_act_std_stem.conv``).
+    Names keep only ``[A-Za-z0-9._-]`` and are unique (a clash gets ``_2``, ``_3``…)."""
+    refs: list[FigureRef] = []
+    taken: set[str] = set()
+    for section, prefix, metrics in (
+        ("curves", "curve", report.curves),
+        ("diagnostics", "diag", report.diagnostics),
+    ):
+        for metric, bands in metrics.items():
+            base = prefix + "_" + (_safe(metric.removeprefix("diag/")) or "metric")
+            name, i = base, 1
+            while name in taken:
+                i += 1
+                name = f"{base}_{i}"
+            taken.add(name)
+            refs.append(FigureRef(name, section, metric, _alt(metric, bands, report.baseline)))
+    return refs
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_.")
+
+
+def _seed_count(bands: Mapping[str, Band]) -> str:
+    counts = sorted({b.n_seeds for b in bands.values() if b.steps})
+    if not counts:
+        return "no seeds"
+    low, high = counts[0], counts[-1]
+    return f"{low} seed{'s' * (high != 1)}" if low == high else f"{low}–{high} seeds"
+
+
+def _alt(metric: str, bands: Mapping[str, Band], baseline: str) -> str:
+    names = ", ".join(f"{n} (baseline)" if n == baseline else n for n in bands)
+    return (
+        f"{metric} against training step for {names}: mean over {_seed_count(bands)}, "
+        "shaded band = confidence interval of the mean"
+    )
+
+
+def plot_curves(
+    bands: Mapping[str, Band],
+    metric: str,
+    baseline: str | None = None,
+    *,
+    variants: Sequence[str] | None = None,
+) -> Figure:
+    """One line per variant (the mean over seeds at each step) with its seed band shaded
+    (``low``..``high``); the baseline first, in black and thicker, on top of the others.
+
+    ``variants`` (the study's variant order) fixes each variant's colour, so a variant has the
+    same colour in every figure of a report. The y axis is logarithmic when every value is
+    positive and they span more than three decades (losses, gradient norms).
+    """
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    others = [n for n in (variants or bands) if n != baseline]
+    others += [n for n in bands if n not in others and n != baseline]
+    colour = {name: f"C{i % 10}" for i, name in enumerate(others)}
+    order = ([baseline] if baseline in bands else []) + [n for n in others if n in bands]
+    finite: list[float] = []
+    for name in order:
+        band = bands[name]
+        if not band.steps:
+            continue
+        is_base = name == baseline
+        c = "black" if is_base else colour[name]
+        # The baseline's line sits above every band so it stays visible where they overlap.
+        ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.18, linewidth=0, zorder=1)
+        label = f"{name} (baseline)" if is_base else name
+        width, z = (2.2, 3) if is_base else (1.5, 2)
+        ax.plot(band.steps, band.mean, color=c, linewidth=width, label=label, zorder=z)
+        finite += [v for v in (*band.mean, *band.low, *band.high) if math.isfinite(v)]
+    if not finite:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    elif min(finite) > 0 and max(finite) / min(finite) > 1e3:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean over {_seed_count(bands)}, band = CI of the mean")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def figures(report: StudyReport) -> dict[str, Figure]:
+    """A figure per learning-curve metric and per diagnostic metric, keyed by the names of
+    :func:`figure_refs`."""
+    order = [v.name for v in report.variants]
+    out = {}
+    for ref in figure_refs(report):
+        bands = (report.curves if ref.section == "curves" else report.diagnostics)[ref.metric]
+        # Study order, so the baseline and every variant keep their colour across figures.
+        ranked = dict(sorted(bands.items(), key=lambda kv: _rank(order, kv[0])))
+        out[ref.name] = plot_curves(ranked, ref.metric, report.baseline, variants=order)
+    return out
+
+
+def _rank(order: Sequence[str], name: str) -> int:
+    return order.index(name) if name in order else len(order)
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG, rendered by the Agg canvas."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table with every cell already formatted; ``kind`` is its HTML class, ``numeric`` the
+    columns aligned right, ``row_classes`` one HTML class per row (may be empty)."""
+
+    kind: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    title: str = ""
+    note: str = ""
+    numeric: frozenset[int] = frozenset()
+    row_classes: tuple[str, ...] = ()
+    data: tuple[tuple[str, str], ...] = ()  # extra data-* attributes of the HTML table
+
+
+@dataclass(frozen=True)
+class ReportTables:
+    """Every table of a report, in page order."""
+
+    verdicts: Table
+    variants: Table
+    summaries: tuple[Table, ...]
+    comparisons: Table
+    measured: tuple[Table, ...]
+
+
+def report_tables(report: StudyReport) -> ReportTables:
+    """The formatted tables both pages show."""
+    base = report.baseline
+
+    def label(name: str) -> str:
+        return f"{name} (baseline)" if name == base else name
+
+    verdicts = Table(
+        "verdicts",
+        ("claim", "variant", "quantity", "expected", "verdict", "reason"),
+        tuple(
+            (v.claim, v.variant, v.quantity, f"{v.expected} than {base}", v.outcome, v.reason)
+            for v in report.verdicts
+        ),
+        row_classes=tuple(OUTCOME_CLASS.get(v.outcome, "") for v in report.verdicts),
+    )
+    variants = Table(
+        "variants",
+        ("variant", "overrides", "seeds"),
+        tuple(
+            (
+                label(v.name),
+                " ".join(f"{k}={val}" for k, val in v.overrides.items()) or DASH,
+                ", ".join(map(str, sorted(v.run_ids))) or DASH,
+            )
+            for v in report.variants
+        ),
+        row_classes=tuple("baseline" if v.name == base else "" for v in report.variants),
+    )
+    quantities = list(dict.fromkeys(q for v in report.variants for q in v.summaries))
+    summaries = []
+    for q in quantities:
+        present = [v for v in report.variants if q in v.summaries]
+        confidence = present[0].summaries[q].confidence
+        rows = []
+        for v in present:
+            s = v.summaries[q]
+            rows.append(
+                (
+                    label(v.name),
+                    f"{fmt(s.mean)} ± {fmt(s.std)}",
+                    fmt_interval(s.ci_low, s.ci_high),
+                    str(s.n),
+                    ", ".join(fmt(x) for x in s.values) or DASH,
+                )
+            )
+        summaries.append(
+            Table(
+                "summary",
+                ("variant", "mean ± std", f"{confidence * 100:g}% CI", "n", "per seed"),
+                tuple(rows),
+                title=q,
+                numeric=frozenset({1, 2, 3}),
+                row_classes=tuple("baseline" if v.name == base else "" for v in present),
+                data=(("quantity", q),),
+            )
+        )
+    tests = sorted({c.test for c in report.comparisons})
+    comparisons = Table(
+        "comparisons",
+        ("variant", "quantity", "diff", "CI", "p", "p Holm", "d_z", "seeds"),
+        tuple(
+            (
+                c.variant,
+                c.quantity,
+                fmt_signed(c.diff_mean),
+                fmt_interval(c.ci_low, c.ci_high),
+                fmt_p(c.p_value),
+                fmt_p(c.p_holm),
+                fmt(c.effect_size),
+                ", ".join(map(str, c.seeds)) or DASH,
+            )
+            for c in report.comparisons
+        ),
+        note=(
+            f"diff = variant − {base}, paired by seed; CI of the mean difference; "
+            f"p: {', '.join(tests) or 'paired test'}, two-sided; p Holm: Holm-corrected over "
+            "the claimed comparisons (— outside that family); d_z = mean difference / std of "
+            "the differences."
+        ),
+        numeric=frozenset({2, 3, 4, 5, 6}),
+    )
+    measured = []
+    for title, rows in report.tables.items():
+        columns = tuple(dict.fromkeys(k for row in rows for k in row))
+        measured.append(
+            Table(
+                "measured",
+                columns,
+                tuple(tuple(str(row.get(c, DASH)) for c in columns) for row in rows),
+                title=title,
+                data=(("title", title),),
+            )
+        )
+    return ReportTables(verdicts, variants, tuple(summaries), comparisons, tuple(measured))
+
+
+def _footer(report: StudyReport) -> tuple[str, str]:
+    """(parent run id, tracking URI without a password) for the "generated by" line."""
+    parts = urlsplit(report.tracking_uri)
+    uri = report.tracking_uri
+    if parts.password is not None:  # a URI with credentials must not end up in a committed page
+        host = parts.hostname or ""
+        netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+        uri = urlunsplit(parts._replace(netloc=netloc))
+    return report.parent_run_id, uri
+
+
+# --- Markdown ------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(table: Table) -> list[str]:
+    align = ["---:" if i in table.numeric else "---" for i in range(len(table.columns))]
+    lines = [
+        "| " + " | ".join(_md_cell(c) for c in table.columns) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    if not table.rows:
+        lines = ["_none_"]
+    return [*lines, ""]
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
+    """The report as GitHub Markdown; ``images`` maps figure names (:func:`figure_refs`) to
+    paths relative to the Markdown file. Figures missing from ``images`` are left out."""
+    t = report_tables(report)
+    out = [f"# Study `{report.study}`", ""]
+    out += [
+        f"**Claim.** {report.claim or DASH}",
+        "",
+        f"**Question.** {report.question or DASH}",
+        "",
+    ]
+    out += [
+        f"- **Baseline:** `{report.baseline}`",
+        f"- **Seeds:** {', '.join(map(str, report.seeds)) or DASH} ({len(report.seeds)})",
+        f"- **Machine:** {report.machine or DASH}",
+        "",
+        "**Command:**",
+        "",
+    ]
+    fence = _fence(report.command)
+    out += [f"{fence}bash", report.command or "# not recorded", fence, ""]
+    out += ["## Verdicts", "", *_md_table(t.verdicts)]
+    out += ["## Variants", "", *_md_table(t.variants)]
+    out += ["## Per-variant summaries", ""]
+    for table in t.summaries:
+        out += [f"### {table.title}", "", *_md_table(table)]
+    out += [f"## Comparisons with the baseline `{report.baseline}`", "", _md_note(t.comparisons)]
+    out += ["", *_md_table(t.comparisons)]
+    if t.measured:
+        out += ["## Measurements", ""]
+        for table in t.measured:
+            out += [f"### {table.title}", "", *_md_table(table)]
+    for title, refs in _figure_sections(report, images):
+        out += [f"## {title}", ""]
+        for ref in refs:
+            alt = ref.alt.replace("[", "(").replace("]", ")")
+            out += [f"![{alt}]({quote(images[ref.name])})", ""]
+    out += ["---", "", _generated(report, code="`")]
+    return "\n".join(out) + "\n"
+
+
+def _md_note(table: Table) -> str:
+    return f"_{table.note}_" if table.note else ""
+
+
+def _figure_sections(
+    report: StudyReport, images: Mapping[str, object]
+) -> list[tuple[str, list[FigureRef]]]:
+    refs = [r for r in figure_refs(report) if r.name in images]
+    known = {r.name for r in refs}
+    extra = [FigureRef(n, "other", n, n) for n in images if n not in known]
+    sections = [
+        ("Learning curves", [r for r in refs if r.section == "curves"]),
+        ("Diagnostics", [r for r in refs if r.section == "diagnostics"]),
+        ("Figures", extra),
+    ]
+    return [(title, rs) for title, rs in sections if rs]
+
+
+def _generated(report: StudyReport, code: str) -> str:
+    run_id, uri = _footer(report)
+    where = f" from MLflow parent run {code}{run_id}{code}" if run_id else ""
+    where += f" at {code}{uri}{code}" if uri else ""
+    return f"Generated by {code}ablab report{code}{where}."
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+_HTML = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Study {{ report.study }}</title>
+<style>
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+  margin: 0; background: #fff; }
+main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
+h1 { font-size: 1.7rem; margin-bottom: .4rem; }
+h2 { font-size: 1.3rem; border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
+h3 { font-size: 1.05rem; margin: 1.2rem 0 .4rem; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; }
+dl.meta dt { font-weight: 600; }
+dl.meta dd { margin: 0; }
+pre { background: #f6f8fa; padding: .7rem 1rem; overflow-x: auto; border-radius: 6px; }
+code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+table { border-collapse: collapse; margin: .4rem 0 1rem; font-size: .92rem; }
+caption { text-align: left; font-weight: 600; padding: .2rem 0; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; vertical-align: top; text-align: left; }
+th { background: #f6f8fa; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.baseline td:first-child { font-weight: 600; }
+td.verdict { font-weight: 700; white-space: nowrap; }
+tr.holds td.verdict { background: #dafbe1; color: #116329; }
+tr.does-not-hold td.verdict { background: #ffebe9; color: #a40e26; }
+tr.inconclusive td.verdict { background: #fff8c5; color: #7d4e00; }
+p.note { color: #57606a; font-size: .88rem; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: .88rem; }
+footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px solid #d0d7de;
+  padding-top: .6rem; }
+</style>
+</head>
+<body>
+<main>
+{% macro render_table(t, id) %}
+{% if t.rows %}
+<table{{ {"class": t.kind, "id": id}|xmlattr }}{% for k, v in t.data %} data-{{ k }}="{{ v }}"{% endfor %}>
+{% if t.title %}<caption>{{ t.title }}</caption>{% endif %}
+<thead><tr>{% for c in t.columns %}<th scope="col"{% if loop.index0 in t.numeric %} class="num"{% endif %}>{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in t.rows %}
+{% set rc = t.row_classes[loop.index0] if t.row_classes else "" %}
+<tr{% if rc %} class="{{ rc }}"{% endif %}>{% for cell in row %}<td{% if loop.index0 in t.numeric %} class="num"{% elif t.kind == "verdicts" and t.columns[loop.index0] == "verdict" %} class="verdict"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}
+<p class="note" id="{{ id }}">None.</p>
+{% endif %}
+{% endmacro %}
+<h1>Study <code>{{ report.study }}</code></h1>
+<dl class="meta">
+<dt>Claim</dt><dd>{{ report.claim or dash }}</dd>
+<dt>Question</dt><dd>{{ report.question or dash }}</dd>
+<dt>Baseline</dt><dd><code>{{ report.baseline }}</code></dd>
+<dt>Seeds</dt><dd>{{ report.seeds|join(", ") or dash }} ({{ report.seeds|length }})</dd>
+<dt>Machine</dt><dd>{{ report.machine or dash }}</dd>
+</dl>
+<h2>Command</h2>
+<pre><code>{{ report.command or "# not recorded" }}</code></pre>
+<section>
+<h2>Verdicts</h2>
+{{ render_table(tables.verdicts, "verdicts") }}
+</section>
+<section>
+<h2>Variants</h2>
+{{ render_table(tables.variants, "variants") }}
+</section>
+<section>
+<h2>Per-variant summaries</h2>
+{% for t in tables.summaries %}
+{{ render_table(t, "summary-" ~ loop.index) }}
+{% endfor %}
+</section>
+<section>
+<h2>Comparisons with the baseline <code>{{ report.baseline }}</code></h2>
+<p class="note">{{ tables.comparisons.note }}</p>
+{{ render_table(tables.comparisons, "comparisons") }}
+</section>
+{% if tables.measured %}
+<section>
+<h2>Measurements</h2>
+{% for t in tables.measured %}
+{{ render_table(t, "measured-" ~ loop.index) }}
+{% endfor %}
+</section>
+{% endif %}
+{% for title, figs in sections %}
+<section>
+<h2>{{ title }}</h2>
+{% for ref, uri in figs %}
+<figure id="fig-{{ ref.name }}">
+<img src="{{ uri }}" alt="{{ ref.alt }}">
+<figcaption>{{ ref.alt }}</figcaption>
+</figure>
+{% endfor %}
+</section>
+{% endfor %}
+<footer>{{ generated }}</footer>
+</main>
+</body>
+</html>
+"""
+
+_ENV = jinja2.Environment(
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+)
+_TEMPLATE = _ENV.from_string(_HTML)
+
+
+def to_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
+    """The report as one self-contained HTML page: the same content as :func:`to_markdown`,
+    ``images`` (figure name -> PNG bytes) embedded as ``data:image/png;base64`` URIs.
+
+    Tables carry classes a reader's tools can find: ``verdicts``, ``variants``, ``summary``
+    (one per quantity, ``data-quantity``), ``comparisons``, ``measured``; verdict rows are
+    classed ``holds``/``does-not-hold``/``inconclusive`` and coloured by them.
+    """
+    for name, data in images.items():
+        if not data.startswith(PNG_SIGNATURE):
+            raise ValueError(f"to_html: image '{name}' is not a PNG")
+    sections = [
+        (title, [(r, _data_uri(images[r.name])) for r in refs])
+        for title, refs in _figure_sections(report, images)
+    ]
+    run_id, uri = _footer(report)
+    footer = Markup("Generated by <code>ablab report</code>")
+    if run_id:
+        footer += Markup(" from MLflow parent run <code>%s</code>") % run_id
+    if uri:
+        footer += Markup(" at <code>%s</code>") % uri
+    return _TEMPLATE.render(
+        report=report,
+        tables=report_tables(report),
+        sections=sections,
+        generated=footer + ".",
+        dash=DASH,
+    )
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def write_report(report: StudyReport, folder: Path, stem: str = "RESULTS") -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.html`` and the figures as ``<stem>_files/<name>.png`` into
+    ``folder``; returns ``{"markdown": …, "html": …, "figures": <stem>_files}`` (no
+    ``figures`` entry when the report has no curves). PNGs left in ``<stem>_files`` by an
+    earlier report are removed first, so the folder holds exactly what the pages show."""
+    if not stem or Path(stem).name != stem:
+        raise ValueError(f"write_report: stem '{stem}' must be a plain file name")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = {name: png_bytes(fig) for name, fig in figures(report).items()}
+    files = folder / f"{stem}_files"
+    for old in files.glob("*.png") if files.is_dir() else ():
+        old.unlink()
+    written: dict[str, Path] = {}
+    if pngs:
+        files.mkdir(exist_ok=True)
+        for name, data in pngs.items():
+            (files / f"{name}.png").write_bytes(data)
+    links = {name: f"{files.name}/{name}.png" for name in pngs}
+    written["markdown"] = folder / f"{stem}.md"
+    written["markdown"].write_text(to_markdown(report, links), encoding="utf-8")
+    written["html"] = folder / f"{stem}.html"
+    written["html"].write_text(to_html(report, pngs), encoding="utf-8")
+    if pngs:
+        written["figures"] = files
+    return written

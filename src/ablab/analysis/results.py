@@ -1,0 +1,110 @@
+"""What a study report holds: per-variant summaries over seeds, paired comparisons with the
+baseline, one verdict per claim, and learning curves with seed bands.
+
+Plain dataclasses: :mod:`ablab.analysis.stats` computes them, :mod:`ablab.analysis.collect`
+fills them from MLflow runs, :mod:`ablab.analysis.render` turns them into Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["holds", "does not hold", "inconclusive"]
+Direction = Literal["higher", "lower"]
+
+
+@dataclass
+class Summary:
+    """One quantity over seeds: mean, sample standard deviation and a t-based confidence
+    interval of the mean (NaN bounds with fewer than two values)."""
+
+    values: list[float]
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    confidence: float = 0.95
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class Comparison:
+    """``variant − baseline`` of one quantity, paired by seed.
+
+    ``ci_low``/``ci_high`` bound the mean paired difference; ``p_value`` is the two-sided paired
+    t-test's, ``p_holm`` the same after Holm's correction across the study's comparisons;
+    ``effect_size`` is Cohen's d_z (mean difference / standard deviation of the differences).
+    """
+
+    variant: str
+    quantity: str
+    seeds: list[int]
+    diff_mean: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    effect_size: float
+    p_holm: float = float("nan")
+    test: str = "paired t-test"
+
+
+@dataclass
+class Verdict:
+    """Whether a claim holds for one variant: what was expected, what the comparison says."""
+
+    claim: str
+    variant: str
+    quantity: str
+    expected: Direction
+    outcome: Outcome
+    reason: str
+
+
+@dataclass
+class Band:
+    """A learning curve over seeds: the mean and its low/high band at each logged step."""
+
+    steps: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    n_seeds: int
+
+
+@dataclass
+class VariantResult:
+    """One variant of a study: its overrides, its runs (one per seed) and summaries by quantity
+    (e.g. ``"final val/acc"``, ``"best val/acc"``, ``"steps to val/acc >= 0.9"``)."""
+
+    name: str
+    overrides: dict[str, str]
+    run_ids: dict[int, str]
+    summaries: dict[str, Summary] = field(default_factory=dict)
+
+
+@dataclass
+class StudyReport:
+    """Everything ``ablab report`` writes about one study run."""
+
+    study: str
+    claim: str
+    question: str
+    command: str
+    machine: str
+    baseline: str
+    seeds: list[int]
+    variants: list[VariantResult]
+    comparisons: list[Comparison]
+    verdicts: list[Verdict]
+    #: curves[metric][variant] -> seed band, for the learning-curve plots
+    curves: dict[str, dict[str, Band]] = field(default_factory=dict)
+    #: diagnostics[metric][variant] -> seed band (``diag/*`` metrics), when the callback ran
+    diagnostics: dict[str, dict[str, Band]] = field(default_factory=dict)
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    #: free-form measured tables for measurement studies (title -> rows of column -> value)
+    tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)

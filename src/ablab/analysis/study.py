@@ -1,0 +1,215 @@
+"""A study: one claim from the notes, a baseline, named variants, seeds, and what to compare.
+
+Declared in ``experiments/<study>/study.yaml``::
+
+    claim: "1. BatchNorm speeds convergence and tolerates larger learning rates."
+    question: Does a plain CNN with BN reach 90% validation accuracy in fewer steps?
+    common: {model: plain20}                 # overrides every job gets
+    baseline: {name: bn, overrides: {model.norm: bn}}
+    variants:                                # one factor at a time ...
+      no_bn: {model.norm: none}
+    factorial: {}                            # ... or a full factorial: {key: [values]}
+    seeds: [0, 1, 2, 3, 4]
+    sizes:                                   # overrides per size; seeds may be set per size
+      quick: {overrides: {trainer.max_epochs: 5}, seeds: [0, 1, 2]}
+      full: {overrides: {data: cifar10, trainer: gpu}}
+    quantities:                              # numbers per run that variants are compared on
+      - {metric: val/acc, stat: final}       # final | best | steps_to (with threshold)
+      - {metric: val/acc, stat: steps_to, threshold: 0.9}
+    expect:                                  # the claim, per variant and quantity
+      - {variant: no_bn, quantity: steps to val/acc >= 0.9, direction: higher}
+    curves: [val/acc, train/loss_epoch]      # learning curves to plot
+
+A study runs as one Hydra multirun through :class:`ablab.tracking.sweep.StudySweeper`
+(``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
+unchanged; each job is ``study=<name> variant=<variant> seed=<seed>`` plus its overrides.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ablab.errors import ConfigError
+
+#: ``experiments/`` at the top of the checkout (src layout).
+STUDIES_DIR = Path(__file__).resolve().parents[3] / "experiments"
+STUDY_FILE = "study.yaml"
+STATS = ("final", "best", "steps_to")
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A number per run: the ``final`` or ``best`` value of ``metric``, or the first step at
+    which it reaches ``threshold`` (``steps_to``); ``mode`` says which way is better."""
+
+    metric: str
+    stat: Literal["final", "best", "steps_to"]
+    threshold: float | None = None
+    mode: Literal["max", "min"] = "max"
+
+    @property
+    def name(self) -> str:
+        if self.stat == "steps_to":
+            sign = ">=" if self.mode == "max" else "<="
+            return f"steps to {self.metric} {sign} {self.threshold:g}"
+        return f"{self.stat} {self.metric}"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The claim for one variant: ``quantity`` is ``direction`` than the baseline's."""
+
+    variant: str
+    quantity: str
+    direction: Literal["higher", "lower"]
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a study: a variant at a seed, as Hydra overrides."""
+
+    variant: str
+    seed: int
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Study:
+    """A parsed ``study.yaml`` (see the module docstring)."""
+
+    name: str
+    folder: Path
+    claim: str
+    question: str
+    baseline: str
+    variants: dict[str, dict[str, Any]]
+    seeds: list[int]
+    sizes: dict[str, dict[str, Any]]
+    quantities: list[Quantity]
+    expect: list[Expectation]
+    curves: list[str]
+    common: dict[str, Any] = field(default_factory=dict)
+
+    def seeds_for(self, size: str) -> list[int]:
+        return list(self._size(size).get("seeds") or self.seeds)
+
+    def jobs(self, size: str) -> list[Job]:
+        """Every (variant, seed) of ``size`` with its overrides: common, size, variant, then
+        ``study``, ``variant`` and ``seed`` (so each run says what it is)."""
+        size_overrides = self._size(size).get("overrides") or {}
+        jobs = []
+        for variant, overrides in self.variants.items():
+            for seed in self.seeds_for(size):
+                merged = {**self.common, **size_overrides, **overrides}
+                items = [f"{k}={_value(v)}" for k, v in merged.items()]
+                items += [f"study={self.name}", f"variant={variant}", f"seed={seed}"]
+                jobs.append(Job(variant, seed, tuple(items)))
+        return jobs
+
+    def factors(self) -> list[str]:
+        """The keys that vary across the study's jobs (MLflow ``factor.<key>`` tags)."""
+        keys = {k for overrides in self.variants.values() for k in overrides}
+        return ["variant", "seed", *sorted(keys)]
+
+    def _size(self, size: str) -> dict[str, Any]:
+        if size not in self.sizes:
+            raise ConfigError(
+                f"study {self.name} has no size '{size}'; valid: {', '.join(self.sizes)}"
+            )
+        return self.sizes[size] or {}
+
+
+def _value(value: Any) -> str:
+    """A YAML value as a Hydra override value (lists and dicts in Hydra's own syntax)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+def available() -> list[str]:
+    """Names of the studies in ``experiments/``."""
+    return sorted(p.parent.name for p in STUDIES_DIR.glob(f"*/{STUDY_FILE}"))
+
+
+def load_study(name_or_path: str | Path) -> Study:
+    """Read and check ``experiments/<name>/study.yaml`` (or a path to a study.yaml or folder).
+
+    Raises ConfigError naming the problem and, for an unknown name, the valid studies.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / STUDY_FILE
+    elif not path.suffix:
+        path = STUDIES_DIR / str(name_or_path) / STUDY_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown study '{name_or_path}'; valid: {', '.join(available()) or '(none)'}"
+        )
+    spec = yaml.safe_load(path.read_text()) or {}
+    name = path.parent.name
+    known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
+             "quantities", "expect", "curves"}  # fmt: skip
+    if unknown := set(spec) - known:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    baseline = spec.get("baseline") or {}
+    base_name = baseline.get("name", "baseline")
+    base_overrides = dict(baseline.get("overrides") or {})
+    variants = {base_name: base_overrides}
+    for variant, overrides in (spec.get("variants") or {}).items():
+        missing = set(overrides or {}) - set(base_overrides)
+        if missing:  # one factor at a time: the baseline states the value each variant changes
+            raise ConfigError(
+                f"{path}: variant '{variant}' changes {sorted(missing)}, which the baseline does "
+                "not set; give the baseline's value in baseline.overrides"
+            )
+        variants[str(variant)] = {**base_overrides, **(overrides or {})}
+    factorial = spec.get("factorial") or {}
+    if factorial:
+        keys = list(factorial)
+        for values in itertools.product(*(factorial[k] for k in keys)):
+            overrides = dict(zip(keys, values, strict=True))
+            label = ",".join(f"{k}={_value(v)}" for k, v in overrides.items())
+            variants[label] = {**base_overrides, **overrides}
+    quantities = [Quantity(**q) for q in spec.get("quantities") or []]
+    for q in quantities:
+        if q.stat not in STATS:
+            raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
+        if q.stat == "steps_to" and q.threshold is None:
+            raise ConfigError(f"{path}: quantity steps_to {q.metric} needs a threshold")
+    names = {q.name for q in quantities}
+    expect = [Expectation(**e) for e in spec.get("expect") or []]
+    for e in expect:
+        if e.variant not in variants:
+            raise ConfigError(
+                f"{path}: expect names variant '{e.variant}'; valid: {', '.join(variants)}"
+            )
+        if e.quantity not in names:
+            raise ConfigError(
+                f"{path}: expect names quantity '{e.quantity}'; valid: {', '.join(sorted(names))}"
+            )
+    sizes = spec.get("sizes") or {"quick": {}}
+    seeds = [int(s) for s in spec.get("seeds") or [0, 1, 2]]
+    return Study(
+        name=name,
+        folder=path.parent,
+        claim=str(spec.get("claim", "")),
+        question=str(spec.get("question", "")),
+        baseline=base_name,
+        variants=variants,
+        seeds=seeds,
+        sizes=sizes,
+        quantities=quantities,
+        expect=expect,
+        curves=list(spec.get("curves") or [q.metric for q in quantities]),
+        common=dict(spec.get("common") or {}),
+    )

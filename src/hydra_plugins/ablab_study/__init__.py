@@ -1,0 +1,53 @@
+"""ablab's study sweeper (:mod:`ablab.analysis.study`). Hydra instantiates sweepers only from
+the ``hydra_plugins`` namespace, and finds the class by the module it is defined in: hence here.
+
+``hydra/sweeper=study hydra.sweeper.study=<name> hydra.sweeper.size=quick`` (conf/hydra/sweeper).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig
+
+from ablab.tracking.sweep import swept_keys
+
+
+class StudySweeper(Sweeper):
+    """A Hydra sweeper that runs one study (:mod:`ablab.analysis.study`): every variant at every
+    seed of ``size``, as one batch of jobs for whichever launcher is configured.
+
+    The command line's own overrides apply to every job, after the study's (so
+    ``trainer.max_epochs=1`` shortens a whole study); sweeping them (``a=1,2``) is refused: the
+    study file is the sweep.
+    """
+
+    def __init__(self, study: str, size: str = "quick") -> None:
+        self.study, self.size = study, size
+        self.config: DictConfig | None = None
+        self.hydra_context: Any = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from ablab.analysis.study import load_study
+
+        if swept := swept_keys(arguments):
+            raise ValueError(
+                f"a study sweeps its own variants and seeds; drop the sweep over {swept}"
+            )
+        jobs = load_study(self.study).jobs(self.size)
+        batch = [[*job.overrides, *arguments] for job in jobs]
+        self.validate_batch_is_legal(batch)
+        return [self.launcher.launch(batch, initial_job_idx=0)]
+
+
+__all__ = ["StudySweeper"]
