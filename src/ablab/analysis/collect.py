@@ -10,6 +10,7 @@ verdict (:mod:`ablab.analysis.stats` holds the rules).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,21 +67,30 @@ def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
     return StudyRuns(load_study(source), parent, children)
 
 
-def quantity_value(client: MlflowClient, run: Run, quantity: Quantity) -> float:
-    """One run's value of ``quantity``; NaN when the run never logged the metric."""
+def quantity_value(
+    client: MlflowClient, run: Run, quantity: Quantity, horizon: int | None = None
+) -> float:
+    """One run's value of ``quantity``; NaN when the run never logged the metric.
+
+    A run that never reaches a ``steps_to`` threshold counts as ``horizon + 1`` (censored: slower
+    than any run that got there), ``horizon`` being the last step any run of the study logged.
+    """
     if quantity.metric not in run.data.metrics:
         return float("nan")
     if quantity.stat == "final":
         return float(run.data.metrics[quantity.metric])
-    history = sorted(
-        client.get_metric_history(run.info.run_id, quantity.metric), key=lambda m: m.step
-    )
-    values = [m.value for m in history]
+    steps, values = metric_curve(client, run, quantity.metric)
     if quantity.stat == "best":
         return float(max(values) if quantity.mode == "max" else min(values))
     return stats.time_to_threshold(
-        [m.step for m in history], values, quantity.threshold, quantity.mode
+        steps, values, quantity.threshold, quantity.mode, horizon=horizon
     )
+
+
+def last_step(client: MlflowClient, runs: Iterable[Run], metric: str) -> int | None:
+    """The last step at which any of ``runs`` logged ``metric``."""
+    steps = [metric_curve(client, r, metric)[0][-1] for r in runs if metric in r.data.metrics]
+    return max(steps) if steps else None
 
 
 def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
@@ -92,12 +102,21 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             f"runs of variants {sorted(unknown)} are not in {study.folder}/study.yaml; "
             f"valid: {', '.join(study.variants)}"
         )
+    everything = [run for seeded in by_variant.values() for run in seeded.values()]
+    horizons = {
+        q.metric: last_step(client, everything, q.metric)
+        for q in study.quantities
+        if q.stat == "steps_to"
+    }
     values: dict[str, dict[str, dict[int, float]]] = {}
     variants = []
     for name in study.variants:
         seeded = by_variant.get(name, {})
         values[name] = {
-            q.name: {seed: quantity_value(client, run, q) for seed, run in seeded.items()}
+            q.name: {
+                seed: quantity_value(client, run, q, horizons.get(q.metric))
+                for seed, run in seeded.items()
+            }
             for q in study.quantities
         }
         summaries = {
@@ -167,9 +186,16 @@ def group_by_variant(children: Iterable[Run]) -> dict[str, dict[int, Run]]:
     return grouped
 
 
+@functools.lru_cache(maxsize=4096)
+def _history(client: MlflowClient, run_id: str, metric: str) -> tuple[tuple[int, float], ...]:
+    history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+    return tuple((m.step, m.value) for m in history)
+
+
 def metric_curve(client: MlflowClient, run: Run, metric: str) -> tuple[list[int], list[float]]:
-    history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
-    return [m.step for m in history], [m.value for m in history]
+    """A run's (steps, values) of ``metric`` in step order (fetched once per report)."""
+    history = _history(client, run.info.run_id, metric)
+    return [s for s, _ in history], [v for _, v in history]
 
 
 def study_overrides(study: Study, variant: str) -> dict[str, str]:

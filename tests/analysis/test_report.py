@@ -1,0 +1,119 @@
+"""``ablab report`` on fabricated MLflow runs: known differences give known verdicts, identical
+distributions give no significant difference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from ablab.analysis.collect import collect, find_study_runs
+from ablab.analysis.study import load_study
+from ablab.errors import ConfigError
+from conftest import tracking_uri
+
+STUDY = """
+claim: "0. A fabricated claim: variant 'better' learns faster and ends higher."
+question: Do the fabricated variants differ the way they were made to?
+baseline: {name: base, overrides: {model.width: 1}}
+variants:
+  better: {model.width: 2}
+  same: {model.width: 3}
+  worse: {model.width: 4}
+seeds: [0, 1, 2, 3, 4]
+sizes: {quick: {}}
+quantities:
+  - {metric: val/acc, stat: final}
+  - {metric: val/acc, stat: steps_to, threshold: 0.8}
+expect:
+  - {variant: better, quantity: final val/acc, direction: higher}
+  - {variant: better, quantity: steps to val/acc >= 0.8, direction: lower}
+  - {variant: same, quantity: final val/acc, direction: higher}
+  - {variant: worse, quantity: final val/acc, direction: higher}
+curves: [val/acc]
+"""
+#: Final accuracy each fabricated variant is made to reach, and how fast (per-step gain).
+TRUTH = {"base": (0.85, 0.05), "better": (0.90, 0.10), "same": (0.85, 0.05), "worse": (0.80, 0.05)}
+STEPS = list(range(0, 100, 10))
+
+
+def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
+    """A study parent run with one child per variant and seed, as a study sweep would log them."""
+    folder = root / "fabricated"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(STUDY)
+    client = MlflowClient(tracking_uri(root))
+    experiment = client.create_experiment("fabricated", artifact_location=str(root / "art"))
+    parent = client.create_run(
+        experiment,
+        tags={"sweep": "parent", "study": "fabricated", "study_file": str(folder / "study.yaml")},
+    )
+    rng = np.random.default_rng(0)
+    for variant, (final, rate) in TRUTH.items():
+        for seed in range(5):
+            run = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+            # a saturating curve toward `final`, plus per-seed noise
+            curve = [final * (1 - np.exp(-rate * s)) + rng.normal(0, noise) for s in STEPS]
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric("val/acc", v, 0, s) for s, v in zip(STEPS, curve, strict=True)],
+                params=[Param("variant", variant), Param("seed", str(seed))],
+            )
+            client.set_terminated(run.info.run_id)
+    client.set_terminated(parent.info.run_id)
+    return client, parent.info.run_id
+
+
+def verdicts_of(report) -> dict[tuple[str, str], str]:
+    return {(v.variant, v.quantity): v.outcome for v in report.verdicts}
+
+
+def test_known_differences_give_known_verdicts(root: Path) -> None:
+    client, parent = fabricate(root)
+    report = collect(client, find_study_runs(client, parent))
+    verdicts = verdicts_of(report)
+    assert verdicts[("better", "final val/acc")] == "holds"
+    assert verdicts[("better", "steps to val/acc >= 0.8")] == "holds"
+    assert verdicts[("worse", "final val/acc")] == "does not hold"  # significantly lower
+    assert verdicts[("same", "final val/acc")] == "inconclusive"  # no significant difference
+    assert report.seeds == [0, 1, 2, 3, 4] and report.baseline == "base"
+    summary = {v.name: v.summaries["final val/acc"] for v in report.variants}
+    assert summary["better"].mean == pytest.approx(0.90, abs=0.01)
+    assert summary["base"].ci_low < 0.85 < summary["base"].ci_high
+    holm = [c for c in report.comparisons if c.quantity == "final val/acc"]
+    assert all(c.p_holm >= c.p_value for c in holm)  # the claims are a corrected family
+    band = report.curves["val/acc"]["better"]
+    assert band.steps == STEPS and band.n_seeds == 5
+
+
+def test_identical_distributions_are_not_significant(root: Path) -> None:
+    client, parent = fabricate(root, noise=0.02)
+    report = collect(client, find_study_runs(client, parent))
+    same = next(c for c in report.comparisons if c.variant == "same" and "final" in c.quantity)
+    assert same.ci_low < 0 < same.ci_high
+    assert verdicts_of(report)[("same", "final val/acc")] == "inconclusive"
+
+
+def test_a_study_is_found_by_name_and_its_latest_parent(root: Path) -> None:
+    client, parent = fabricate(root)
+    runs = find_study_runs(client, str(root / "fabricated"))
+    assert runs.parent.info.run_id == parent and len(runs.children) == 20
+
+
+def test_unknown_studies_and_sizes_are_one_line_errors(root: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown study 'nope'; valid: .*bn_vs_nobn"):
+        load_study("nope")
+    with pytest.raises(ConfigError, match=r"has no size 'huge'; valid: quick, full"):
+        load_study("bn_vs_nobn").jobs("huge")
+
+
+def test_study_jobs_carry_variant_seed_and_overrides() -> None:
+    study = load_study("bn_vs_nobn")
+    jobs = study.jobs("quick")
+    assert len(jobs) == len(study.variants) * len(study.seeds_for("quick"))
+    job = next(j for j in jobs if j.variant == "no_bn" and j.seed == 1)
+    assert {"model.norm=none", "study=bn_vs_nobn", "variant=no_bn", "seed=1"} <= set(job.overrides)
+    assert study.factors()[:2] == ["variant", "seed"]
