@@ -391,6 +391,14 @@ def test_html_is_self_contained_and_complete() -> None:
     assert "0123456789abcdef0123456789abcdef" in page
 
 
+def test_html_keeps_empty_tables_findable() -> None:
+    report = make_report(verdicts=[], comparisons=[], tables={})
+    tables = {t["attrs"]["class"]: t for t in parse(to_html(report, {})).tables}
+    assert tables["verdicts"]["rows"] == [] and tables["comparisons"]["rows"] == []
+    assert "measured" not in tables
+    assert "## Verdicts\n\n_none_\n" in to_markdown(report, {})
+
+
 def test_html_rejects_an_image_that_is_not_png() -> None:
     with pytest.raises(ValueError, match="curve_val_acc"):
         to_html(make_report(), {"curve_val_acc": b"GIF89a"})
@@ -472,6 +480,7 @@ def test_report_page_in_headless_chromium(chromium, tmp_path: Path) -> None:
     finally:
         page.close()
 
+    assert requested[0] == paths["html"].as_uri()  # requests are seen: the next check bites
     assert all(url.startswith(("file:", "data:")) for url in requested), requested
     assert state["verdicts"] == [len(report.verdicts)]
     assert state["summaries"] == [[q, len(VARIANTS)] for q in QUANTITIES]
