@@ -28,11 +28,13 @@ sizes: {quick: {}}
 quantities:
   - {metric: val/acc, stat: final}
   - {metric: val/acc, stat: steps_to, threshold: 0.8}
+  - {metric: train/loss, stat: diverged}
 expect:
   - {variant: better, quantity: final val/acc, direction: higher}
   - {variant: better, quantity: steps to val/acc >= 0.8, direction: lower}
   - {variant: same, quantity: final val/acc, direction: higher}
   - {variant: worse, quantity: final val/acc, direction: higher}
+  - {variant: worse, quantity: diverged, direction: higher}
 curves: [val/acc]
 """
 #: Final accuracy each fabricated variant is made to reach, and how fast (per-step gain).
@@ -62,7 +64,9 @@ def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
                 metrics=[Metric("val/acc", v, 0, s) for s, v in zip(STEPS, curve, strict=True)],
                 params=[Param("variant", variant), Param("seed", str(seed))],
             )
-            client.set_terminated(run.info.run_id)
+            if variant == "worse":  # as the non-finite loss guard would end it
+                client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
+            client.set_terminated(run.info.run_id, "FAILED" if variant == "worse" else "FINISHED")
     client.set_terminated(parent.info.run_id)
     return client, parent.info.run_id
 
@@ -79,6 +83,7 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert verdicts[("better", "steps to val/acc >= 0.8")] == "holds"
     assert verdicts[("worse", "final val/acc")] == "does not hold"  # significantly lower
     assert verdicts[("same", "final val/acc")] == "inconclusive"  # no significant difference
+    assert verdicts[("worse", "diverged")] == "holds"  # every seed diverged, no baseline did
     assert report.seeds == [0, 1, 2, 3, 4] and report.baseline == "base"
     summary = {v.name: v.summaries["final val/acc"] for v in report.variants}
     assert summary["better"].mean == pytest.approx(0.90, abs=0.01)

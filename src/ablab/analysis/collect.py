@@ -72,9 +72,14 @@ def quantity_value(
 ) -> float:
     """One run's value of ``quantity``; NaN when the run never logged the metric.
 
+    ``diverged`` is 1.0 for a run the non-finite loss guard stopped, else 0.0: a diverged run
+    is an outcome to count, not a missing value.
+
     A run that never reaches a ``steps_to`` threshold counts as ``horizon + 1`` (censored: slower
     than any run that got there), ``horizon`` being the last step any run of the study logged.
     """
+    if quantity.stat == "diverged":
+        return float(run.data.tags.get("failure") == "nonfinite_loss")
     if quantity.metric not in run.data.metrics:
         return float("nan")
     if quantity.stat == "final":

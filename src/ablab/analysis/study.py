@@ -16,6 +16,7 @@ Declared in ``experiments/<study>/study.yaml``::
     quantities:                              # numbers per run that variants are compared on
       - {metric: val/acc, stat: final}       # final | best | steps_to (with threshold)
       - {metric: val/acc, stat: steps_to, threshold: 0.9}
+      - {metric: train/loss, stat: diverged}   # 1 if the run hit a NaN/inf loss, else 0
     expect:                                  # the claim, per variant and quantity
       - {variant: no_bn, quantity: steps to val/acc >= 0.9, direction: higher}
     curves: [val/acc, train/loss_epoch]      # learning curves to plot
@@ -39,16 +40,17 @@ from ablab.errors import ConfigError
 #: ``experiments/`` at the top of the checkout (src layout).
 STUDIES_DIR = Path(__file__).resolve().parents[3] / "experiments"
 STUDY_FILE = "study.yaml"
-STATS = ("final", "best", "steps_to")
+STATS = ("final", "best", "steps_to", "diverged")
 
 
 @dataclass(frozen=True)
 class Quantity:
-    """A number per run: the ``final`` or ``best`` value of ``metric``, or the first step at
-    which it reaches ``threshold`` (``steps_to``); ``mode`` says which way is better."""
+    """A number per run: the ``final`` or ``best`` value of ``metric``, the first step at which
+    it reaches ``threshold`` (``steps_to``), or 1/0 for whether training diverged (``diverged``:
+    stopped by the non-finite loss guard); ``mode`` says which way is better."""
 
     metric: str
-    stat: Literal["final", "best", "steps_to"]
+    stat: Literal["final", "best", "steps_to", "diverged"]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
 
@@ -57,6 +59,8 @@ class Quantity:
         if self.stat == "steps_to":
             sign = ">=" if self.mode == "max" else "<="
             return f"steps to {self.metric} {sign} {self.threshold:g}"
+        if self.stat == "diverged":
+            return "diverged"
         return f"{self.stat} {self.metric}"
 
 
