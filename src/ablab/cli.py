@@ -217,13 +217,13 @@ def study(argv: list[str]) -> None:
     for job in spec.jobs(args.size):  # every job composes, before any run or parent exists
         check_overrides([*job.overrides, *task])
     command = [sys.executable, "-m", "ablab.train", "-m", "hydra/sweeper=study",
-               f"hydra.sweeper.study={spec.name}", f"hydra.sweeper.size={args.size}",
+               f"hydra.sweeper.study={spec.folder}", f"hydra.sweeper.size={args.size}",
                *args.overrides]  # fmt: skip
     code = subprocess.call(command)
     if code not in (0, 1):  # 1: some jobs failed, which the report shows
         raise SystemExit(code)
     if not args.no_report:
-        report([spec.name, *(o for o in task if o.startswith(("logger.", "paths.")))])
+        report([str(spec.folder), *(o for o in task if o.startswith(("logger.", "paths.")))])
     raise SystemExit(code)
 
 
