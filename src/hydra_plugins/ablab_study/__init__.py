@@ -11,8 +11,6 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
 
-from ablab.tracking.sweep import swept_keys
-
 
 class StudySweeper(Sweeper):
     """A Hydra sweeper that runs one study (:mod:`ablab.analysis.study`): every variant at every
@@ -38,7 +36,10 @@ class StudySweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        # Imported here: Hydra imports every hydra_plugins module at start-up, and ablab.tracking
+        # pulls in Lightning and torch (seconds, and Lightning's own log handler) for every command.
         from ablab.analysis.study import load_study
+        from ablab.tracking.sweep import swept_keys
 
         if swept := swept_keys(arguments):
             raise ValueError(
