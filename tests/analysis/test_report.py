@@ -36,6 +36,7 @@ expect:
   - {variant: worse, quantity: final val/acc, direction: higher}
   - {variant: worse, quantity: diverged, direction: higher}
 curves: [val/acc]
+profiles: [act_std]
 """
 #: Final accuracy each fabricated variant is made to reach, and how fast (per-step gain).
 TRUTH = {"base": (0.85, 0.05), "better": (0.90, 0.10), "same": (0.85, 0.05), "worse": (0.80, 0.05)}
@@ -63,6 +64,12 @@ def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
                 run.info.run_id,
                 metrics=[Metric("val/acc", v, 0, s) for s, v in zip(STEPS, curve, strict=True)],
                 params=[Param("variant", variant), Param("seed", str(seed))],
+            )
+            # the diagnostics callback's per-layer summary: activation std shrinking with depth
+            shrink = 0.5 if variant == "worse" else 0.9
+            layers = [(f"layer{i}", shrink**i) for i in range(4)]
+            client.log_dict(
+                run.info.run_id, {"end": {"act_std": layers}}, "diagnostics/layers.json"
             )
             if variant == "worse":  # as the non-finite loss guard would end it
                 client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
@@ -92,6 +99,9 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert all(c.p_holm >= c.p_value for c in holm)  # the claims are a corrected family
     band = report.curves["val/acc"]["better"]
     assert band.steps == STEPS and band.n_seeds == 5
+    profile = report.diagnostics["act_std by layer (end of training)"]
+    assert profile["worse"].steps == [0, 1, 2, 3]
+    assert profile["worse"].mean == pytest.approx([1, 0.5, 0.25, 0.125])
 
 
 def test_identical_distributions_are_not_significant(root: Path) -> None:

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from ablab.analysis import stats
-from ablab.analysis.results import StudyReport, VariantResult
+from ablab.analysis.results import Band, StudyReport, VariantResult
 from ablab.analysis.study import Quantity, Study, load_study
 from ablab.errors import ConfigError
 
@@ -162,6 +162,11 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     }
     parent = runs.parent
     tags = parent.data.tags
+    diagnostics = {
+        f"{family} by layer (end of training)": bands
+        for family in study.profiles
+        if (bands := layer_profiles(client, by_variant, study, family))
+    }
     return StudyReport(
         study=study.name,
         claim=study.claim,
@@ -174,9 +179,41 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         comparisons=comparisons,
         verdicts=verdicts,
         curves={m: bands for m, bands in curves.items() if bands},
+        diagnostics=diagnostics,
         parent_run_id=parent.info.run_id,
         tracking_uri=str(client.tracking_uri),
     )
+
+
+def layer_profiles(
+    client: MlflowClient, by_variant: dict[str, dict[int, Run]], study: Study, family: str
+) -> dict[str, Band]:
+    """Per variant, the seed band of a diagnostics family layer by layer (input to output) at
+    the end of training, from each run's ``diagnostics/layers.json``. Layers are indexed in the
+    first run's order; runs without the artifact (no diagnostics callback) are skipped."""
+    bands = {}
+    for name in study.variants:
+        curves = {}
+        for seed, run in by_variant.get(name, {}).items():
+            layers = run_layers(client, run.info.run_id)
+            values = [v for _, v in (layers or {}).get("end", {}).get(family, [])]
+            if values:
+                curves[seed] = (list(range(len(values))), values)
+        if curves:
+            bands[name] = stats.seed_band(curves)
+    return bands
+
+
+def run_layers(client: MlflowClient, run_id: str) -> dict | None:
+    """A run's ``diagnostics/layers.json`` (the diagnostics callback's per-layer summary)."""
+    import json
+
+    try:
+        path = client.download_artifacts(run_id, "diagnostics/layers.json")
+    except Exception:  # no diagnostics callback in this run
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def group_by_variant(children: Iterable[Run]) -> dict[str, dict[int, Run]]:

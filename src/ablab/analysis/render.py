@@ -102,7 +102,9 @@ def figure_refs(report: StudyReport) -> list[FigureRef]:
                 i += 1
                 name = f"{base}_{i}"
             taken.add(name)
-            refs.append(FigureRef(name, section, metric, _alt(metric, bands, report.baseline)))
+            xlabel = "training step" if section == "curves" else PROFILE_X
+            alt = _alt(metric, bands, report.baseline, xlabel)
+            refs.append(FigureRef(name, section, metric, alt))
     return refs
 
 
@@ -118,10 +120,10 @@ def _seed_count(bands: Mapping[str, Band]) -> str:
     return f"{low} seed{'s' * (high != 1)}" if low == high else f"{low}–{high} seeds"
 
 
-def _alt(metric: str, bands: Mapping[str, Band], baseline: str) -> str:
+def _alt(metric: str, bands: Mapping[str, Band], baseline: str, xlabel: str = "step") -> str:
     names = ", ".join(f"{n} (baseline)" if n == baseline else n for n in bands)
     return (
-        f"{metric} against training step for {names}: mean over {_seed_count(bands)}, "
+        f"{metric} against {xlabel} for {names}: mean over {_seed_count(bands)}, "
         "shaded band = confidence interval of the mean"
     )
 
@@ -132,6 +134,7 @@ def plot_curves(
     baseline: str | None = None,
     *,
     variants: Sequence[str] | None = None,
+    xlabel: str = "step",
 ) -> Figure:
     """One line per variant (the mean over seeds at each step) with its seed band shaded
     (``low``..``high``); the baseline first, in black and thicker, on top of the others.
@@ -163,13 +166,17 @@ def plot_curves(
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     elif min(finite) > 0 and max(finite) / min(finite) > 1e3:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean over {_seed_count(bands)}, band = CI of the mean")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     return fig
+
+
+#: x axis of the diagnostics figures: per-layer profiles (ablab.analysis.collect).
+PROFILE_X = "layer (input to output)"
 
 
 def figures(report: StudyReport) -> dict[str, Figure]:
@@ -181,7 +188,10 @@ def figures(report: StudyReport) -> dict[str, Figure]:
         bands = (report.curves if ref.section == "curves" else report.diagnostics)[ref.metric]
         # Study order, so the baseline and every variant keep their colour across figures.
         ranked = dict(sorted(bands.items(), key=lambda kv: _rank(order, kv[0])))
-        out[ref.name] = plot_curves(ranked, ref.metric, report.baseline, variants=order)
+        xlabel = "step" if ref.section == "curves" else PROFILE_X
+        out[ref.name] = plot_curves(
+            ranked, ref.metric, report.baseline, variants=order, xlabel=xlabel
+        )
     return out
 
 

@@ -19,7 +19,8 @@ Declared in ``experiments/<study>/study.yaml``::
       - {metric: train/loss, stat: diverged}   # 1 if the run hit a NaN/inf loss, else 0
     expect:                                  # the claim, per variant and quantity
       - {variant: no_bn, quantity: steps to val/acc >= 0.9, direction: higher}
-    curves: [val/acc, train/loss_epoch]      # learning curves to plot
+    curves: [val/acc, train/loss]            # learning curves to plot
+    profiles: [act_std, grad_norm]           # per-layer diagnostics (callbacks=diagnostics)
 
 A study runs as one Hydra multirun through :class:`ablab.tracking.sweep.StudySweeper`
 (``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
@@ -99,6 +100,9 @@ class Study:
     expect: list[Expectation]
     curves: list[str]
     common: dict[str, Any] = field(default_factory=dict)
+    #: diagnostics families plotted layer by layer at the end of training (needs
+    #: callbacks=diagnostics): act_mean, act_std, dead, grad_norm, update_ratio, ...
+    profiles: list[str] = field(default_factory=list)
 
     def seeds_for(self, size: str) -> list[int]:
         return list(self._size(size).get("seeds") or self.seeds)
@@ -162,7 +166,7 @@ def load_study(name_or_path: str | Path) -> Study:
     spec = yaml.safe_load(path.read_text()) or {}
     name = path.parent.name
     known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
-             "quantities", "expect", "curves"}  # fmt: skip
+             "quantities", "expect", "curves", "profiles"}  # fmt: skip
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     baseline = spec.get("baseline") or {}
@@ -216,4 +220,5 @@ def load_study(name_or_path: str | Path) -> Study:
         expect=expect,
         curves=list(spec.get("curves") or [q.metric for q in quantities]),
         common=dict(spec.get("common") or {}),
+        profiles=[str(p) for p in spec.get("profiles") or []],
     )
