@@ -35,6 +35,7 @@ expect:
   - {variant: same, quantity: final val/acc, direction: higher}
   - {variant: worse, quantity: final val/acc, direction: higher}
   - {variant: worse, quantity: diverged, direction: higher}
+  - {variant: better, quantity: final val/acc, direction: higher, against: worse}
 curves: [val/acc]
 profiles: [act_std]
 """
@@ -91,6 +92,8 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert verdicts[("worse", "final val/acc")] == "does not hold"  # significantly lower
     assert verdicts[("same", "final val/acc")] == "inconclusive"  # no significant difference
     assert verdicts[("worse", "diverged")] == "holds"  # every seed diverged, no baseline did
+    against = [v for v in report.verdicts if v.against == "worse"]
+    assert [(v.variant, v.outcome) for v in against] == [("better", "holds")]
     assert report.seeds == [0, 1, 2, 3, 4] and report.baseline == "base"
     summary = {v.name: v.summaries["final val/acc"] for v in report.variants}
     assert summary["better"].mean == pytest.approx(0.90, abs=0.01)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -131,19 +131,42 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         run_ids = {seed: run.info.run_id for seed, run in sorted(seeded.items())}
         variants.append(VariantResult(name, study_overrides(study, name), run_ids, summaries))
     base = values.get(study.baseline, {})
-    claimed = {(e.variant, e.quantity) for e in study.expect}
     comparisons = [
         stats.paired(name, q.name, base.get(q.name, {}), values[name][q.name])
         for name in study.variants
         if name != study.baseline
         for q in study.quantities
     ]
+    # Claims against another variant than the baseline (resnet56 against resnet20).
+    comparisons += [
+        replace(
+            stats.paired(
+                e.variant, e.quantity, values[e.against][e.quantity], values[e.variant][e.quantity]
+            ),
+            against=e.against,
+        )
+        for e in study.expect
+        if e.against not in (None, study.baseline)
+    ]
+
+    def key(variant: str, quantity: str, against: str | None) -> tuple[str, str, str]:
+        return variant, quantity, "" if against in (None, study.baseline) else against
+
+    claimed = {key(e.variant, e.quantity, e.against) for e in study.expect}
     # The family Holm corrects is the set of claims the verdicts are drawn from.
-    family = stats.holm([c for c in comparisons if (c.variant, c.quantity) in claimed])
-    adjusted = {(c.variant, c.quantity): c for c in family}
-    comparisons = [adjusted.get((c.variant, c.quantity), c) for c in comparisons]
+    family = stats.holm([c for c in comparisons if (c.variant, c.quantity, c.against) in claimed])
+    adjusted = {(c.variant, c.quantity, c.against): c for c in family}
+    comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     verdicts = [
-        stats.verdict(study.claim, adjusted[(e.variant, e.quantity)], e.direction, margin=e.margin)
+        replace(
+            stats.verdict(
+                study.claim,
+                adjusted[key(e.variant, e.quantity, e.against)],
+                e.direction,
+                margin=e.margin,
+            ),
+            against=key(e.variant, e.quantity, e.against)[2],
+        )
         for e in study.expect
     ]
     curves = {

@@ -246,7 +246,14 @@ def report_tables(report: StudyReport) -> ReportTables:
         "verdicts",
         ("claim", "variant", "quantity", "expected", "verdict", "reason"),
         tuple(
-            (v.claim, v.variant, v.quantity, f"{v.expected} than {base}", v.outcome, v.reason)
+            (
+                v.claim,
+                v.variant,
+                v.quantity,
+                f"{v.expected} than {v.against or base}",
+                v.outcome,
+                v.reason,
+            )
             for v in report.verdicts
         ),
         row_classes=tuple(OUTCOME_CLASS.get(v.outcome, "") for v in report.verdicts),
@@ -298,7 +305,7 @@ def report_tables(report: StudyReport) -> ReportTables:
         ("variant", "quantity", "diff", "CI", "p", "p Holm", "d_z", "seeds"),
         tuple(
             (
-                c.variant,
+                f"{c.variant} vs {c.against}" if c.against else c.variant,
                 c.quantity,
                 fmt_signed(c.diff_mean),
                 fmt_interval(c.ci_low, c.ci_high),
@@ -310,7 +317,7 @@ def report_tables(report: StudyReport) -> ReportTables:
             for c in report.comparisons
         ),
         note=(
-            f"diff = variant − {base}, paired by seed; CI of the mean difference; "
+            f"diff = variant − {base} (or − the variant after 'vs'), paired by seed; CI of the mean difference; "
             f"p: {', '.join(tests) or 'paired test'}, two-sided; p Holm: Holm-corrected over "
             "the claimed comparisons (— outside that family); d_z = mean difference / std of "
             "the differences."

@@ -50,6 +50,8 @@ class Comparison:
     effect_size: float
     p_holm: float = float("nan")
     test: str = "paired t-test"
+    #: the variant compared against, when it is not the study's baseline
+    against: str = ""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Verdict:
     expected: Direction
     outcome: Outcome
     reason: str
+    #: the variant compared against, when it is not the study's baseline
+    against: str = ""
 
 
 @dataclass

@@ -67,12 +67,14 @@ class Quantity:
 
 @dataclass(frozen=True)
 class Expectation:
-    """The claim for one variant: ``quantity`` is ``direction`` than the baseline's."""
+    """The claim for one variant: ``quantity`` is ``direction`` than the baseline's (or than
+    variant ``against``'s, e.g. resnet56 against resnet20)."""
 
     variant: str
     quantity: str
     direction: Literal["higher", "lower"]
     margin: float | None = None
+    against: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,10 @@ def load_study(name_or_path: str | Path) -> Study:
         if e.variant not in variants:
             raise ConfigError(
                 f"{path}: expect names variant '{e.variant}'; valid: {', '.join(variants)}"
+            )
+        if e.against is not None and e.against not in variants:
+            raise ConfigError(
+                f"{path}: expect compares against '{e.against}'; valid: {', '.join(variants)}"
             )
         if e.quantity not in names:
             raise ConfigError(
