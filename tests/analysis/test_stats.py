@@ -272,3 +272,12 @@ def test_seed_band_one_seed_and_no_seeds() -> None:
     assert band.mean == [0.3, 0.4] and band.n_seeds == 1
     assert all(math.isnan(x) for x in band.low + band.high)
     assert seed_band({}).steps == []
+
+
+def test_a_seed_ci_that_excludes_zero_is_still_inconclusive_after_holm() -> None:
+    from ablab.analysis.results import Comparison
+
+    c = Comparison("v", "final val/acc", [0, 1, 2], -0.08, -0.14, -0.02, 0.026, -3.5, p_holm=0.078)
+    v = verdict("claim", c, "lower")
+    assert v.outcome == "inconclusive"
+    assert "not significant after Holm's correction: p_holm = 0.078" in v.reason

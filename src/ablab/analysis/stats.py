@@ -213,6 +213,11 @@ def verdict(
             "does not hold",
             f"no difference larger than the margin {margin:g}: the claim predicted one ({numbers}).",
         )
+    if c.ci_low > 0 or c.ci_high < 0:  # the seed CI excludes 0, the corrected p does not
+        return out(
+            "inconclusive",
+            f"not significant after Holm's correction: p_holm = {p:.3g} >= {alpha:g} ({numbers}).",
+        )
     return out("inconclusive", f"CI [{c.ci_low:.4g}, {c.ci_high:.4g}] spans 0 ({numbers}).")
 
 

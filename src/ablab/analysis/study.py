@@ -146,6 +146,25 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def _vary(path: Path, name: str, base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's overrides with ``change`` applied.
+
+    One factor at a time: the baseline must state the value of every key a variant changes. A
+    variant that picks another option of a config group (``optimizer: adam``) drops the
+    baseline's keys inside that group (``optimizer.momentum``) and may set that option's own.
+    """
+    switched = {k for k, v in change.items() if "." not in k and base.get(k) != v}
+    inside = {k for k in change if k.split(".", 1)[0] in switched and "." in k}
+    missing = set(change) - set(base) - inside
+    if missing:
+        raise ConfigError(
+            f"{path}: variant '{name}' changes {sorted(missing)}, which the baseline does not "
+            "set; give the baseline's value in baseline.overrides"
+        )
+    kept = {k: v for k, v in base.items() if k.split(".", 1)[0] not in switched or "." not in k}
+    return {**kept, **change}
+
+
 def available() -> list[str]:
     """Names of the studies in ``experiments/``."""
     return sorted(p.parent.name for p in STUDIES_DIR.glob(f"*/{STUDY_FILE}"))
@@ -176,20 +195,14 @@ def load_study(name_or_path: str | Path) -> Study:
     base_overrides = dict(baseline.get("overrides") or {})
     variants = {base_name: base_overrides}
     for variant, overrides in (spec.get("variants") or {}).items():
-        missing = set(overrides or {}) - set(base_overrides)
-        if missing:  # one factor at a time: the baseline states the value each variant changes
-            raise ConfigError(
-                f"{path}: variant '{variant}' changes {sorted(missing)}, which the baseline does "
-                "not set; give the baseline's value in baseline.overrides"
-            )
-        variants[str(variant)] = {**base_overrides, **(overrides or {})}
+        variants[str(variant)] = _vary(path, str(variant), base_overrides, overrides or {})
     factorial = spec.get("factorial") or {}
     if factorial:
         keys = list(factorial)
         for values in itertools.product(*(factorial[k] for k in keys)):
             overrides = dict(zip(keys, values, strict=True))
             label = ",".join(f"{k}={_value(v)}" for k, v in overrides.items())
-            variants[label] = {**base_overrides, **overrides}
+            variants[label] = _vary(path, label, base_overrides, overrides)
     quantities = [Quantity(**q) for q in spec.get("quantities") or []]
     for q in quantities:
         if q.stat not in STATS:
