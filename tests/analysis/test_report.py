@@ -37,7 +37,7 @@ expect:
   - {variant: worse, quantity: diverged, direction: higher}
   - {variant: better, quantity: final val/acc, direction: higher, against: worse}
 curves: [val/acc]
-profiles: [act_std]
+profiles: [act_std, act_std@init]
 """
 #: Final accuracy each fabricated variant is made to reach, and how fast (per-step gain).
 TRUTH = {"base": (0.85, 0.05), "better": (0.90, 0.10), "same": (0.85, 0.05), "worse": (0.80, 0.05)}
@@ -69,9 +69,8 @@ def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
             # the diagnostics callback's per-layer summary: activation std shrinking with depth
             shrink = 0.5 if variant == "worse" else 0.9
             layers = [(f"layer{i}", shrink**i) for i in range(4)]
-            client.log_dict(
-                run.info.run_id, {"end": {"act_std": layers}}, "diagnostics/layers.json"
-            )
+            snapshots = {"init": {"act_std": layers}, "end": {"act_std": layers[::-1]}}
+            client.log_dict(run.info.run_id, snapshots, "diagnostics/layers.json")
             if variant == "worse":  # as the non-finite loss guard would end it
                 client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
             client.set_terminated(run.info.run_id, "FAILED" if variant == "worse" else "FINISHED")
@@ -102,9 +101,11 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert all(c.p_holm >= c.p_value for c in holm)  # the claims are a corrected family
     band = report.curves["val/acc"]["better"]
     assert band.steps == STEPS and band.n_seeds == 5
-    profile = report.diagnostics["act_std by layer (end of training)"]
+    profile = report.diagnostics["act_std by layer (at initialisation)"]
     assert profile["worse"].steps == [0, 1, 2, 3]
     assert profile["worse"].mean == pytest.approx([1, 0.5, 0.25, 0.125])
+    end = report.diagnostics["act_std by layer (end of training)"]
+    assert end["worse"].mean == pytest.approx([0.125, 0.25, 0.5, 1])
 
 
 def test_identical_distributions_are_not_significant(root: Path) -> None:

@@ -85,6 +85,8 @@ def quantity_value(
     if quantity.stat == "final":
         return float(run.data.metrics[quantity.metric])
     steps, values = metric_curve(client, run, quantity.metric)
+    if quantity.stat == "first":
+        return float(values[0])
     if quantity.stat == "best":
         return float(max(values) if quantity.mode == "max" else min(values))
     return stats.time_to_threshold(
@@ -186,9 +188,9 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     parent = runs.parent
     tags = parent.data.tags
     diagnostics = {
-        f"{family} by layer (end of training)": bands
-        for family in study.profiles
-        if (bands := layer_profiles(client, by_variant, study, family))
+        profile_title(profile): bands
+        for profile in study.profiles
+        if (bands := layer_profiles(client, by_variant, study, profile))
     }
     return StudyReport(
         study=study.name,
@@ -208,18 +210,26 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     )
 
 
+def profile_title(profile: str) -> str:
+    """``act_std@init`` -> "act_std by layer (at initialisation)"."""
+    family, _, when = profile.partition("@")
+    return f"{family} by layer ({'at initialisation' if when == 'init' else 'end of training'})"
+
+
 def layer_profiles(
-    client: MlflowClient, by_variant: dict[str, dict[int, Run]], study: Study, family: str
+    client: MlflowClient, by_variant: dict[str, dict[int, Run]], study: Study, profile: str
 ) -> dict[str, Band]:
     """Per variant, the seed band of a diagnostics family layer by layer (input to output) at
-    the end of training, from each run's ``diagnostics/layers.json``. Layers are indexed in the
-    first run's order; runs without the artifact (no diagnostics callback) are skipped."""
+    the end of training (``act_std``) or at step 0 (``act_std@init``), from each run's
+    ``diagnostics/layers.json``. Runs without it (no diagnostics callback) are skipped."""
+    family, _, when = profile.partition("@")
+    snapshot = "init" if when == "init" else "end"
     bands = {}
     for name in study.variants:
         curves = {}
         for seed, run in by_variant.get(name, {}).items():
             layers = run_layers(client, run.info.run_id)
-            values = [v for _, v in (layers or {}).get("end", {}).get(family, [])]
+            values = [v for _, v in (layers or {}).get(snapshot, {}).get(family, [])]
             if values:
                 curves[seed] = (list(range(len(values))), values)
         if curves:

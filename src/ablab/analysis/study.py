@@ -20,7 +20,8 @@ Declared in ``experiments/<study>/study.yaml``::
     expect:                                  # the claim, per variant and quantity
       - {variant: no_bn, quantity: steps to val/acc >= 0.9, direction: higher}
     curves: [val/acc, train/loss]            # learning curves to plot
-    profiles: [act_std, grad_norm]           # per-layer diagnostics (callbacks=diagnostics)
+    profiles: [act_std@init, grad_norm]      # per-layer diagnostics (callbacks=diagnostics),
+                                             # at the end of training or @init (step 0)
 
 A study runs as one Hydra multirun through :class:`ablab.tracking.sweep.StudySweeper`
 (``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
@@ -41,17 +42,18 @@ from ablab.errors import ConfigError
 #: ``experiments/`` at the top of the checkout (src layout).
 STUDIES_DIR = Path(__file__).resolve().parents[3] / "experiments"
 STUDY_FILE = "study.yaml"
-STATS = ("final", "best", "steps_to", "diverged")
+STATS = ("final", "first", "best", "steps_to", "diverged")
 
 
 @dataclass(frozen=True)
 class Quantity:
-    """A number per run: the ``final`` or ``best`` value of ``metric``, the first step at which
+    """A number per run: the ``final``, ``first`` (e.g. a diagnostic at step 0, the
+    initialisation) or ``best`` value of ``metric``, the first step at which
     it reaches ``threshold`` (``steps_to``), or 1/0 for whether training diverged (``diverged``:
     stopped by the non-finite loss guard); ``mode`` says which way is better."""
 
     metric: str
-    stat: Literal["final", "best", "steps_to", "diverged"]
+    stat: Literal["final", "first", "best", "steps_to", "diverged"]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
 
