@@ -68,8 +68,9 @@ def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
             )
             # the diagnostics callback's per-layer summary: activation std shrinking with depth
             shrink = 0.5 if variant == "worse" else 0.9
-            layers = [(f"layer{i}", shrink**i) for i in range(4)]
-            snapshots = {"init": {"act_std": layers}, "end": {"act_std": layers[::-1]}}
+            layers = {f"layer{i}": shrink**i for i in range(4)}
+            reverse = dict(zip(layers, reversed(layers.values()), strict=True))
+            snapshots = {"init": {"act_std": layers}, "end": {"act_std": reverse}}
             client.log_dict(run.info.run_id, snapshots, "diagnostics/layers.json")
             if variant == "worse":  # as the non-finite loss guard would end it
                 client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
@@ -180,3 +181,18 @@ def test_ablab_study_runs_the_sweep_and_writes_the_report(root: Path) -> None:
     assert {"report/RESULTS.md", "report/RESULTS.html"} <= artifacts
     assert "summary/relu/final_val/acc/mean" in parent.data.metrics
     assert parent.data.tags["verdict/sigmoid/final_val/acc"] == "inconclusive"
+
+
+def test_log_scale_quantities_compare_orders_of_magnitude(root: Path) -> None:
+    from ablab.analysis.collect import quantity_value
+    from ablab.analysis.study import Quantity
+
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(client.create_experiment("log", artifact_location=str(root / "a")))
+    client.log_metric(run.info.run_id, "diag/act_std/last", 1e-3, step=0)
+    client.log_metric(run.info.run_id, "diag/act_std/last", 5.0, step=10)
+    run = client.get_run(run.info.run_id)
+    first = Quantity("diag/act_std/last", "first", scale="log")
+    assert first.name == "log10 first diag/act_std/last"
+    assert quantity_value(client, run, first) == pytest.approx(-3.0)
+    assert quantity_value(client, run, Quantity("diag/act_std/last", "final")) == 5.0

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -77,7 +78,19 @@ def quantity_value(
 
     A run that never reaches a ``steps_to`` threshold counts as ``horizon + 1`` (censored: slower
     than any run that got there), ``horizon`` being the last step any run of the study logged.
+    With ``scale: log`` the value is log10 of the measured one (-inf for 0: undefined, so any
+    comparison with it is inconclusive).
     """
+    value = _quantity_value(client, run, quantity, horizon)
+    if quantity.scale == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.log10(value))
+    return value
+
+
+def _quantity_value(
+    client: MlflowClient, run: Run, quantity: Quantity, horizon: int | None
+) -> float:
     if quantity.stat == "diverged":
         return float(run.data.tags.get("failure") == "nonfinite_loss")
     if quantity.metric not in run.data.metrics:
@@ -229,7 +242,8 @@ def layer_profiles(
         curves = {}
         for seed, run in by_variant.get(name, {}).items():
             layers = run_layers(client, run.info.run_id)
-            values = [v for _, v in (layers or {}).get(snapshot, {}).get(family, [])]
+            # {layer: value} in the model's order, input to output
+            values = list((layers or {}).get(snapshot, {}).get(family, {}).values())
             if values:
                 curves[seed] = (list(range(len(values))), values)
         if curves:

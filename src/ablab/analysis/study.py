@@ -56,9 +56,16 @@ class Quantity:
     stat: Literal["final", "first", "best", "steps_to", "diverged"]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
+    #: "log" compares log10 of the values: for quantities that differ by orders of magnitude
+    #: (activation or gradient scales), where a difference of means says little.
+    scale: Literal["linear", "log"] = "linear"
 
     @property
     def name(self) -> str:
+        base = self._name()
+        return f"log10 {base}" if self.scale == "log" else base
+
+    def _name(self) -> str:
         if self.stat == "steps_to":
             sign = ">=" if self.mode == "max" else "<="
             return f"steps to {self.metric} {sign} {self.threshold:g}"
@@ -209,6 +216,8 @@ def load_study(name_or_path: str | Path) -> Study:
     for q in quantities:
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
+        if q.scale not in ("linear", "log"):
+            raise ConfigError(f"{path}: quantity scale '{q.scale}'; valid: linear, log")
         if q.stat == "steps_to" and q.threshold is None:
             raise ConfigError(f"{path}: quantity steps_to {q.metric} needs a threshold")
     names = {q.name for q in quantities}
