@@ -130,6 +130,7 @@ def set_aside(job_dir: Path, state: JobState, checkpoint_dir: Path) -> Path:
     return target
 
 
-def metric_summary(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
-    """The ``prefix`` metrics of a finished run (what ``train`` returns when it skips the run)."""
-    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+def metric_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """What ``train`` returns for a finished run it skips: its test metrics and best scores
+    (``val/acc_best``, which a sweeper may optimise)."""
+    return {k: float(v) for k, v in metrics.items() if k.startswith("test/") or k.endswith("_best")}
