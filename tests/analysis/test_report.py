@@ -196,3 +196,8 @@ def test_log_scale_quantities_compare_orders_of_magnitude(root: Path) -> None:
     assert first.name == "log10 first diag/act_std/last"
     assert quantity_value(client, run, first) == pytest.approx(-3.0)
     assert quantity_value(client, run, Quantity("diag/act_std/last", "final")) == 5.0
+    client.log_metric(run.info.run_id, "train/acc", 0.99, step=10)
+    run = client.get_run(run.info.run_id)
+    gap = Quantity("train/acc", "final", minus="diag/act_std/last")
+    assert gap.name == "final train/acc - diag/act_std/last"
+    assert quantity_value(client, run, gap) == pytest.approx(0.99 - 5.0)

@@ -82,6 +82,8 @@ def quantity_value(
     comparison with it is inconclusive).
     """
     value = _quantity_value(client, run, quantity, horizon)
+    if quantity.minus:
+        value -= _quantity_value(client, run, replace(quantity, metric=quantity.minus), horizon)
     if quantity.scale == "log":
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.log10(value))

@@ -59,10 +59,12 @@ class Quantity:
     #: "log" compares log10 of the values: for quantities that differ by orders of magnitude
     #: (activation or gradient scales), where a difference of means says little.
     scale: Literal["linear", "log"] = "linear"
+    #: another metric whose value (same stat) is subtracted: a gap, e.g. train/acc - val/acc
+    minus: str | None = None
 
     @property
     def name(self) -> str:
-        base = self._name()
+        base = self._name() + (f" - {self.minus}" if self.minus else "")
         return f"log10 {base}" if self.scale == "log" else base
 
     def _name(self) -> str:
@@ -216,6 +218,8 @@ def load_study(name_or_path: str | Path) -> Study:
     for q in quantities:
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
+        if q.minus is not None and q.stat not in ("final", "first", "best"):
+            raise ConfigError(f"{path}: 'minus' needs stat final, first or best, not {q.stat}")
         if q.scale not in ("linear", "log"):
             raise ConfigError(f"{path}: quantity scale '{q.scale}'; valid: linear, log")
         if q.stat == "steps_to" and q.threshold is None:
