@@ -289,6 +289,22 @@ def test_parallel_jobs_racing_to_create_the_experiment_both_run(
         return found
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lookup_then_wait)
+    # Then both read the experiment's tags before either writes the experiment-kind tag: the
+    # second write is a unique-key violation on PostgreSQL.
+    both_read = threading.Barrier(2)
+    first_read_done = threading.local()
+    read = MlflowClient.get_experiment
+
+    def read_then_wait(self: MlflowClient, experiment_id: str):
+        found = read(self, experiment_id)
+        if threading.current_thread().name.startswith("job") and not getattr(
+            first_read_done, "value", False
+        ):
+            first_read_done.value = True
+            both_read.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(MlflowClient, "get_experiment", read_then_wait)
     statuses: list[str] = []
     errors: list[BaseException] = []
 

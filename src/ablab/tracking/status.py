@@ -234,8 +234,15 @@ def tracked_run(
 def tag_experiment_kind(client: MlflowClient, experiment_id: str) -> None:
     """MLflow 3's UI opens untagged experiments in its GenAI view; these are training runs."""
     experiment = client.get_experiment(experiment_id)
-    if EXPERIMENT_KIND not in experiment.tags:
+    if EXPERIMENT_KIND in experiment.tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    except MlflowException:
+        # A parallel job tagged it between our read and write (a unique-key violation on a
+        # PostgreSQL-backed server); anything else is re-raised.
+        if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def clear_end_tags(client: MlflowClient, run_id: str) -> None:
