@@ -268,43 +268,34 @@ def test_two_concurrent_trainings_share_the_server(server: MlflowServer, tmp_pat
     assert set(first.data.metrics) == set(second.data.metrics)
 
 
+def wait_for_each_other(method):
+    """``method`` whose first call in each of the two ``job`` threads returns only once both
+    threads have made it: both see the store as it was before either wrote."""
+    barrier, first_done = threading.Barrier(2), threading.local()
+
+    def wrapped(self, *args):
+        found = method(self, *args)
+        in_job = threading.current_thread().name.startswith("job")
+        if in_job and not getattr(first_done, "value", False):
+            first_done.value = True
+            barrier.wait(timeout=30)
+        return found
+
+    return wrapped
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_parallel_jobs_racing_to_create_the_experiment_both_run(
     server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"race-{uuid.uuid4().hex[:8]}"
-    both_looked_up = threading.Barrier(2)
-    first_lookup_done = threading.local()
-    lookup = MlflowClient.get_experiment_by_name
-
-    def lookup_then_wait(self: MlflowClient, experiment_name: str):
-        # Each job's first lookup waits for the other's: both miss the experiment, every time.
-        found = lookup(self, experiment_name)
-        if threading.current_thread().name.startswith("job") and not getattr(
-            first_lookup_done, "value", False
-        ):
-            first_lookup_done.value = True
-            both_looked_up.wait(timeout=30)
-        return found
-
-    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lookup_then_wait)
-    # Then both read the experiment's tags before either writes the experiment-kind tag: the
-    # second write is a unique-key violation on PostgreSQL.
-    both_read = threading.Barrier(2)
-    first_read_done = threading.local()
-    read = MlflowClient.get_experiment
-
-    def read_then_wait(self: MlflowClient, experiment_id: str):
-        found = read(self, experiment_id)
-        if threading.current_thread().name.startswith("job") and not getattr(
-            first_read_done, "value", False
-        ):
-            first_read_done.value = True
-            both_read.wait(timeout=30)
-        return found
-
-    monkeypatch.setattr(MlflowClient, "get_experiment", read_then_wait)
+    # Both jobs look the experiment up before either creates it, and then both read its tags
+    # before either writes the experiment-kind tag (a unique-key violation on PostgreSQL).
+    for method in ("get_experiment_by_name", "get_experiment"):
+        monkeypatch.setattr(
+            MlflowClient, method, wait_for_each_other(getattr(MlflowClient, method))
+        )
     statuses: list[str] = []
     errors: list[BaseException] = []
 
@@ -324,5 +315,5 @@ def test_parallel_jobs_racing_to_create_the_experiment_both_run(
     if errors:
         raise errors[0]
     assert statuses == ["FINISHED", "FINISHED"]
-    experiment = lookup(MlflowClient(server.url), name)
+    experiment = MlflowClient(server.url).get_experiment_by_name(name)
     assert len(MlflowClient(server.url).search_runs([experiment.experiment_id])) == 2
