@@ -201,3 +201,117 @@ def test_log_scale_quantities_compare_orders_of_magnitude(root: Path) -> None:
     gap = Quantity("train/acc", "final", minus="diag/act_std/last")
     assert gap.name == "final train/acc - diag/act_std/last"
     assert quantity_value(client, run, gap) == pytest.approx(0.99 - 5.0)
+
+
+def test_param_and_pattern_quantities(root: Path) -> None:
+    """A run parameter (complexity measured when the run was built) and one number from every
+    metric a glob matches (the dead fraction of each activation layer)."""
+    from ablab.analysis.collect import quantity_value
+    from ablab.analysis.study import Quantity
+
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(client.create_experiment("q", artifact_location=str(root / "a")))
+    run_id = run.info.run_id
+    client.log_param(run_id, "complexity.params", "269434")
+    for layer, values in {"a.act": (0.0, 0.25), "b.act": (0.5, 0.75), "c.conv": (9.0, 9.0)}.items():
+        for step, value in zip((0, 10), values, strict=True):
+            client.log_metric(run_id, f"diag/dead/{layer}", value, step=step)
+    run = client.get_run(run_id)
+    params = Quantity("complexity.params", "param")
+    assert params.name == "complexity.params" and quantity_value(client, run, params) == 269434
+    assert np.isnan(quantity_value(client, run, Quantity("complexity.macs", "param")))
+    dead = Quantity("diag/dead/*.act", "final")
+    assert dead.name == "final mean diag/dead/*.act"
+    assert quantity_value(client, run, dead) == pytest.approx(0.5)
+    assert quantity_value(client, run, Quantity("diag/dead/*.act", "first", reduce="max")) == 0.5
+    assert np.isnan(quantity_value(client, run, Quantity("diag/none/*", "final")))
+
+
+WITHIN = """
+claim: "0. Fused nets give the same outputs and run faster (fabricated)."
+question: Within-run differences against zero, equivalence claims and the notes' numbers.
+baseline: {name: net, overrides: {model.width: 1}}
+variants:
+  wide: {model.width: 2}
+seeds: [0, 1, 2, 3]
+sizes: {quick: {}}
+quantities:
+  - {metric: bench/fused/ms, stat: final, minus: bench/ms}
+  - {metric: test/acc, stat: final}
+expect:
+  - {variant: net, quantity: final bench/fused/ms - bench/ms, direction: lower, against: 0}
+  - {variant: wide, quantity: final test/acc, direction: same, margin: 0.01}
+  - {variant: wide, quantity: final bench/fused/ms - bench/ms, direction: same, margin: 0.1, against: 0}
+checks:
+  - name: 3x3 conv 16->32 at 28x28
+    formula: (3*3*16 + 1)*32
+    module: {_target_: torch.nn.Conv2d, in_channels: 16, out_channels: 32, kernel_size: 3, padding: 1}
+    input: [16, 28, 28]
+    notes: {params: 4640, macs: 3612672}
+  - name: 1x1 conv 16->32 at 28x28
+    module: {_target_: torch.nn.Conv2d, in_channels: 16, out_channels: 32, kernel_size: 1}
+    input: [16, 28, 28]
+    notes: {params: 544, macs: 999}
+  - name: 1x1 / 3x3
+    ratio: [1x1 conv 16->32 at 28x28, 3x3 conv 16->32 at 28x28]
+    notes: {params: 0.12}
+"""
+
+
+def test_against_zero_equivalence_and_checks(root: Path) -> None:
+    folder = root / "within"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(WITHIN)
+    client = MlflowClient(tracking_uri(root))
+    experiment = client.create_experiment("within", artifact_location=str(root / "art"))
+    parent = client.create_run(
+        experiment,
+        tags={"sweep": "parent", "study": "within", "study_file": str(folder / "study.yaml")},
+    )
+    rng = np.random.default_rng(0)
+    for variant, (speedup, acc_shift) in {"net": (3.0, 0.0), "wide": (0.0, 0.001)}.items():
+        for seed in range(4):
+            run = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+            ms = 10 + rng.normal(0, 0.5)
+            client.log_batch(
+                run.info.run_id,
+                metrics=[
+                    Metric("bench/ms", ms, 0, 0),
+                    Metric("bench/fused/ms", ms - speedup + rng.normal(0, 0.01), 0, 0),
+                    Metric("test/acc", 0.9 + 0.01 * seed + acc_shift, 0, 0),
+                ],
+                params=[Param("variant", variant), Param("seed", str(seed))],
+            )
+    report = collect(client, find_study_runs(client, parent.info.run_id))
+    verdicts = {(v.variant, v.quantity, v.against): v for v in report.verdicts}
+    faster = verdicts[("net", "final bench/fused/ms - bench/ms", "0")]
+    assert faster.outcome == "holds", faster.reason
+    assert verdicts[("wide", "final test/acc", "")].outcome == "holds"  # +0.001 inside ±0.01
+    same = verdicts[("wide", "final bench/fused/ms - bench/ms", "0")]
+    assert same.outcome == "holds", same.reason
+    one_sample = next(c for c in report.comparisons if c.variant == "net" and c.against == "0")
+    assert one_sample.diff_mean == pytest.approx(-3.0, abs=0.05)
+    rows = {row["check"]: row for row in next(iter(report.tables.values()))}
+    assert rows["3x3 conv 16->32 at 28x28"]["params (measured)"] == "4,640"
+    assert rows["3x3 conv 16->32 at 28x28"]["macs (measured)"] == "3,612,672"
+    assert rows["3x3 conv 16->32 at 28x28"]["notes agree"] == "yes"
+    assert rows["1x1 conv 16->32 at 28x28"]["notes agree"] == "**no**"  # MACs are 401,408
+    assert rows["1x1 / 3x3"]["params (measured)"] == "0.1172"
+    assert rows["1x1 / 3x3"]["notes agree"] == "yes"
+
+
+@pytest.mark.parametrize(
+    ("expect", "message"),
+    [
+        ("{variant: wide, quantity: final test/acc, direction: same}", "needs a margin"),
+        ("{variant: wide, quantity: final test/acc, direction: up}", "valid: higher, lower, same"),
+        ("{variant: wide, quantity: final test/acc, direction: lower, against: nope}", "valid: 0,"),
+    ],
+)
+def test_bad_expectations_are_one_line_errors(root: Path, expect: str, message: str) -> None:
+    folder = root / "bad"
+    folder.mkdir()
+    text = WITHIN.split("expect:")[0] + f"expect:\n  - {expect}\n"
+    (folder / "study.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_study(folder)

@@ -281,3 +281,17 @@ def test_a_seed_ci_that_excludes_zero_is_still_inconclusive_after_holm() -> None
     v = verdict("claim", c, "lower")
     assert v.outcome == "inconclusive"
     assert "not significant after Holm's correction: p_holm = 0.078" in v.reason
+
+
+def test_equivalence_claims_hold_inside_the_margin_and_fail_beyond_it() -> None:
+    base = {s: 0.90 + 0.01 * s for s in range(5)}
+    close = {s: v + 0.001 * (-1) ** s for s, v in base.items()}
+    far = {s: v + 0.05 + 0.001 * (-1) ** s for s, v in base.items()}
+    noisy = {s: v + 0.03 * (-1) ** s for s, v in base.items()}
+    outcome = {
+        name: verdict("c", paired(name, "q", base, other), "same", margin=0.01).outcome
+        for name, other in {"close": close, "far": far, "noisy": noisy}.items()
+    }
+    assert outcome == {"close": "holds", "far": "does not hold", "noisy": "inconclusive"}
+    with pytest.raises(ValueError, match="needs a margin"):
+        verdict("c", paired("x", "q", base, close), "same")

@@ -361,14 +361,55 @@ def test_repvgg_a0_matches_timm_before_and_after_fusion(compose_cfg) -> None:
     assert n_params(fused) == n_params(fused_reference) == 8_309_384
 
 
-def test_resnet_rejects_a_non_residual_block(compose_cfg) -> None:
+def test_resnet_rejects_a_block_without_the_core_arguments(compose_cfg) -> None:
     from ablab.errors import ConfigError
     from ablab.training.run import as_config_error
 
     with pytest.raises(Exception) as info:
-        build(compose_cfg, "resnet20", "model.block=repvgg")
+        build(compose_cfg, "resnet20", "model.block=fire")
     err = as_config_error(info.value)
-    assert isinstance(err, ConfigError) and "valid: basic, bottleneck, preact_basic" in str(err)
+    assert isinstance(err, ConfigError) and "not 'fire'" in str(err)
+    assert "valid: basic, bottleneck, conv, depthwise_separable, inverted_residual" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.block=conv", "model.block_args={kernal_size: 5}"], "valid: kernel_size"),
+        (["model.block=conv", "model.bottleneck_ratio=0.5"], "takes no bottleneck_ratio"),
+    ],
+)
+def test_resnet_block_arguments_are_checked(compose_cfg, overrides, message) -> None:
+    from ablab.training.run import as_config_error
+
+    with pytest.raises(Exception) as info:
+        build(compose_cfg, "plain20", *overrides)
+    assert message in str(as_config_error(info.value))
+
+
+def test_plain_stack_of_any_block_is_one_override(compose_cfg) -> None:
+    """Claims 7-9 swap the block of a plain net: one 5x5 conv per block instead of two 3x3s
+    has 25/18 of the conv weights where channels do not change; depthwise-separable and 1x1
+    bottleneck blocks have far fewer."""
+    counts = {}
+    for name, overrides in {
+        "two_3x3": ["model.block=basic"],
+        "one_5x5": ["model.block=conv", "model.block_args={kernel_size: 5}"],
+        "one_3x3": ["model.block=conv"],
+        "separable": ["model.block=depthwise_separable"],
+        "bottleneck": ["model.block=bottleneck"],
+    }.items():
+        net = build(compose_cfg, "plain20", *overrides)
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        counts[name] = net.stages[0][1]  # a 16 -> 16 block: conv weights only differ
+    weights = {
+        name: sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Conv2d))
+        for name, block in counts.items()
+    }
+    assert weights["two_3x3"] == 2 * 9 * 16 * 16 and weights["one_5x5"] == 25 * 16 * 16
+    assert weights["separable"] == 9 * 16 + 16 * 16
+    assert weights["one_3x3"] == 9 * 16 * 16
+    assert weights["bottleneck"] == 16 * 4 + 9 * 4 * 4 + 4 * 16
 
 
 STORED = json.loads((Path(__file__).parent / "zoo_complexity.json").read_text())

@@ -10,6 +10,7 @@ verdict (:mod:`ablab.analysis.stats` holds the rules).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from mlflow.entities import Run
 
 from ablab.analysis import stats
 from ablab.analysis.results import Band, StudyReport, VariantResult
-from ablab.analysis.study import Quantity, Study, load_study
+from ablab.analysis.study import Check, Expectation, Quantity, Study, load_study
 from ablab.errors import ConfigError
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -93,8 +94,23 @@ def quantity_value(
 def _quantity_value(
     client: MlflowClient, run: Run, quantity: Quantity, horizon: int | None
 ) -> float:
+    if quantity.pattern:
+        # One number from every metric the pattern matches (e.g. the dead fraction of every
+        # activation layer): NaN when none matches.
+        names = sorted(fnmatch.filter(run.data.metrics, quantity.metric))
+        if not names:
+            return float("nan")
+        values = [
+            _quantity_value(client, run, replace(quantity, metric=name), horizon) for name in names
+        ]
+        return float(getattr(np, quantity.reduce)(values))
     if quantity.stat == "diverged":
         return float(run.data.tags.get("failure") == "nonfinite_loss")
+    if quantity.stat == "param":
+        try:
+            return float(run.data.params[quantity.metric])
+        except (KeyError, ValueError):  # not logged, or not a number
+            return float("nan")
     if quantity.metric not in run.data.metrics:
         return float("nan")
     if quantity.stat == "final":
@@ -154,12 +170,16 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         if name != study.baseline
         for q in study.quantities
     ]
-    # Claims against another variant than the baseline (resnet56 against resnet20).
+
+    # Claims against another variant than the baseline (resnet56 against resnet20), or against
+    # zero (a difference measured inside each run: the one-sample test of its values).
+    def reference(e: Expectation) -> dict[int, float]:
+        own = values[e.variant][e.quantity]
+        return dict.fromkeys(own, 0.0) if e.against_zero else values[e.against][e.quantity]
+
     comparisons += [
         replace(
-            stats.paired(
-                e.variant, e.quantity, values[e.against][e.quantity], values[e.variant][e.quantity]
-            ),
+            stats.paired(e.variant, e.quantity, reference(e), values[e.variant][e.quantity]),
             against=e.against,
         )
         for e in study.expect
@@ -222,7 +242,49 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         diagnostics=diagnostics,
         parent_run_id=parent.info.run_id,
         tracking_uri=str(client.tracking_uri),
+        tables={CHECKS_TITLE: check_rows(study.checks)} if study.checks else {},
     )
+
+
+CHECKS_TITLE = "The notes' worked numbers, re-measured by tracing"
+
+
+def check_rows(checks: list[Check]) -> list[dict[str, str]]:
+    """One row per check: the notes' numbers against parameters and MACs measured by
+    :func:`ablab.complexity.measure` (the tracer behind ``ablab summary``) on the instantiated
+    module; a ratio check divides two earlier checks' measurements."""
+    from hydra.utils import instantiate
+
+    from ablab.complexity import measure
+
+    measured: dict[str, dict[str, float]] = {}
+    rows = []
+    for check in checks:
+        if check.ratio:
+            a, b = (measured[name] for name in check.ratio)
+            got = {k: a[k] / b[k] for k in ("params", "macs") if b[k]}
+        else:
+            stats_ = measure(instantiate(check.module), check.input)
+            got = {"params": float(stats_.params), "macs": float(stats_.macs)}
+        measured[check.name] = got
+        row = {"check": check.name, "formula": check.formula}
+        agrees = []
+        for key in ("params", "macs"):
+            row[f"{key} (measured)"] = _number(got.get(key))
+            row[f"{key} (notes)"] = _number(check.notes.get(key))
+            if key in check.notes:
+                # The notes round ratios to two decimals (0.72); counts must match exactly.
+                tol = 0.005 if check.ratio else 0.0
+                agrees.append(abs(got[key] - check.notes[key]) <= tol)
+        row["notes agree"] = "—" if not agrees else "yes" if all(agrees) else "**no**"
+        rows.append(row)
+    return rows
+
+
+def _number(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:.4g}"
 
 
 def profile_title(profile: str) -> str:

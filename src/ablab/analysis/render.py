@@ -250,7 +250,11 @@ def report_tables(report: StudyReport) -> ReportTables:
                 v.claim,
                 v.variant,
                 v.quantity,
-                f"{v.expected} than {v.against or base}",
+                (
+                    f"same as {v.against or base}"
+                    if v.expected == "same"
+                    else f"{v.expected} than {v.against or base}"
+                ),
                 v.outcome,
                 v.reason,
             )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Outcome = Literal["holds", "does not hold", "inconclusive"]
-Direction = Literal["higher", "lower"]
+Direction = Literal["higher", "lower", "same"]
 
 
 @dataclass

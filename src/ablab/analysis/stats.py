@@ -184,6 +184,11 @@ def verdict(
        reading of the interval; at 95% it is stricter than TOST's 90% interval);
     5. otherwise *inconclusive* (the interval spans 0).
 
+    ``expected="same"`` (an equivalence claim, e.g. fused and unfused nets give the same
+    outputs) needs a ``margin`` and replaces rules 3–5: *holds* when the whole interval lies
+    inside (−margin, +margin), *does not hold* when the difference is significant and the
+    interval reaches the margin, else *inconclusive*.
+
     The reason is one sentence with the numbers: mean difference, interval, p, d_z and n.
     """
     c = comparison
@@ -196,14 +201,18 @@ def verdict(
     def out(outcome: Outcome, reason: str) -> Verdict:
         return Verdict(claim, c.variant, c.quantity, expected, outcome, reason)
 
-    if expected not in ("higher", "lower"):
-        raise ValueError(f"verdict: expected direction '{expected}'; valid: higher, lower")
+    if expected not in ("higher", "lower", "same"):
+        raise ValueError(f"verdict: expected direction '{expected}'; valid: higher, lower, same")
+    if expected == "same" and not margin:
+        raise ValueError("verdict: an equivalence claim (expected 'same') needs a margin")
     if n < min_seeds:
         return out("inconclusive", f"too few seeds: n={n} < {min_seeds} ({numbers}).")
     p = c.p_holm if not math.isnan(c.p_holm) else c.p_value
     if not all(math.isfinite(v) for v in (c.diff_mean, c.ci_low, c.ci_high)) or math.isnan(p):
         why = "fewer than 2 paired seeds" if n < 2 else "a run diverged or has no value"
         return out("inconclusive", f"the difference is undefined: {why} ({numbers}).")
+    if expected == "same":
+        return _equivalence(c, margin, p, alpha, numbers, out)
     if p < alpha and (c.ci_low > 0 or c.ci_high < 0):
         if (c.diff_mean > 0) == (expected == "higher"):
             return out("holds", f"significantly {expected}, as claimed ({numbers}).")
@@ -219,6 +228,26 @@ def verdict(
             f"not significant after Holm's correction: p_holm = {p:.3g} >= {alpha:g} ({numbers}).",
         )
     return out("inconclusive", f"CI [{c.ci_low:.4g}, {c.ci_high:.4g}] spans 0 ({numbers}).")
+
+
+def _equivalence(
+    c: Comparison, margin: float, p: float, alpha: float, numbers: str, out
+) -> Verdict:
+    """An equivalence claim ("the same"): *holds* when the whole interval lies inside
+    (−margin, +margin); *does not hold* when the difference is significant and the interval
+    reaches beyond the margin; otherwise *inconclusive* (too wide an interval to tell)."""
+    if -margin < c.ci_low and c.ci_high < margin:
+        return out("holds", f"the same within the margin {margin:g}, as claimed ({numbers}).")
+    if (
+        p < alpha
+        and (c.ci_low > 0 or c.ci_high < 0)
+        and (c.ci_low <= -margin or c.ci_high >= margin)
+    ):
+        return out("does not hold", f"differs by more than the margin {margin:g} ({numbers}).")
+    return out(
+        "inconclusive",
+        f"the interval is too wide to show a difference within ±{margin:g} ({numbers}).",
+    )
 
 
 def time_to_threshold(

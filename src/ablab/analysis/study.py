@@ -42,18 +42,21 @@ from ablab.errors import ConfigError
 #: ``experiments/`` at the top of the checkout (src layout).
 STUDIES_DIR = Path(__file__).resolve().parents[3] / "experiments"
 STUDY_FILE = "study.yaml"
-STATS = ("final", "first", "best", "steps_to", "diverged")
+STATS = ("final", "first", "best", "steps_to", "diverged", "param")
+DIRECTIONS = ("higher", "lower", "same")
 
 
 @dataclass(frozen=True)
 class Quantity:
     """A number per run: the ``final``, ``first`` (e.g. a diagnostic at step 0, the
     initialisation) or ``best`` value of ``metric``, the first step at which
-    it reaches ``threshold`` (``steps_to``), or 1/0 for whether training diverged (``diverged``:
-    stopped by the non-finite loss guard); ``mode`` says which way is better."""
+    it reaches ``threshold`` (``steps_to``), 1/0 for whether training diverged (``diverged``:
+    stopped by the non-finite loss guard), or a numeric run parameter (``param``, e.g.
+    ``complexity.params``, measured by tracing when the run was built); ``mode`` says which way
+    is better."""
 
     metric: str
-    stat: Literal["final", "first", "best", "steps_to", "diverged"]
+    stat: Literal["final", "first", "best", "steps_to", "diverged", "param"]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
     #: "log" compares log10 of the values: for quantities that differ by orders of magnitude
@@ -61,6 +64,13 @@ class Quantity:
     scale: Literal["linear", "log"] = "linear"
     #: another metric whose value (same stat) is subtracted: a gap, e.g. train/acc - val/acc
     minus: str | None = None
+    #: with a glob ``metric`` (``diag/dead/*``, ``test/recall/[5-9]``): how the matching
+    #: metrics' values combine into one number per run
+    reduce: Literal["mean", "max", "min"] = "mean"
+
+    @property
+    def pattern(self) -> bool:
+        return any(ch in self.metric for ch in "*?[")
 
     @property
     def name(self) -> str:
@@ -73,19 +83,49 @@ class Quantity:
             return f"steps to {self.metric} {sign} {self.threshold:g}"
         if self.stat == "diverged":
             return "diverged"
+        if self.stat == "param":
+            return self.metric
+        if self.pattern:
+            return f"{self.stat} {self.reduce} {self.metric}"
         return f"{self.stat} {self.metric}"
 
 
 @dataclass(frozen=True)
 class Expectation:
     """The claim for one variant: ``quantity`` is ``direction`` than the baseline's (or than
-    variant ``against``'s, e.g. resnet56 against resnet20)."""
+    variant ``against``'s, e.g. resnet56 against resnet20; ``against: 0`` tests the variant's
+    own values against zero, for a difference measured inside each run, e.g. fused − unfused
+    latency). ``direction: same`` is an equivalence claim: it holds when the whole confidence
+    interval of the difference lies within ±``margin`` (which it then requires)."""
 
     variant: str
     quantity: str
-    direction: Literal["higher", "lower"]
+    direction: Literal["higher", "lower", "same"]
     margin: float | None = None
     against: str | None = None
+
+    @property
+    def against_zero(self) -> bool:
+        return self.against == ZERO
+
+
+#: ``against: 0`` in an expectation: compare the variant's values with zero (one-sample).
+ZERO = "0"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One of the notes' worked numbers, re-measured: the parameters and MACs of ``module`` (a
+    Hydra ``_target_`` config) on a ``input`` shape (C, H, W), traced the way ``ablab summary``
+    traces a model, against the notes' ``params`` / ``macs``; or, with ``ratio: [a, b]``, the
+    ratio of check a's numbers to check b's against the notes' ratio."""
+
+    name: str
+    formula: str = ""
+    module: dict[str, Any] | None = None
+    input: tuple[int, ...] = ()
+    ratio: tuple[str, str] | None = None
+    notes: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,6 +156,8 @@ class Study:
     #: diagnostics families plotted layer by layer at the end of training (needs
     #: callbacks=diagnostics): act_mean, act_std, dead, grad_norm, update_ratio, ...
     profiles: list[str] = field(default_factory=list)
+    #: the notes' worked numbers (params, MACs) re-measured by tracing, for the report's tables
+    checks: list[Check] = field(default_factory=list)
 
     def seeds_for(self, size: str) -> list[int]:
         return list(self._size(size).get("seeds") or self.seeds)
@@ -198,7 +240,7 @@ def load_study(name_or_path: str | Path) -> Study:
     spec = yaml.safe_load(path.read_text()) or {}
     name = path.parent.name
     known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
-             "quantities", "expect", "curves", "profiles"}  # fmt: skip
+             "quantities", "expect", "curves", "profiles", "checks"}  # fmt: skip
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     baseline = spec.get("baseline") or {}
@@ -220,25 +262,41 @@ def load_study(name_or_path: str | Path) -> Study:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
         if q.minus is not None and q.stat not in ("final", "first", "best"):
             raise ConfigError(f"{path}: 'minus' needs stat final, first or best, not {q.stat}")
+        if q.reduce not in ("mean", "max", "min"):
+            raise ConfigError(f"{path}: quantity reduce '{q.reduce}'; valid: mean, max, min")
+        if q.pattern and q.stat in ("steps_to", "diverged", "param"):
+            raise ConfigError(
+                f"{path}: a metric pattern ({q.metric}) needs stat final, first or best"
+            )
         if q.scale not in ("linear", "log"):
             raise ConfigError(f"{path}: quantity scale '{q.scale}'; valid: linear, log")
         if q.stat == "steps_to" and q.threshold is None:
             raise ConfigError(f"{path}: quantity steps_to {q.metric} needs a threshold")
     names = {q.name for q in quantities}
-    expect = [Expectation(**e) for e in spec.get("expect") or []]
+    expect = [
+        Expectation(**{**e, "against": None if e.get("against") is None else str(e["against"])})
+        for e in spec.get("expect") or []
+    ]
     for e in expect:
+        if e.direction not in DIRECTIONS:
+            raise ConfigError(
+                f"{path}: expect direction '{e.direction}'; valid: {', '.join(DIRECTIONS)}"
+            )
+        if e.direction == "same" and not e.margin:
+            raise ConfigError(f"{path}: expect direction 'same' for {e.variant} needs a margin")
         if e.variant not in variants:
             raise ConfigError(
                 f"{path}: expect names variant '{e.variant}'; valid: {', '.join(variants)}"
             )
-        if e.against is not None and e.against not in variants:
+        if e.against is not None and e.against != ZERO and e.against not in variants:
             raise ConfigError(
-                f"{path}: expect compares against '{e.against}'; valid: {', '.join(variants)}"
+                f"{path}: expect compares against '{e.against}'; valid: 0, {', '.join(variants)}"
             )
         if e.quantity not in names:
             raise ConfigError(
                 f"{path}: expect names quantity '{e.quantity}'; valid: {', '.join(sorted(names))}"
             )
+    checks = _checks(path, spec.get("checks") or [])
     sizes = spec.get("sizes") or {"quick": {}}
     seeds = [int(s) for s in spec.get("seeds") or [0, 1, 2]]
     return Study(
@@ -255,4 +313,33 @@ def load_study(name_or_path: str | Path) -> Study:
         curves=list(spec.get("curves") or [q.metric for q in quantities]),
         common=dict(spec.get("common") or {}),
         profiles=[str(p) for p in spec.get("profiles") or []],
+        checks=checks,
     )
+
+
+def _checks(path: Path, specs: list[dict[str, Any]]) -> list[Check]:
+    checks = []
+    for spec in specs:
+        check = Check(
+            name=str(spec["name"]),
+            formula=str(spec.get("formula", "")),
+            module=spec.get("module"),
+            input=tuple(spec.get("input") or ()),
+            ratio=tuple(spec["ratio"]) if spec.get("ratio") else None,
+            notes=dict(spec.get("notes") or {}),
+        )
+        if (check.module is None) == (check.ratio is None):
+            raise ConfigError(f"{path}: check '{check.name}' needs either a module or a ratio")
+        if check.module is not None and len(check.input) != 3:
+            raise ConfigError(f"{path}: check '{check.name}' needs an input shape [C, H, W]")
+        names = [c.name for c in checks]
+        if check.ratio and any(r not in names for r in check.ratio):
+            raise ConfigError(
+                f"{path}: check '{check.name}' divides {list(check.ratio)}; valid: {names}"
+            )
+        if unknown := set(check.notes) - {"params", "macs"}:
+            raise ConfigError(
+                f"{path}: check '{check.name}' notes {sorted(unknown)}; valid: params, macs"
+            )
+        checks.append(check)
+    return checks

@@ -11,13 +11,14 @@ from ablab.blocks.inception import Inception, InceptionAux
 from ablab.blocks.inverted import DepthwiseSeparable, InvertedResidual
 from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.repvgg import RepVGGBlock
-from ablab.blocks.residual import BasicBlock, Bottleneck
+from ablab.blocks.residual import BasicBlock, Bottleneck, ConvBlock
 from ablab.blocks.shuffle import ShuffleV2Unit
 from ablab.blocks.transformer import TransformerBlock
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "ConvBlock",
     "DenseBlock",
     "DenseLayer",
     "DepthwiseSeparable",

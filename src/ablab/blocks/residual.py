@@ -55,6 +55,36 @@ class _PostActivation(nn.Module):
             nn.init.zeros_(norm.weight)
 
 
+@BLOCK.register("conv")
+class ConvBlock(_PostActivation):
+    """F(x) = norm(conv_kxk(x)): one k x k conv per block (a VGG layer with ``shortcut="none"``).
+
+    Against ``basic``: two stacked 3x3 convs see the same 5x5 window as one 5x5 conv with
+    2·9/25 = 0.72 of its weights and one more non-linearity (Simonyan & Zisserman 2015, §2.3).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int = 1,
+        *,
+        norm: str = "bn",
+        act: str = "relu",
+        shortcut: str = "none",
+        kernel_size: int = 3,
+        se_ratio: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            ConvNormAct(c_in, c_out, kernel_size, stride, norm=norm, act="identity")
+        )
+        self.se, self.drop_path = branch_extras(c_out, shortcut, se_ratio, drop_path)
+        self.shortcut = make_shortcut(shortcut, c_in, c_out, stride, norm)
+        self.act = make_act(act, c_out)
+
+
 @BLOCK.register("basic")
 class BasicBlock(_PostActivation):
     """F(x) = norm(conv3x3(act(norm(conv3x3(x))))): ResNet-18/34 and the CIFAR ResNets."""

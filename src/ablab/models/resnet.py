@@ -14,7 +14,8 @@ there is one FC layer after global pooling; 64-128-256-512 are the widths of Res
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,11 +40,19 @@ def cifar_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
 
 
 STEMS = {"imagenet": imagenet_stem, "cifar": cifar_stem}
+#: The arguments every stackable block takes (``ablab.blocks``); the rest are its family's own.
+_CORE = {"norm", "act", "shortcut", "se_ratio", "drop_path"}
+_FIXED = {"c_in", "c_out", "stride", *_CORE}
 
 
 class ResNet(nn.Module):
     """logits = head(stages(stem(x))); stage i has ``depths[i]`` blocks of ``widths[i]`` channels,
-    the first of each stage after the first one strided by 2."""
+    the first of each stage after the first one strided by 2.
+
+    Any block taking the core arguments (norm, act, shortcut, se_ratio, drop_path) stacks: the
+    residual ones, ``conv`` (one k x k conv), ``depthwise_separable``, ``inverted_residual``...;
+    ``block_args`` are passed to each block as they are (``{kernel_size: 5}``).
+    """
 
     def __init__(
         self,
@@ -66,6 +75,7 @@ class ResNet(nn.Module):
         zero_init_last: bool = False,
         final_norm: bool = False,
         dropout: float = 0.0,
+        block_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         depths, widths = tuple(depths), tuple(widths)
@@ -73,17 +83,27 @@ class ResNet(nn.Module):
             raise unknown_choice("stem", stem, STEMS)
         make_block = BLOCK[block]
         params = inspect.signature(make_block).parameters
-        if "bottleneck_ratio" not in params:
-            valid = [
-                n for n in BLOCK if "bottleneck_ratio" in inspect.signature(BLOCK[n]).parameters
-            ]
+        if not set(params) >= _CORE:
+            valid = [n for n in BLOCK if set(inspect.signature(BLOCK[n]).parameters) >= _CORE]
             raise ConfigError(
-                f"ResNet needs a residual block, not '{block}'; valid: {', '.join(valid)}"
+                f"ResNet stacks blocks taking {sorted(_CORE)}, not '{block}'; "
+                f"valid: {', '.join(valid)}"
             )
-        if bottleneck_ratio is None:
+        # The residual family's shape arguments go only to blocks that take them.
+        shape = {"bottleneck_ratio": bottleneck_ratio, "group_width": group_width or cardinality}
+        for key, value in shape.items():
+            if value and key not in params:
+                raise ConfigError(f"model.block={block} takes no {key}; set it to null")
+        if "bottleneck_ratio" in params and bottleneck_ratio is None:
             bottleneck_ratio = params["bottleneck_ratio"].default
         if cardinality and group_width:
             raise ConfigError("set either model.cardinality or model.group_width, not both")
+        block_args = dict(block_args or {})
+        if unknown := set(block_args) - set(params):
+            raise ConfigError(
+                f"model.block_args {sorted(unknown)} are not arguments of block '{block}'; "
+                f"valid: {', '.join(p for p in params if p not in _FIXED)}"
+            )
         self.stem = STEMS[stem](in_channels, stem_width, norm, act)
         total, index = sum(depths), 0
         stages, c_in = [], stem_width
@@ -91,6 +111,8 @@ class ResNet(nn.Module):
             blocks = []
             if cardinality:  # ResNeXt: a fixed number of groups, so group width grows per stage
                 group_width = inner_width(width, bottleneck_ratio, None) // cardinality
+            family = {"bottleneck_ratio": bottleneck_ratio, "group_width": group_width}
+            family = {k: v for k, v in family.items() if k in params}
             for j in range(depth):
                 blocks.append(
                     make_block(
@@ -100,11 +122,11 @@ class ResNet(nn.Module):
                         norm=norm,
                         act=act,
                         shortcut=shortcut,
-                        bottleneck_ratio=bottleneck_ratio,
-                        group_width=group_width,
                         se_ratio=se_ratio,
                         # Stochastic depth: the drop rate grows linearly with block index.
                         drop_path=drop_path_rate * index / max(1, total - 1),
+                        **family,
+                        **block_args,
                     )
                 )
                 c_in, index = width, index + 1
