@@ -368,7 +368,7 @@ def study_command(client: MlflowClient, parent: Run) -> str:
 def metric_key(*parts: str) -> str:
     """An MLflow metric name from free text ("steps to val/acc >= 0.9" -> "steps_to_val/acc_0.9")."""
     text = "/".join(parts)
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_/.\- ]", "_", text)).replace(" ", "_").strip("_")
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_/.\- ]", "_", text)).replace(" ", "_").strip("_/")
 
 
 def publish(client: MlflowClient, report: StudyReport, paths: dict[str, Path]) -> None:
