@@ -225,6 +225,11 @@ def test_param_and_pattern_quantities(root: Path) -> None:
     assert quantity_value(client, run, dead) == pytest.approx(0.5)
     assert quantity_value(client, run, Quantity("diag/dead/*.act", "first", reduce="max")) == 0.5
     assert np.isnan(quantity_value(client, run, Quantity("diag/none/*", "final")))
+    # MLflow refuses tag keys that end in "/" (the verdict tag of a glob quantity)
+    from ablab.analysis.collect import metric_key
+
+    assert metric_key("verdict", "leaky", dead.name) == "verdict/leaky/final_mean_diag/dead/_.act"
+    assert metric_key("verdict", "x", "final mean diag/dead/*") == "verdict/x/final_mean_diag/dead"
 
 
 WITHIN = """
