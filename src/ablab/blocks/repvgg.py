@@ -90,7 +90,7 @@ class RepVGGBlock(nn.Module):
             kernel, bias = kernel + k_id, bias + b_id
         self.fused = nn.Conv2d(
             conv3.in_channels, conv3.out_channels, 3, conv3.stride, 1, bias=True
-        ).to(kernel.device)
+        ).to(kernel.device, kernel.dtype)
         self.fused.weight.copy_(kernel)
         self.fused.bias.copy_(bias)
         del self.dense, self.pointwise, self.identity
