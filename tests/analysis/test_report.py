@@ -23,6 +23,7 @@ variants:
   better: {model.width: 2}
   same: {model.width: 3}
   worse: {model.width: 4}
+  blowup: {model.width: 5}
 seeds: [0, 1, 2, 3, 4]
 sizes: {quick: {}}
 quantities:
@@ -34,13 +35,20 @@ expect:
   - {variant: better, quantity: steps to val/acc >= 0.8, direction: lower}
   - {variant: same, quantity: final val/acc, direction: higher}
   - {variant: worse, quantity: final val/acc, direction: higher}
-  - {variant: worse, quantity: diverged, direction: higher}
+  - {variant: blowup, quantity: diverged, direction: higher}
+  - {variant: blowup, quantity: final val/acc, direction: lower}
   - {variant: better, quantity: final val/acc, direction: higher, against: worse}
 curves: [val/acc]
 profiles: [act_std, act_std@init]
 """
 #: Final accuracy each fabricated variant is made to reach, and how fast (per-step gain).
-TRUTH = {"base": (0.85, 0.05), "better": (0.90, 0.10), "same": (0.85, 0.05), "worse": (0.80, 0.05)}
+TRUTH = {
+    "base": (0.85, 0.05),
+    "better": (0.90, 0.10),
+    "same": (0.85, 0.05),
+    "worse": (0.80, 0.05),
+    "blowup": (0.80, 0.05),  # every seed stopped by the non-finite loss guard
+}
 STEPS = list(range(0, 100, 10))
 
 
@@ -72,15 +80,16 @@ def fabricate(root: Path, noise: float = 0.005) -> tuple[MlflowClient, str]:
             reverse = dict(zip(layers, reversed(layers.values()), strict=True))
             snapshots = {"init": {"act_std": layers}, "end": {"act_std": reverse}}
             client.log_dict(run.info.run_id, snapshots, "diagnostics/layers.json")
-            if variant == "worse":  # as the non-finite loss guard would end it
+            if variant == "blowup":  # as the non-finite loss guard would end it
                 client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
-            client.set_terminated(run.info.run_id, "FAILED" if variant == "worse" else "FINISHED")
+            client.set_terminated(run.info.run_id, "FAILED" if variant == "blowup" else "FINISHED")
     client.set_terminated(parent.info.run_id)
     return client, parent.info.run_id
 
 
 def verdicts_of(report) -> dict[tuple[str, str], str]:
-    return {(v.variant, v.quantity): v.outcome for v in report.verdicts}
+    """Outcome by (variant, quantity) of the claims against the baseline."""
+    return {(v.variant, v.quantity): v.outcome for v in report.verdicts if not v.against}
 
 
 def test_known_differences_give_known_verdicts(root: Path) -> None:
@@ -91,7 +100,9 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert verdicts[("better", "steps to val/acc >= 0.8")] == "holds"
     assert verdicts[("worse", "final val/acc")] == "does not hold"  # significantly lower
     assert verdicts[("same", "final val/acc")] == "inconclusive"  # no significant difference
-    assert verdicts[("worse", "diverged")] == "holds"  # every seed diverged, no baseline did
+    assert verdicts[("blowup", "diverged")] == "holds"  # every seed diverged, no baseline did
+    # where a diverged run ended is undefined: no final value, so no verdict on it
+    assert verdicts[("blowup", "final val/acc")] == "inconclusive"
     against = [v for v in report.verdicts if v.against == "worse"]
     assert [(v.variant, v.outcome) for v in against] == [("better", "holds")]
     assert report.seeds == [0, 1, 2, 3, 4] and report.baseline == "base"
@@ -99,7 +110,8 @@ def test_known_differences_give_known_verdicts(root: Path) -> None:
     assert summary["better"].mean == pytest.approx(0.90, abs=0.01)
     assert summary["base"].ci_low < 0.85 < summary["base"].ci_high
     holm = [c for c in report.comparisons if c.quantity == "final val/acc"]
-    assert all(c.p_holm >= c.p_value for c in holm)  # the claims are a corrected family
+    # the claims are a corrected family (a diverged variant's comparison has no p at all)
+    assert all(c.p_holm >= c.p_value for c in holm if not np.isnan(c.p_value))
     band = report.curves["val/acc"]["better"]
     assert band.steps == STEPS and band.n_seeds == 5
     profile = report.diagnostics["act_std by layer (at initialisation)"]
@@ -120,7 +132,7 @@ def test_identical_distributions_are_not_significant(root: Path) -> None:
 def test_a_study_is_found_by_name_and_its_latest_parent(root: Path) -> None:
     client, parent = fabricate(root)
     runs = find_study_runs(client, str(root / "fabricated"))
-    assert runs.parent.info.run_id == parent and len(runs.children) == 20
+    assert runs.parent.info.run_id == parent and len(runs.children) == 25
 
 
 def test_unknown_studies_and_sizes_are_one_line_errors(root: Path) -> None:
@@ -320,3 +332,19 @@ def test_bad_expectations_are_one_line_errors(root: Path, expect: str, message: 
     (folder / "study.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_study(folder)
+
+
+def test_a_diverged_run_has_no_final_value_unless_the_study_states_one(root: Path) -> None:
+    from ablab.analysis.collect import quantity_value
+    from ablab.analysis.study import Quantity
+
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(client.create_experiment("d", artifact_location=str(root / "a")))
+    client.log_metric(run.info.run_id, "val/acc", 0.6, step=10)  # logged before the blow-up
+    client.set_tag(run.info.run_id, "failure", "nonfinite_loss")
+    run = client.get_run(run.info.run_id)
+    assert np.isnan(quantity_value(client, run, Quantity("val/acc", "final")))
+    chance = Quantity("val/acc", "final", diverged_value=0.1)
+    assert quantity_value(client, run, chance) == 0.1
+    assert quantity_value(client, run, Quantity("val/acc", "best")) == 0.6  # it did reach it
+    assert quantity_value(client, run, Quantity("train/loss", "diverged")) == 1.0

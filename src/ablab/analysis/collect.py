@@ -81,7 +81,12 @@ def quantity_value(
     than any run that got there), ``horizon`` being the last step any run of the study logged.
     With ``scale: log`` the value is log10 of the measured one (-inf for 0: undefined, so any
     comparison with it is inconclusive).
+
+    The ``final`` value of a diverged run is the quantity's ``diverged_value`` (NaN unless the
+    study states one): the last value logged before the blow-up is not where the run ended.
     """
+    if quantity.stat == "final" and run.data.tags.get("failure") == "nonfinite_loss":
+        return float("nan") if quantity.diverged_value is None else quantity.diverged_value
     value = _quantity_value(client, run, quantity, horizon)
     if quantity.minus:
         value -= _quantity_value(client, run, replace(quantity, metric=quantity.minus), horizon)
@@ -368,7 +373,9 @@ def study_command(client: MlflowClient, parent: Run) -> str:
 def metric_key(*parts: str) -> str:
     """An MLflow metric name from free text ("steps to val/acc >= 0.9" -> "steps_to_val/acc_0.9")."""
     text = "/".join(parts)
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_/.\- ]", "_", text)).replace(" ", "_").strip("_/")
+    return (
+        re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_/.\- ]", "_", text)).replace(" ", "_").strip("_/")
+    )
 
 
 def publish(client: MlflowClient, report: StudyReport, paths: dict[str, Path]) -> None:

@@ -67,6 +67,11 @@ class Quantity:
     #: with a glob ``metric`` (``diag/dead/*``, ``test/recall/[5-9]``): how the matching
     #: metrics' values combine into one number per run
     reduce: Literal["mean", "max", "min"] = "mean"
+    #: what a ``final`` value is for a run the non-finite loss guard stopped: by default NaN
+    #: (the comparison is then undefined and says so: a last value logged before the blow-up
+    #: is not where the run ended); a number states the study's reading explicitly, e.g. 0.1
+    #: for the accuracy of a 10-class net whose weights are NaN (it predicts one class).
+    diverged_value: float | None = None
 
     @property
     def pattern(self) -> bool:
