@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from ablab.data import DigitsDataModule
 from ablab.training.callbacks import NonFiniteLossError
 from ablab.training.run import train
 from conftest import run_module, tracking_uri
@@ -89,6 +90,24 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
     # artifacts live under the explicit artifact root, not ./mlruns
     assert run.info.artifact_uri.startswith(str(root / "mlartifacts"))
     assert not (root / "mlruns").exists()
+
+
+def test_long_tailed_run_logs_class_counts_and_per_class_metrics(compose_cfg, root) -> None:
+    with compose_cfg("trainer=smoke", "data.imbalance_ratio=10") as cfg:
+        metrics = train(cfg)
+    natural, tailed = DigitsDataModule(seed=0), DigitsDataModule(seed=0, imbalance_ratio=10)
+    natural.setup(), tailed.setup()
+    counts = tailed.train_class_counts
+    assert counts[9] == max(natural.train_class_counts) // 10  # the long tail trained on ...
+    run = only_run(root)
+    assert run.data.params["data.train_class_counts"] == str(counts)  # ... is in the run
+    assert run.data.params["data.imbalance_ratio"] == "10"
+    per_class = [f"{stage}/recall/{c}" for stage in ("val", "test") for c in range(10)]
+    for key in ("val/f1_macro", "val/recall_macro", "test/f1_macro", "test/recall_macro",
+                *per_class):  # fmt: skip
+        assert 0.0 <= run.data.metrics[key] <= 1.0, key
+    assert run.data.metrics["test/recall/9"] == pytest.approx(metrics["test/recall/9"])
+    assert not any(k.startswith("train/") and "recall" in k for k in run.data.metrics)
 
 
 def test_crash_ends_failed_with_reason(compose_cfg, root) -> None:

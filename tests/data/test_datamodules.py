@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from tests.data.formats import make_cifar10, make_cifar100, make_image_folder, make_mnist
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ablab.cli import main as ablab
 from ablab.data import (
     DigitsDataModule,
+    ImageDataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
     VisionDataModule,
 )
+from ablab.data.base import long_tail_counts, long_tail_subset, split_labels
 from ablab.errors import ConfigError
 
 
@@ -182,3 +188,145 @@ def test_show_batch_writes_a_labelled_grid(tmp_path) -> None:
     ablab(["show-batch", "--out", str(out), "--max-images", "16", "data.batch_size=16"])
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 200 and img.height > 100
+
+
+# -- data.imbalance_ratio: a long-tailed training split ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_max", "classes", "ratio", "total"),
+    # the published sizes of CIFAR-10-LT and CIFAR-100-LT (Cui et al. 2019; Cao et al. 2019)
+    [(5000, 10, 100, 12406), (5000, 10, 50, 13996), (5000, 10, 10, 20431), (500, 100, 100, 10847)],
+)
+def test_long_tail_counts_are_the_cifar_lt_profile(n_max, classes, ratio, total) -> None:
+    counts = long_tail_counts(n_max, classes, ratio)
+    assert sum(counts) == total
+    assert counts[0] == n_max and counts[-1] == n_max // ratio
+    assert all(a >= b for a, b in itertools.pairwise(counts))
+    expected = [math.floor(n_max * ratio ** (-c / (classes - 1))) for c in range(classes)]
+    assert counts == expected
+
+
+def test_long_tail_counts_keep_at_least_one_and_ratio_one_keeps_all() -> None:
+    assert long_tail_counts(5, 3, 100) == [5, 1, 1]  # 0.5 and 0.05 examples round up to one
+    assert long_tail_counts(7, 4, 1) == [7, 7, 7, 7]
+
+
+def test_long_tail_subset_draws_the_counts_per_class_seeded() -> None:
+    labels = torch.arange(300) % 3
+    keep = long_tail_subset(labels, [50, 20, 5], seed=0)
+    assert torch.bincount(labels[keep]).tolist() == [50, 20, 5]
+    assert torch.equal(keep, keep.unique())  # distinct, in their original order
+    assert torch.equal(keep, long_tail_subset(labels, [50, 20, 5], seed=0))
+    assert not torch.equal(keep, long_tail_subset(labels, [50, 20, 5], seed=1))
+
+
+def expected_train_counts(natural: list[int], ratio: float) -> list[int]:
+    """The profile from the largest class, capped by what each class has."""
+    profile = long_tail_counts(max(natural), len(natural), ratio)
+    return [min(n, m) for n, m in zip(profile, natural, strict=True)]
+
+
+def assert_long_tailed(balanced: ImageDataModule, tailed: ImageDataModule, ratio: float) -> None:
+    """``tailed`` is ``balanced`` with the training split subsampled by ``long_tail_subset`` at
+    the split seed; validation and test are the very same examples."""
+    natural = split_labels(balanced.splits["train"])
+    counts = expected_train_counts(torch.bincount(natural).tolist(), ratio)
+    assert tailed.train_class_counts == counts
+    assert torch.bincount(split_labels(tailed.splits["train"])).tolist() == counts
+    keep = long_tail_subset(natural, counts, balanced.seed)
+    before, after = balanced.splits["train"], tailed.splits["train"]
+    if isinstance(before, TensorDataset):
+        for a, b in zip(after.tensors, before.tensors, strict=True):
+            assert torch.equal(a, b[keep])
+    else:
+        assert after.indices == [before.indices[i] for i in keep.tolist()]
+    for split in ("val", "test"):
+        a, b = tailed.splits[split], balanced.splits[split]
+        if isinstance(a, TensorDataset):
+            assert all(torch.equal(u, v) for u, v in zip(a.tensors, b.tensors, strict=True))
+        else:
+            assert list(a.indices) == list(b.indices)
+
+
+def test_digits_imbalance_ratio_long_tails_only_the_training_split() -> None:
+    balanced, tailed = DigitsDataModule(seed=0), DigitsDataModule(seed=0, imbalance_ratio=10)
+    balanced.setup(), tailed.setup()
+    assert_long_tailed(balanced, tailed, 10)
+    counts = tailed.train_class_counts
+    assert counts[-1] == max(balanced.train_class_counts) // 10  # the rarest: n_max / ρ
+    assert not torch.equal(tailed.mean, balanced.mean)  # statistics of the set trained on
+
+
+def test_imbalance_ratio_one_leaves_the_training_set_bitwise_alone() -> None:
+    default, one = DigitsDataModule(seed=0), DigitsDataModule(seed=0, imbalance_ratio=1.0)
+    default.setup(), one.setup()
+    built = DigitsDataModule(seed=0).build_splits()  # the splits before setup sees them
+    for split in ("train", "val", "test"):
+        for a, b, c in zip(
+            *(d[split].tensors for d in (one.splits, default.splits, built)), strict=True
+        ):
+            assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(one.mean, default.mean) and torch.equal(one.std, default.std)
+    assert one.train_class_counts == torch.bincount(built["train"].tensors[1]).tolist()
+
+
+def test_long_tailed_training_split_is_deterministic_per_seed() -> None:
+    a, b = (DigitsDataModule(seed=3, imbalance_ratio=10) for _ in range(2))
+    c = DigitsDataModule(seed=4, imbalance_ratio=10)
+    for dm in (a, b, c):
+        dm.setup()
+    assert all(
+        torch.equal(u, v)
+        for u, v in zip(a.splits["train"].tensors, b.splits["train"].tensors, strict=True)
+    )
+    assert not torch.equal(a.splits["train"].tensors[0], c.splits["train"].tensors[0])
+
+
+def test_synthetic_and_mnist_long_tail(tmp_path) -> None:
+    pair = [SyntheticDataModule(seed=1, imbalance_ratio=r) for r in (1, 5)]
+    for dm in pair:
+        dm.setup()
+    assert_long_tailed(*pair, 5)
+    make_mnist(tmp_path, "MNIST", n_train=200, n_test=20)
+    args = dict(dataset="mnist", root=str(tmp_path), num_classes=10, in_channels=1, image_size=28)
+    pair = [VisionDataModule(**args, imbalance_ratio=r) for r in (1, 4)]
+    for dm in pair:
+        dm.setup()
+    assert_long_tailed(*pair, 4)
+    assert pair[1].train_class_counts[-1] == 18 // 4  # 18 per class after the val split
+
+
+def test_image_folder_long_tail(tmp_path) -> None:
+    make_image_folder(tmp_path / "pets", {"cat": 20, "dog": 20}, size=(8, 8))
+    args = dict(root=str(tmp_path / "pets"), num_classes=2, image_size=8, num_workers=0,
+                test_fraction=0.2, val_fraction=0.25)  # fmt: skip
+    pair = [ImageFolderDataModule(**args, imbalance_ratio=r) for r in (1, 4)]
+    for dm in pair:
+        dm.setup()
+    assert_long_tailed(*pair, 4)
+    assert pair[1].train_class_counts == [12, 3]  # 40 images: 8 to test, 8 to val, 12 + 12 left
+    assert not isinstance(pair[1].splits["train"].dataset, Subset)  # one level of indices
+
+
+class UnlabelledSplits(DigitsDataModule):
+    """A file-backed-style module whose training split does not keep its labels."""
+
+    def build_splits(self) -> dict[str, Dataset]:
+        splits = super().build_splits()
+        return {k: Subset(v, list(range(len(v)))) for k, v in splits.items()}
+
+
+def test_imbalance_needs_cheap_training_labels() -> None:
+    dm = UnlabelledSplits()
+    dm.setup()  # fine as long as nothing is subsampled
+    assert dm.train_class_counts is None
+    with pytest.raises(ConfigError, match=r"imbalance_ratio=10 needs the training labels"):
+        UnlabelledSplits(imbalance_ratio=10).setup()
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.0, -2.0, math.nan, math.inf])
+def test_bad_imbalance_ratio_is_one_line(ratio) -> None:
+    with pytest.raises(ConfigError, match=r"data\.imbalance_ratio must be .*>= 1") as err:
+        DigitsDataModule(imbalance_ratio=ratio)
+    assert "\n" not in str(err.value) and str(ratio) in str(err.value)

@@ -182,6 +182,7 @@ def test_soft_targets_score_against_their_argmax(compose_cfg) -> None:
             "warmup_epochs=60 must be in [0, max_epochs=60)",
         ),
         (["task.l1=-0.1"], "task.l1=-0.1 must be >= 0"),
+        (["data.imbalance_ratio=0.5"], "data.imbalance_ratio must be a finite number >= 1"),
         (["init=normal", "init.std=0"], "init.std must be > 0, got 0"),
         (["init=kaiming_normal", "init.mode=fan_avg"], "valid: fan_in, fan_out"),
     ],

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
+from sklearn.metrics import f1_score, recall_score
 
 from ablab.config import composed
 from ablab.errors import ConfigError
@@ -97,6 +98,12 @@ def expected(ddp_root: Path) -> dict[str, float]:
         # DistributedSampler without shuffling gives rank 0 samples 0, 2, 4, …
         out[f"{split}/acc_rank0"] = correct[0::2].mean().item()
         out[f"{split}/loss_rank0"] = F.cross_entropy(logits[0::2], y[0::2]).item()
+        pred = logits.argmax(1)
+        out[f"{split}/f1_macro"] = f1_score(y, pred, average="macro")
+        out[f"{split}/f1_macro_rank0"] = f1_score(y[0::2], pred[0::2], average="macro")
+        out[f"{split}/recall_macro"] = recall_score(y, pred, average="macro")
+        for c, recall in enumerate(recall_score(y, pred, average=None)):
+            out[f"{split}/recall/{c}"] = recall
     out["train_size"] = len(datamodule.splits["train"])
     return out
 
@@ -122,6 +129,19 @@ def test_metrics_are_reduced_over_both_ranks(ddp_root: Path, expected: dict[str,
         assert expected[f"{split}/acc"] != expected[f"{split}/acc_rank0"]  # halves differ here
         logged = run.data.metrics[f"{split}/acc"]
         assert logged == pytest.approx(expected[f"{split}/acc"], abs=1e-6), split
+
+
+@shared_run
+@pytest.mark.slow
+def test_per_class_metrics_are_over_both_ranks(ddp_root: Path, expected: dict[str, float]) -> None:
+    """Macro F1, macro recall and per-class recall are torchmetrics states synced over the ranks
+    before they are logged: they match single-process scores of the whole split."""
+    (run,) = all_runs(ddp_root)
+    for split in ("val", "test"):
+        assert expected[f"{split}/f1_macro"] != pytest.approx(expected[f"{split}/f1_macro_rank0"])
+        keys = ["f1_macro", "recall_macro", *(f"recall/{c}" for c in range(10))]
+        for key in (f"{split}/{k}" for k in keys):
+            assert run.data.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
 
 
 @shared_run

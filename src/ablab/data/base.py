@@ -9,6 +9,11 @@ CutMix) returns ``y`` as (N, num_classes) class probabilities.
 
 Three seeds: ``seed`` draws the splits, ``order_seed`` the training-set shuffling order and the
 augmentation its own (``seeds.augmentation`` in the config).
+
+``imbalance_ratio`` ρ > 1 makes the training split long-tailed as in CIFAR-10-LT (Cui et al. 2019,
+"Class-Balanced Loss Based on Effective Number of Samples"): class c keeps
+n_c = ⌊n_max · ρ^(−c/(C−1))⌋ of its examples, drawn with ``seed``; validation and test keep their
+natural class balance, so per-class metrics measure what the imbalance cost.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    Subset,
+    TensorDataset,
+)
 
 from ablab.data.augment import BatchAugment
 from ablab.errors import ConfigError
@@ -51,9 +63,11 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         normalize: bool = True,
         augmentation: BatchAugment | nn.Module | None = None,
+        imbalance_ratio: float = 1.0,
     ) -> None:
         """``order_seed`` (default: ``seed``) shuffles the training set; ``augmentation`` is a
-        :class:`BatchAugment`, or any image-only module, which is then wrapped in one."""
+        :class:`BatchAugment`, or any image-only module, which is then wrapped in one;
+        ``imbalance_ratio`` ≥ 1 subsamples the training split to a long tail (1: as it is)."""
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
@@ -66,6 +80,11 @@ class ImageDataModule(pl.LightningDataModule):
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < frac < 1.0:
                 raise ConfigError(f"data.{key} must be in (0, 1), got {frac}")
+        if not 1.0 <= imbalance_ratio < math.inf:
+            raise ConfigError(
+                f"data.imbalance_ratio must be a finite number >= 1 (the training split's "
+                f"head-to-tail class size ratio; 1 keeps it as it is), got {imbalance_ratio}"
+            )
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
@@ -76,6 +95,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.order_seed = seed if order_seed is None else order_seed
         self.num_workers = num_workers
         self.normalize = normalize
+        self.imbalance_ratio = imbalance_ratio
         if not isinstance(augmentation, BatchAugment):
             ops = {} if augmentation is None else {type(augmentation).__name__: augmentation}
             augmentation = BatchAugment(
@@ -86,6 +106,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean = torch.zeros(in_channels)
         self.std = torch.ones(in_channels)
         self.splits: dict[str, Dataset] | None = None
+        #: Examples per class in the training split as trained on, after :meth:`setup`.
+        self.train_class_counts: list[int] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -102,9 +124,36 @@ class ImageDataModule(pl.LightningDataModule):
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
-            self.splits = self.build_splits()
+            splits = self.build_splits()
+            splits["train"], labels = self.long_tail(splits["train"])
+            if labels is not None:
+                self.train_class_counts = torch.bincount(
+                    labels, minlength=self.num_classes
+                ).tolist()
+            self.splits = splits
             if self.normalize:
                 self.mean, self.std = self.channel_stats(self.splits["train"])
+
+    def long_tail(self, train: Dataset) -> tuple[Dataset, Tensor | None]:
+        """The training split subsampled to the long-tail profile (untouched for ρ = 1), and its
+        labels. A class with fewer examples than its profile count keeps them all.
+
+        Every datamodule's training split passes here, in memory or file-backed: the one place
+        that sees its labels, after validation (and test) were split off at natural balance.
+        """
+        labels = split_labels(train)
+        if self.imbalance_ratio == 1.0:
+            return train, labels
+        if labels is None:
+            raise ConfigError(
+                f"data.imbalance_ratio={self.imbalance_ratio} needs the training labels, which "
+                f"{self.name}'s training split does not keep; use data.imbalance_ratio=1"
+            )
+        have = torch.bincount(labels, minlength=self.num_classes).tolist()
+        profile = long_tail_counts(max(have), self.num_classes, self.imbalance_ratio)
+        counts = [min(n, m) for n, m in zip(profile, have, strict=True)]
+        keep = long_tail_subset(labels, counts, self.seed)
+        return take(train, keep), labels[keep]
 
     def build_splits(self) -> dict[str, Dataset]:
         """Held-in-memory splits: classes selected, images converted, train/val/test split."""
@@ -236,6 +285,43 @@ class ImageDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+    """n_c = max(1, ⌊n_max · ρ^(−c/(C−1))⌋) for c = 0..C−1: class 0 keeps n_max, class C−1
+    n_max / ρ (Cui et al. 2019's CIFAR-10-LT profile; n_max = 5000, ρ = 100 gives 12,406)."""
+    return [
+        max(1, math.floor(n_max * ratio ** (-c / (num_classes - 1)))) for c in range(num_classes)
+    ]
+
+
+def long_tail_subset(labels: Tensor, counts: Sequence[int], seed: int) -> Tensor:
+    """Indices of ``counts[c]`` examples of each class c, drawn uniformly without replacement
+    from a generator seeded with ``seed``, in their original order."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        members = torch.nonzero(labels == c).flatten()
+        keep.append(members[torch.randperm(len(members), generator=generator)[:n]])
+    return torch.cat(keep).sort().values
+
+
+def split_labels(dataset: Dataset) -> Tensor | None:
+    """The labels of an in-memory split, or of an index subset of a dataset that keeps its
+    ``targets`` (ImageFolder); ``None`` for other datasets, whose labels would cost decoding."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "targets"):
+        return torch.as_tensor(dataset.dataset.targets)[torch.as_tensor(dataset.indices)]
+    return None
+
+
+def take(dataset: TensorDataset | Subset, index: Tensor) -> TensorDataset | Subset:
+    """The examples at ``index``: still in memory for a TensorDataset; for a Subset, a subset of
+    the same underlying dataset (not a subset of a subset)."""
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[index] for t in dataset.tensors))
+    return Subset(dataset.dataset, [dataset.indices[i] for i in index.tolist()])
 
 
 def match_channels(x: Tensor, channels: int) -> Tensor:

@@ -1,24 +1,45 @@
-"""Image classification: cross-entropy-style loss, top-1 / top-5 accuracy, best val accuracy."""
+"""Image classification: cross-entropy-style loss, top-1 / top-5 accuracy, best val accuracy.
+
+Validation and test also score macro F1, macro recall and per-class recall: on class-imbalanced
+data accuracy is dominated by the common classes, while macro recall, the balanced accuracy of
+Brodersen et al. 2010 ("The balanced accuracy and its posterior distribution"), weighs every
+class equally and the per-class recalls show what the rare classes lost.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+from torchmetrics.wrappers import ClasswiseWrapper
 
 from ablab.errors import ConfigError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
+# The per-class scores are logged as values torchmetrics has already reduced over every DDP rank
+# (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
+warnings.filterwarnings(
+    "ignore",
+    message=r"It is recommended to use `self\.log\('(val|test)/(f1_macro|recall_macro|recall/\d+)'",
+    category=PossibleUserWarning,
+)
+
 
 class ClassifierModule(pl.LightningModule):
     """logits = net(x); loss = loss_fn(logits, y); metrics logged as ``<stage>/<name>``.
+
+    Validation and test also log ``f1_macro`` (mean over classes of 2·P·R / (P + R)),
+    ``recall_macro`` (mean per-class recall, i.e. balanced accuracy) and ``recall/<class>``
+    (TP_c / (TP_c + FN_c)); training skips them to keep steps cheap.
 
     The network is built elsewhere and injected; ``optimizer`` is a partial taking the parameters,
     ``scheduler`` a Lightning lr-scheduler dict whose ``scheduler`` entry is a partial taking the
@@ -62,6 +83,22 @@ class ClassifierModule(pl.LightningModule):
         self.train_metrics = collection.clone(prefix="train/")
         self.val_metrics = collection.clone(prefix="val/")
         self.test_metrics = collection.clone(prefix="test/")
+        per_class = MetricCollection(
+            {
+                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+                "recall_macro": MulticlassRecall(num_classes, average="macro"),
+                # recall/0, recall/1, ...: one value per class index
+                "recall": ClasswiseWrapper(
+                    MulticlassRecall(num_classes, average=None), prefix="recall/"
+                ),
+            },
+            # The macro scores share their per-class TP/FP/FN counts. The wrapper keeps its own:
+            # in a shared group only the group's first metric is updated, and the wrapped metric,
+            # never updated itself after a reset, would warn at every epoch's compute.
+            compute_groups=[["f1_macro", "recall_macro"], ["recall"]],
+        )
+        self.val_class_metrics = per_class.clone(prefix="val/")
+        self.test_class_metrics = per_class.clone(prefix="test/")
         self.val_acc_best = MaxMetric()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -98,7 +135,10 @@ class ClassifierModule(pl.LightningModule):
             )
             loss = loss + self.l1 * penalty
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), y.argmax(1) if y.dim() == 2 else y)
+        target = y.argmax(1) if y.dim() == 2 else y
+        metrics.update(logits.detach(), target)
+        if stage != "train":
+            getattr(self, f"{stage}_class_metrics").update(logits.detach(), target)
         self.log(
             f"{stage}/loss",
             loss,
@@ -126,9 +166,24 @@ class ClassifierModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_class_metrics("val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_metrics("test")
+
+    def _log_class_metrics(self, stage: str) -> None:
+        """Log the epoch's per-class scores and start the next epoch afresh.
+
+        Lightning can only log metrics that compute a scalar, and ``recall/<class>`` is one
+        metric with a value per class: the collection is computed here (synced over DDP ranks
+        by torchmetrics, every rank taking part) and its values logged.
+        """
+        metrics: MetricCollection = getattr(self, f"{stage}_class_metrics")
+        self.log_dict(metrics.compute())
+        metrics.reset()
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """Parameters under weight decay and l1: weights of ≥ 2 dims, i.e. not biases or norms."""

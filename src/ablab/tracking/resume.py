@@ -29,8 +29,8 @@ from ablab.errors import ConfigError
 JOB_FILE = "job.json"
 #: At most this many differing params are named in the refusal.
 SHOWN_DIFFS = 4
-#: Params measured by the run rather than set by the config.
-MEASURED = "complexity."
+#: Params measured by the run rather than set by the config (prefixes).
+MEASURED = ("complexity.", "data.train_class_counts")
 
 
 @dataclass

@@ -184,11 +184,14 @@ def as_config_error(err: BaseException) -> ConfigError:
 
 
 def log_run_config(run: Run, cfg: DictConfig) -> None:
-    """Params (flattened resolved config), config/override/command artifacts, size and dir tags."""
+    """Params (flattened resolved config, measured model size and training class counts),
+    config/override/command artifacts, dir tag."""
     logger, client = run.logger, run.logger.experiment
     config = resolved(cfg)
     params = flatten_params(config)
     params |= {"complexity.params": run.complexity.params, "complexity.macs": run.complexity.macs}
+    if run.datamodule.train_class_counts is not None:  # as trained on (see data.imbalance_ratio)
+        params |= flatten_params({"data.train_class_counts": run.datamodule.train_class_counts})
     # Through the client, not logger.log_hyperparams: Lightning cuts every value at 250 characters.
     entries = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
@@ -268,7 +271,9 @@ def report(
 ) -> None:
     """The last lines of a run: test metrics, where the run is and how to open it."""
     console = Console(soft_wrap=True)  # long paths and URLs stay on one line
-    shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    # Per-class recalls (one per class, 100 on CIFAR-100) stay in MLflow, off the summary line.
+    summary = {k: v for k, v in metrics.items() if "/recall/" not in k}
+    shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary.items()))
     console.print(f"[bold]test[/bold] {shown}", highlight=False)
     if checkpoint:
         console.print(f"best checkpoint: {checkpoint}", highlight=False)
