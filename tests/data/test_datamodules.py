@@ -20,7 +20,7 @@ from ablab.data import (
     SyntheticDataModule,
     VisionDataModule,
 )
-from ablab.data.base import long_tail_counts, long_tail_subset, split_labels
+from ablab.data.base import dataset_targets, long_tail_counts, long_tail_subset
 from ablab.errors import ConfigError
 
 
@@ -230,10 +230,10 @@ def expected_train_counts(natural: list[int], ratio: float) -> list[int]:
 def assert_long_tailed(balanced: ImageDataModule, tailed: ImageDataModule, ratio: float) -> None:
     """``tailed`` is ``balanced`` with the training split subsampled by ``long_tail_subset`` at
     the split seed; validation and test are the very same examples."""
-    natural = split_labels(balanced.splits["train"])
+    natural = dataset_targets(balanced.splits["train"])
     counts = expected_train_counts(torch.bincount(natural).tolist(), ratio)
     assert tailed.train_class_counts == counts
-    assert torch.bincount(split_labels(tailed.splits["train"])).tolist() == counts
+    assert torch.bincount(dataset_targets(tailed.splits["train"])).tolist() == counts
     keep = long_tail_subset(natural, counts, balanced.seed)
     before, after = balanced.splits["train"], tailed.splits["train"]
     if isinstance(before, TensorDataset):
@@ -309,12 +309,25 @@ def test_image_folder_long_tail(tmp_path) -> None:
     assert not isinstance(pair[1].splits["train"].dataset, Subset)  # one level of indices
 
 
+class Opaque(Dataset):
+    """Examples only by index, like a file-backed dataset that keeps no label list."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        return self.inner[i]
+
+
 class UnlabelledSplits(DigitsDataModule):
     """A file-backed-style module whose training split does not keep its labels."""
 
     def build_splits(self) -> dict[str, Dataset]:
         splits = super().build_splits()
-        return {k: Subset(v, list(range(len(v)))) for k, v in splits.items()}
+        return {k: Subset(Opaque(v), list(range(len(v)))) for k, v in splits.items()}
 
 
 def test_imbalance_needs_cheap_training_labels() -> None:

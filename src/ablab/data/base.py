@@ -141,7 +141,7 @@ class ImageDataModule(pl.LightningDataModule):
         Every datamodule's training split passes here, in memory or file-backed: the one place
         that sees its labels, after validation (and test) were split off at natural balance.
         """
-        labels = split_labels(train)
+        labels = dataset_targets(train, decode=False)
         if self.imbalance_ratio == 1.0:
             return train, labels
         if labels is None:
@@ -306,14 +306,20 @@ def long_tail_subset(labels: Tensor, counts: Sequence[int], seed: int) -> Tensor
     return torch.cat(keep).sort().values
 
 
-def split_labels(dataset: Dataset) -> Tensor | None:
-    """The labels of an in-memory split, or of an index subset of a dataset that keeps its
-    ``targets`` (ImageFolder); ``None`` for other datasets, whose labels would cost decoding."""
+def dataset_targets(dataset: Dataset, decode: bool = True) -> Tensor | None:
+    """All class labels of ``dataset``: from memory (TensorDataset), from the ``targets`` a
+    dataset keeps (torchvision's ImageFolder, MNIST, CIFAR; through index subsets), else by
+    reading every example — or ``None`` with ``decode=False``, where that would cost decoding."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1]
-    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "targets"):
-        return torch.as_tensor(dataset.dataset.targets)[torch.as_tensor(dataset.indices)]
-    return None
+    if isinstance(dataset, Subset):
+        labels = dataset_targets(dataset.dataset, decode)
+        return None if labels is None else labels[torch.as_tensor(dataset.indices)]
+    if hasattr(dataset, "targets"):
+        return torch.as_tensor(dataset.targets)
+    if not decode:
+        return None
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def take(dataset: TensorDataset | Subset, index: Tensor) -> TensorDataset | Subset:

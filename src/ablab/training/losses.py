@@ -9,20 +9,8 @@ from __future__ import annotations
 import torch
 from kornia.losses import focal_loss as kornia_focal_loss
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ablab.errors import ConfigError
-
-
-def dataset_targets(dataset: Dataset) -> Tensor:
-    """All class labels of ``dataset``, without decoding images where the dataset keeps them."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    if isinstance(dataset, Subset):
-        return dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices)]
-    if hasattr(dataset, "targets"):  # torchvision's ImageFolder, MNIST, CIFAR
-        return torch.as_tensor(dataset.targets)
-    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
 def balanced_cross_entropy(

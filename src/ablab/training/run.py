@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ablab.complexity import Complexity, measure
 from ablab.config import resolved
 from ablab.data import ImageDataModule
+from ablab.data.base import dataset_targets
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params, tracked_run
@@ -42,7 +43,6 @@ from ablab.tracking.resume import (
     recorded_steps,
     set_aside,
 )
-from ablab.training.losses import dataset_targets
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -83,8 +83,11 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
         loss = instantiate(cfg.loss)
         if isinstance(loss, partial):  # losses that need the training set's class counts
-            targets = dataset_targets(datamodule.splits["train"])
-            loss = loss(class_counts=torch.bincount(targets, minlength=cfg.data.num_classes))
+            counts = datamodule.train_class_counts  # as trained on (data.imbalance_ratio)
+            if counts is None:  # labels that cost decoding: read them once
+                targets = dataset_targets(datamodule.splits["train"])
+                counts = torch.bincount(targets, minlength=cfg.data.num_classes).tolist()
+            loss = loss(class_counts=torch.as_tensor(counts))
         # mixup/CutMix hand the loss (N, C) class probabilities: a loss that needs indices fails here
         check_loss(loss, cfg.data.num_classes, soft=datamodule.augmentation.mix is not None)
         task = instantiate(
