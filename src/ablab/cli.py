@@ -209,15 +209,17 @@ def study(argv: list[str]) -> None:
 
     import subprocess
 
-    from ablab.analysis.study import load_study
+    from ablab.analysis.study import STUDIES_DIR, load_study
     from ablab.config import check_overrides
 
     spec = load_study(args.name)
     task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
     for job in spec.jobs(args.size):  # every job composes, before any run or parent exists
         check_overrides([*job.overrides, *task])
+    # A study of experiments/ by name, so the command the parent run records works in any checkout.
+    ref = spec.name if spec.folder == STUDIES_DIR / spec.name else spec.folder
     command = [sys.executable, "-m", "ablab.train", "-m", "hydra/sweeper=study",
-               f"hydra.sweeper.study={spec.folder}", f"hydra.sweeper.size={args.size}",
+               f"hydra.sweeper.study={ref}", f"hydra.sweeper.size={args.size}",
                *args.overrides]  # fmt: skip
     code = subprocess.call(command)
     if code not in (0, 1):  # 1: some jobs failed, which the report shows
