@@ -348,3 +348,24 @@ def test_a_diverged_run_has_no_final_value_unless_the_study_states_one(root: Pat
     assert quantity_value(client, run, chance) == 0.1
     assert quantity_value(client, run, Quantity("val/acc", "best")) == 0.6  # it did reach it
     assert quantity_value(client, run, Quantity("train/loss", "diverged")) == 1.0
+
+
+def test_stated_values_are_marked_in_the_report(root: Path) -> None:
+    from ablab.analysis.render import to_markdown
+
+    folder = root / "stated"
+    folder.mkdir()
+    text = STUDY.replace(
+        "  - {metric: val/acc, stat: final}\n",
+        "  - {metric: val/acc, stat: final, diverged_value: 0.1}\n",
+    )
+    client, parent = fabricate(root)
+    (root / "fabricated" / "study.yaml").write_text(text)
+    report = collect(client, find_study_runs(client, parent))
+    blowup = next(v for v in report.variants if v.name == "blowup").summaries["final val/acc"]
+    assert blowup.values == [0.1] * 5 and blowup.stated == [0, 1, 2, 3, 4]
+    better = next(v for v in report.variants if v.name == "better").summaries["final val/acc"]
+    assert better.stated == []
+    assert verdicts_of(report)[("blowup", "final val/acc")] == "holds"  # 0.1 vs 0.85
+    markdown = to_markdown(report, {})
+    assert "0.1†, 0.1†" in markdown and "† a diverged run" in markdown

@@ -85,8 +85,10 @@ def quantity_value(
     The ``final`` value of a diverged run is the quantity's ``diverged_value`` (NaN unless the
     study states one): the last value logged before the blow-up is not where the run ended.
     """
+    if stated(quantity, run):
+        return quantity.diverged_value
     if quantity.stat == "final" and run.data.tags.get("failure") == "nonfinite_loss":
-        return float("nan") if quantity.diverged_value is None else quantity.diverged_value
+        return float("nan")
     value = _quantity_value(client, run, quantity, horizon)
     if quantity.minus:
         value -= _quantity_value(client, run, replace(quantity, metric=quantity.minus), horizon)
@@ -94,6 +96,15 @@ def quantity_value(
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.log10(value))
     return value
+
+
+def stated(quantity: Quantity, run: Run) -> bool:
+    """Whether ``run``'s value of ``quantity`` is the study's ``diverged_value``, not a measurement."""
+    return (
+        quantity.stat == "final"
+        and quantity.diverged_value is not None
+        and run.data.tags.get("failure") == "nonfinite_loss"
+    )
 
 
 def _quantity_value(
@@ -163,8 +174,11 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             for q in study.quantities
         }
         summaries = {
-            q: stats.summarize([v for _, v in sorted(per_seed.items())])
-            for q, per_seed in values[name].items()
+            q.name: replace(
+                stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
+                stated=[i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)],
+            )
+            for q in study.quantities
         }
         run_ids = {seed: run.info.run_id for seed, run in sorted(seeded.items())}
         variants.append(VariantResult(name, study_overrides(study, name), run_ids, summaries))

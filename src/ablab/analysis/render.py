@@ -29,6 +29,8 @@ from ablab.analysis.results import Band, StudyReport
 
 #: What an undefined number (NaN) shows as.
 DASH = "—"
+#: marks a per-seed value the study stated rather than measured (a diverged run)
+STATED = "†"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: CSS class of each verdict outcome (the class selectors colour the verdict cells).
 OUTCOME_CLASS = {"holds": "holds", "does not hold": "does-not-hold", "inconclusive": "inconclusive"}
@@ -289,7 +291,10 @@ def report_tables(report: StudyReport) -> ReportTables:
                     f"{fmt(s.mean)} ± {fmt(s.std)}",
                     fmt_interval(s.ci_low, s.ci_high),
                     str(s.n),
-                    ", ".join(fmt(x) for x in s.values) or DASH,
+                    ", ".join(
+                        fmt(x) + (STATED if i in s.stated else "") for i, x in enumerate(s.values)
+                    )
+                    or DASH,
                 )
             )
         summaries.append(
@@ -298,6 +303,12 @@ def report_tables(report: StudyReport) -> ReportTables:
                 ("variant", "mean ± std", f"{confidence * 100:g}% CI", "n", "per seed"),
                 tuple(rows),
                 title=q,
+                note=(
+                    f"{STATED} a diverged run (stopped by the non-finite loss guard), counted "
+                    "as the value the study states for it, not measured"
+                    if any(v.summaries[q].stated for v in present)
+                    else ""
+                ),
                 numeric=frozenset({1, 2, 3}),
                 row_classes=tuple("baseline" if v.name == base else "" for v in present),
                 data=(("quantity", q),),
@@ -404,6 +415,7 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     out += ["## Per-variant summaries", ""]
     for table in t.summaries:
         out += [f"### {table.title}", "", *_md_table(table)]
+        out += [_md_note(table), ""] if table.note else []
     out += [f"## Comparisons with the baseline `{report.baseline}`", "", _md_note(t.comparisons)]
     out += ["", *_md_table(t.comparisons)]
     if t.measured:
@@ -497,6 +509,7 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 </tbody>
 </table>
 {% if not t.rows %}<p class="note">None.</p>{% endif %}
+{% if t.note and t.kind == "summary" %}<p class="note">{{ t.note }}</p>{% endif %}
 {% endmacro %}
 <h1>Study <code>{{ report.study }}</code></h1>
 <dl class="meta">

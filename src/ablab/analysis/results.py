@@ -25,6 +25,9 @@ class Summary:
     ci_low: float
     ci_high: float
     confidence: float = 0.95
+    #: positions in ``values`` that were stated, not measured (a diverged run counted as the
+    #: study's ``diverged_value``)
+    stated: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
