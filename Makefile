@@ -42,7 +42,7 @@ report: install ## Rewrite a study's report from its latest runs: make report na
 	$(BIN)/ablab report $(name) $(ARGS)
 
 test: install ## Run the test suite in TEST_WORKERS processes (pytest options: ARGS="-k data")
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests
