@@ -209,7 +209,7 @@ def study(argv: list[str]) -> None:
 
     import subprocess
 
-    from ablab.analysis.study import STUDIES_DIR, load_study
+    from ablab.study import STUDIES_DIR, load_study
     from ablab.config import check_overrides
 
     spec = load_study(args.name)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from ablab.analysis.collect import collect, find_study_runs
-from ablab.analysis.study import load_study
+from ablab.study import load_study
 from ablab.errors import ConfigError
 from conftest import tracking_uri
 
@@ -197,7 +197,7 @@ def test_ablab_study_runs_the_sweep_and_writes_the_report(root: Path) -> None:
 
 def test_log_scale_quantities_compare_orders_of_magnitude(root: Path) -> None:
     from ablab.analysis.collect import quantity_value
-    from ablab.analysis.study import Quantity
+    from ablab.study import Quantity
 
     client = MlflowClient(tracking_uri(root))
     run = client.create_run(client.create_experiment("log", artifact_location=str(root / "a")))
@@ -219,7 +219,7 @@ def test_param_and_pattern_quantities(root: Path) -> None:
     """A run parameter (complexity measured when the run was built) and one number from every
     metric a glob matches (the dead fraction of each activation layer)."""
     from ablab.analysis.collect import quantity_value
-    from ablab.analysis.study import Quantity
+    from ablab.study import Quantity
 
     client = MlflowClient(tracking_uri(root))
     run = client.create_run(client.create_experiment("q", artifact_location=str(root / "a")))
@@ -336,7 +336,7 @@ def test_bad_expectations_are_one_line_errors(root: Path, expect: str, message: 
 
 def test_a_diverged_run_has_no_final_value_unless_the_study_states_one(root: Path) -> None:
     from ablab.analysis.collect import quantity_value
-    from ablab.analysis.study import Quantity
+    from ablab.study import Quantity
 
     client = MlflowClient(tracking_uri(root))
     run = client.create_run(client.create_experiment("d", artifact_location=str(root / "a")))

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from ablab.config import job_key
 from ablab.errors import ConfigError
-from ablab.tracking.resume import JOB_FILE
+from ablab.training.job import JOB_FILE
 from ablab.training.run import train
 from conftest import REPO, tracking_uri
 

@@ -23,7 +23,7 @@ from mlflow.entities import Run
 
 from ablab.analysis import stats
 from ablab.analysis.results import Band, StudyReport, VariantResult
-from ablab.analysis.study import Check, Expectation, Quantity, Study, load_study
+from ablab.study import Check, Expectation, Quantity, Study, load_study
 from ablab.errors import ConfigError
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

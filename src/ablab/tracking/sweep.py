@@ -194,7 +194,7 @@ def sweeper_factors(sweeper: DictConfig) -> tuple[list[str], dict[str, str]]:
     """Factors a sweeper defines beyond the command line (optuna's search space, a study's
     variant keys) and tags for the parent run (``study``, ``study_size``)."""
     if str(sweeper.get("_target_", "")).endswith("StudySweeper"):
-        from ablab.analysis.study import load_study
+        from ablab.study import load_study
 
         study = load_study(sweeper.study)
         tags = {"study": study.name, "study_size": str(sweeper.size),

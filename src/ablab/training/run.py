@@ -36,7 +36,7 @@ from ablab.data.base import dataset_targets
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params, tracked_run
-from ablab.tracking.resume import (
+from ablab.training.job import (
     JobState,
     metric_summary,
     previous_attempt,
@@ -216,7 +216,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
     1..N-1); only global rank 0 creates, fills and reports the MLflow run.
 
-    The job folder (``paths.output_dir``) remembers the run (:mod:`ablab.tracking.resume`): with
+    The job folder (``paths.output_dir``) remembers the run (:mod:`ablab.training.job`): with
     ``resume=true`` a rerun continues an unfinished run from ``last.ckpt`` and reports a finished
     one without training it again; ``resume=false`` sets the old run's files aside and starts anew.
     """

@@ -1,4 +1,4 @@
-"""ablab's study sweeper (:mod:`ablab.analysis.study`). Hydra instantiates sweepers only from
+"""ablab's study sweeper (:mod:`ablab.study`). Hydra instantiates sweepers only from
 the ``hydra_plugins`` namespace, and finds the class by the module it is defined in: hence here.
 
 ``hydra/sweeper=study hydra.sweeper.study=<name> hydra.sweeper.size=quick`` (conf/hydra/sweeper).
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 
 class StudySweeper(Sweeper):
-    """A Hydra sweeper that runs one study (:mod:`ablab.analysis.study`): every variant at every
+    """A Hydra sweeper that runs one study (:mod:`ablab.study`): every variant at every
     seed of ``size``, as one batch of jobs for whichever launcher is configured.
 
     The command line's own overrides apply to every job, after the study's (so
@@ -38,7 +38,7 @@ class StudySweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         # Imported here: Hydra imports every hydra_plugins module at start-up, and ablab.tracking
         # pulls in Lightning and torch (seconds, and Lightning's own log handler) for every command.
-        from ablab.analysis.study import load_study
+        from ablab.study import load_study
         from ablab.tracking.sweep import swept_keys
 
         if swept := swept_keys(arguments):

@@ -23,7 +23,7 @@ Declared in ``experiments/<study>/study.yaml``::
     profiles: [act_std@init, grad_norm]      # per-layer diagnostics (callbacks=diagnostics),
                                              # at the end of training or @init (step 0)
 
-A study runs as one Hydra multirun through :class:`ablab.tracking.sweep.StudySweeper`
+A study runs as one Hydra multirun through :class:`hydra_plugins.ablab_study.StudySweeper`
 (``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
 unchanged; each job is ``study=<name> variant=<variant> seed=<seed>`` plus its overrides.
 """
@@ -40,7 +40,7 @@ import yaml
 from ablab.errors import ConfigError
 
 #: ``experiments/`` at the top of the checkout (src layout).
-STUDIES_DIR = Path(__file__).resolve().parents[3] / "experiments"
+STUDIES_DIR = Path(__file__).resolve().parents[2] / "experiments"
 STUDY_FILE = "study.yaml"
 STATS = ("final", "first", "best", "steps_to", "diverged", "param")
 DIRECTIONS = ("higher", "lower", "same")
