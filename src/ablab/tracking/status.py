@@ -268,3 +268,17 @@ def set_final_status(
         if value is not None:
             client.set_tag(outcome.run_id, key, value)
     client.set_terminated(outcome.run_id, outcome.status)
+
+
+#: ``killed_by`` of a run whose process died without ending it (kill -9, OOM killer, lost node).
+PROCESS_GONE = "process_gone"
+
+
+def end_lost_run(client: MlflowClient, run_id: str) -> None:
+    """End a RUNNING run whose process is gone: KILLED, ``killed_by=process_gone``.
+
+    Only for a run known dead (its job lock is free): a later attempt of the job that resumes it
+    sets it RUNNING again and clears the tag.
+    """
+    client.set_tag(run_id, "killed_by", PROCESS_GONE)
+    client.set_terminated(run_id, "KILLED")
