@@ -15,7 +15,7 @@ from mlflow.entities import Run
 
 from ablab.data import DigitsDataModule
 from ablab.training.callbacks import NonFiniteLossError
-from ablab.training.run import train
+from ablab.training.lifecycle import train
 from conftest import run_module, tracking_uri
 
 

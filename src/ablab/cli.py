@@ -209,8 +209,8 @@ def study(argv: list[str]) -> None:
 
     import subprocess
 
-    from ablab.study import STUDIES_DIR, load_study
     from ablab.config import check_overrides
+    from ablab.study import STUDIES_DIR, load_study
 
     spec = load_study(args.name)
     task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]

@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from ablab.analysis.collect import collect, find_study_runs
-from ablab.study import load_study
 from ablab.errors import ConfigError
+from ablab.study import load_study
 from conftest import tracking_uri
 
 STUDY = """

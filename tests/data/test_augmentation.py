@@ -16,7 +16,8 @@ from timm.data import Mixup
 from ablab.cli import main as ablab
 from ablab.data import BatchAugment, DigitsDataModule, SyntheticDataModule
 from ablab.errors import ConfigError
-from ablab.training.run import as_config_error, build, train
+from ablab.training.lifecycle import train
+from ablab.training.run import as_config_error, build
 from conftest import CONF, tracking_uri
 
 PRESETS = sorted(p.stem for p in (CONF / "augmentation").glob("*.yaml"))

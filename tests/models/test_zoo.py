@@ -267,7 +267,7 @@ PIPELINE_MODELS = [
 def test_model_trains_a_short_epoch_on_digits(name, compose_cfg, shared_store) -> None:
     from mlflow import MlflowClient
 
-    from ablab.training.run import train
+    from ablab.training.lifecycle import train
 
     # Small batches, one of each: the point is that every model goes through the whole pipeline.
     overrides = [

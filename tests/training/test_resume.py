@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from ablab.config import job_key
 from ablab.errors import ConfigError
 from ablab.training.job import JOB_FILE
-from ablab.training.run import train
+from ablab.training.lifecycle import train
 from conftest import REPO, tracking_uri
 
 # A short LeNet with dropout (so the restored RNG state matters): 3 epochs of 5 steps, every step

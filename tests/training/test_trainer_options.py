@@ -12,7 +12,8 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
 from ablab.errors import ConfigError
-from ablab.training.run import RUNTIME_KEYS, build, train
+from ablab.training.lifecycle import train
+from ablab.training.run import RUNTIME_KEYS, build
 from conftest import CONF, tracking_uri
 
 FAST = [

@@ -23,8 +23,8 @@ from mlflow.entities import Run
 
 from ablab.analysis import stats
 from ablab.analysis.results import Band, StudyReport, VariantResult
-from ablab.study import Check, Expectation, Quantity, Study, load_study
 from ablab.errors import ConfigError
+from ablab.study import Check, Expectation, Quantity, Study, load_study
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 

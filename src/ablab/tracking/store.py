@@ -60,7 +60,7 @@ def _open_client(uri: str) -> None:
 
     try:
         MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
+    except Exception as err:  # any failure here means the store is unusable
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
         raise ConfigError(f"tracking store {uri} cannot be opened: {first[:300]}") from err
 

@@ -1,5 +1,5 @@
-"""Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, and the
-random-number state in every checkpoint."""
+"""Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
+random-number state in every checkpoint, and a ``last.ckpt`` that is always the last epoch."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from ablab.data.preview import batch_grid
@@ -85,3 +86,28 @@ class RngState(Callback):
         name, keys, *rest = states["numpy"]
         states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), *rest)
         _set_rng_states(states)
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every save point.
+
+    Lightning writes "last" only in a step where it also saved a top-k checkpoint, i.e. when the
+    monitored metric improved: after a plateau ``last.ckpt`` stays at the best epoch, and a job
+    killed then resumes from there, silently throwing the epochs since away. Here, whenever the
+    parent saved nothing at an epoch's save point, ``last.ckpt`` is written anyway.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def _save_last_anyway(self, trainer: pl.Trainer) -> None:
+        # skipped when the parent just saved at this step (its last.ckpt is current)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

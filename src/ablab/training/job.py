@@ -94,7 +94,7 @@ class JobLock:
 
     def __enter__(self) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -137,13 +137,14 @@ class CheckpointOwner(Callback):
     """Write the run id and config fingerprint into every checkpoint (``checkpoint["ablab_job"]``),
     so a checkpoint is only ever resumed by the run it was written for."""
 
-    def __init__(self, run_id: str | None, fingerprint: str) -> None:
-        self.run_id, self.fingerprint = run_id, fingerprint
+    def __init__(self, run: Any, fingerprint: str) -> None:
+        #: anything with a ``run_id`` (the run outcome: rank 0 knows it, other ranks learn it)
+        self.run, self.fingerprint = run, fingerprint
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[OWNER_KEY] = {"run_id": self.run_id, "fingerprint": self.fingerprint}
+        checkpoint[OWNER_KEY] = {"run_id": self.run.run_id, "fingerprint": self.fingerprint}
 
 
 def checkpoint_owner(path: Path) -> dict[str, Any] | None:
@@ -151,7 +152,7 @@ def checkpoint_owner(path: Path) -> dict[str, Any] | None:
     without one (foreign or older) or one that cannot be read."""
     try:  # memory-mapped: only the small entry is read, whatever the size of the weights
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - truncated, corrupt or not a checkpoint: not ours
+    except Exception:  # truncated, corrupt or not a checkpoint: not ours
         return None
     owner = checkpoint.get(OWNER_KEY) if isinstance(checkpoint, dict) else None
     return owner if isinstance(owner, dict) else None

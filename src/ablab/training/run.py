@@ -1,4 +1,6 @@
-"""Build every component from the composed config, then fit, test on the best checkpoint, report.
+"""The parts of a run: every component built and validated from the composed config, the config
+logged to the run, and the summary printed at its end. The run's life is
+:mod:`ablab.training.lifecycle`.
 
 All building and validation happens before the MLflow run is created, so bad input leaves no
 half-written run behind.
@@ -10,7 +12,6 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,7 +26,6 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rich.console import Console
 from torch import Tensor, nn
 
@@ -35,14 +35,7 @@ from ablab.data import ImageDataModule
 from ablab.data.base import dataset_targets
 from ablab.errors import ConfigError
 from ablab.init import initialize
-from ablab.tracking import flatten_params, tracked_run
-from ablab.training.job import (
-    JobState,
-    metric_summary,
-    previous_attempt,
-    recorded_steps,
-    set_aside,
-)
+from ablab.tracking import flatten_params
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -207,66 +200,6 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
     client.log_text(logger.run_id, yaml.safe_dump(overrides), "config/overrides.yaml")
     client.log_text(logger.run_id, " ".join(sys.argv), "config/command.txt")
     client.set_tag(logger.run_id, "hydra_output_dir", hydra_cfg.runtime.output_dir)
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test on the best checkpoint; return the test metrics (and the best validation
-    score, ``<monitor>_best``, which is what a sweeper should optimise).
-
-    Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
-    1..N-1); only global rank 0 creates, fills and reports the MLflow run.
-
-    The job folder (``paths.output_dir``) remembers the run (:mod:`ablab.training.job`): with
-    ``resume=true`` a rerun continues an unfinished run from ``last.ckpt`` and reports a finished
-    one without training it again; ``resume=false`` sets the old run's files aside and starts anew.
-    """
-    job_dir = Path(cfg.paths.output_dir)
-    uri = cfg.logger.tracking_uri
-    params = flatten_params(resolved(cfg))
-    previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
-    if previous is not None and previous.status == "FINISHED":
-        metrics = metric_summary(previous.metrics)
-        if rank_zero_only.rank == 0:
-            console = Console(soft_wrap=True)
-            console.print(
-                f"job already finished: MLflow run {previous.state.run_id} in {job_dir}; "
-                "resume=false trains a new run there",
-                highlight=False,
-                markup=False,
-            )
-        return metrics
-    run = build(cfg, run_id=previous.state.run_id if previous else None)
-    trainer = run.trainer
-    # Resume and preemption need a checkpoint folder of ablab's (callbacks.model_checkpoint).
-    dirpath = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
-    checkpoint_dir = Path(dirpath) if dirpath else None
-    last = checkpoint_dir / LAST_CHECKPOINT if checkpoint_dir else None
-    if not cfg.resume and trainer.is_global_zero and (old := JobState.load(job_dir)):
-        set_aside(job_dir, old, checkpoint_dir or job_dir / "checkpoints")
-    interval = cfg.trainer.system_metrics_interval
-    with tracked_run(
-        run.logger, trainer, system_metrics_interval=interval, checkpoint=last
-    ) as outcome:
-        if trainer.is_global_zero:  # one run per job: the other ranks only train
-            client = run.logger.experiment
-            if previous is None:
-                log_run_config(run, cfg)
-                JobState(run.logger.run_id, run.logger.experiment_id, uri).save(job_dir)
-            else:  # the run goes on: back to RUNNING, and no step is logged twice
-                client.update_run(run.logger.run_id, status="RUNNING")
-                client.set_tag(run.logger.run_id, "attempt", str(previous.attempts + 1))
-                run.logger.skip_recorded(recorded_steps(client, run.logger.run_id))
-        resume_from = str(last) if previous is not None and last and last.exists() else None
-        trainer.fit(run.task, datamodule=run.datamodule, ckpt_path=resume_from)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
-    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    checkpointing = trainer.checkpoint_callback
-    if checkpointing and checkpointing.monitor and checkpointing.best_model_score is not None:
-        metrics[f"{checkpointing.monitor}_best"] = float(checkpointing.best_model_score)
-    if trainer.is_global_zero:
-        report(metrics, run.logger, uri, outcome.status, best)
-    return metrics
 
 
 def report(
