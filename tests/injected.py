@@ -42,3 +42,30 @@ class PauseAtStep(Callback):
         deadline = time.monotonic() + self.timeout
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class PauseOnSave(Callback):
+    """Once, on the ``call``-th checkpoint dump (counted over the whole run, 1-based): create
+    ``paused`` and wait for ``release``, before that checkpoint's file is written.
+
+    Within one save point Lightning writes the top-k file first and ``last.ckpt`` second, so
+    pausing on the second dump of an epoch and killing the process leaves the state a kill during
+    a (slow, large) checkpoint save leaves: the new top-k file and the previous ``last.ckpt``.
+    """
+
+    def __init__(self, call: int, paused: str, release: str, timeout: float = 900) -> None:
+        self.call, self.paused, self.release, self.timeout = call, paused, release, timeout
+        self.calls = 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        import time
+        from pathlib import Path
+
+        self.calls += 1
+        paused, release = Path(self.paused), Path(self.release)
+        if self.calls != self.call or paused.exists():
+            return
+        paused.write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

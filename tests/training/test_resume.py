@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,18 +20,10 @@ from ablab.config import job_key
 from ablab.errors import ConfigError
 from ablab.training.job import JOB_FILE
 from ablab.training.lifecycle import train
-from conftest import REPO, tracking_uri
+from conftest import tracking_uri
+from jobs import SHORT_RUN, finish, histories, only_run, pause_at, start, wait_for
 
-# A short LeNet with dropout (so the restored RNG state matters): 3 epochs of 5 steps, every step
-# logged; last.ckpt is written at the end of each epoch.
-TRAIN = [
-    "trainer=smoke",
-    "trainer.max_epochs=3",
-    "trainer.limit_train_batches=5",
-    "model.dropout=0.5",
-    "trainer.system_metrics_interval=null",
-]
-PER_STEP = ("train/loss_step", "train/acc_step")
+TRAIN = SHORT_RUN
 # One worker runs the module, so the uninterrupted reference run is trained once.
 pytestmark = pytest.mark.xdist_group("resume")
 
@@ -51,55 +40,6 @@ def test_job_key_names_the_folder_after_the_overrides() -> None:
     assert unsafe.startswith("h") and "/" not in unsafe
     assert unsafe == job_key(["data.root=/data/cifar"]) != job_key(["data.root=/data/other"])
     assert job_key([f"x{i}=1" for i in range(40)]).startswith("h")
-
-
-def start(root: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ablab.train", *TRAIN, *overrides],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {path.name}:\n{proc.stdout.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
-        time.sleep(0.1)
-
-
-def pause_at(step: int, root: Path) -> str:
-    return (
-        "+callbacks.pause={_target_: tests.injected.PauseAtStep, "
-        f"step: {step}, paused: '{root}/paused', release: '{root}/release'}}"
-    )
-
-
-def histories(client: MlflowClient, run_id: str, keys=PER_STEP) -> dict[str, list[tuple]]:
-    return {
-        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
-    }
-
-
-def only_run(client: MlflowClient):
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], "", run_view_type=3
-    )
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return runs[0]
 
 
 @pytest.fixture(scope="module")
