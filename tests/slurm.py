@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import pytest
 
-from services import free_port
+from services import apt_install, free_port, unavailable
 
 T = TypeVar("T")
 
@@ -80,23 +80,19 @@ def ensure_slurm_installed() -> float:
     """Install Debian's ``slurm-wlm`` (which brings munge) unless ``slurmctld`` is on PATH.
 
     Returns the seconds the install took (0 when nothing was installed). The daemons must run as
-    root; without root or apt-get, or when the install fails, the calling test is skipped.
+    root; without root, or when the install fails, the calling test is ``unavailable``: skipped
+    with the reason, failed under CI.
     """
     if os.geteuid() != 0:
-        pytest.skip("a SLURM cluster needs root (slurmctld and slurmd run as SlurmUser=root)")
+        unavailable("a SLURM cluster needs root (slurmctld and slurmd run as SlurmUser=root)")
     if shutil.which("slurmctld") and shutil.which("munged"):
         return 0.0
-    if not shutil.which("apt-get"):
-        pytest.skip("slurmctld not on PATH and apt-get not available to install slurm-wlm")
     started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "slurm-wlm"]
-    proc = subprocess.run(install, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:  # usually a stale or missing package index
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not shutil.which("slurmctld"):
-        pytest.skip(f"apt-get install slurm-wlm failed: {(proc.stderr or proc.stdout)[-500:]}")
+    failure = apt_install("slurm-wlm")
+    if failure is None and not (shutil.which("slurmctld") and shutil.which("munged")):
+        failure = "apt-get install slurm-wlm put no slurmctld or munged on PATH"
+    if failure is not None:
+        unavailable(f"SLURM (slurm-wlm) not installed: {failure}")
     return time.monotonic() - started
 
 
