@@ -66,10 +66,21 @@ def require_module(name: str, hint: str) -> ModuleType:
 
 
 def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    """``apt-get ARGS`` non-interactively, waiting up to APT_LOCK_TIMEOUT_S for its locks."""
+    """``apt-get ARGS`` non-interactively, waiting up to APT_LOCK_TIMEOUT_S for apt's locks.
+
+    ``DPkg::Lock::Timeout`` makes apt-get wait for the dpkg lock, but apt 2.6's ``update`` still
+    fails at once on the package-list lock ("Could not get lock /var/lib/apt/lists/lock"), so a
+    run that failed on a lock is retried until the same time limit.
+    """
     cmd = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", *args]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+    deadline = time.monotonic() + APT_LOCK_TIMEOUT_S
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        locked = proc.returncode != 0 and "Could not get lock" in proc.stderr
+        if not locked or time.monotonic() > deadline:
+            return proc
+        time.sleep(1)
 
 
 def apt_install(*packages: str, recommends: bool = True) -> str | None:
@@ -178,7 +189,7 @@ def postgres_server() -> Iterator[Postgres]:
         _run(_as_pg_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER]))
         _run(
             _as_pg_user(
-                [*pg_ctl, "-l", str(root / "log"), "-w", "-t", "60", "-o", options, "start"]
+                [*pg_ctl, "-l", str(root / "log"), "-w", "-t", "600", "-o", options, "start"]
             )
         )
         try:
@@ -212,12 +223,13 @@ def mlflow_server(
     workdir: Path,
     *,
     allowed_hosts: str | None = None,
-    timeout: float = 120.0,
+    timeout: float = 600.0,
 ) -> Iterator[MlflowServer]:
     """``mlflow server`` on a free loopback port, proxying artifacts into ``workdir/artifacts``.
 
     Waits for ``/health`` (start-up with migrations takes 10-30 s on a shared 2-core machine) and
-    fails with the server log if it does not come up. On exit the server's process group
+    fails with the server log at once if the server exits; ``timeout`` is only a safety limit
+    against a hang, far above any start-up on a busy machine. On exit the server's process group
     (uvicorn worker included) gets SIGTERM, then SIGKILL after 20 s.
     """
     port, artifacts, log = free_port(), workdir / "artifacts", workdir / "mlflow-server.log"

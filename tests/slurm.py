@@ -106,7 +106,7 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _read_pid(path: Path, timeout: float = 10.0) -> int:
+def _read_pid(path: Path, timeout: float = 120.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = path.read_text().strip() if path.exists() else ""
@@ -173,8 +173,11 @@ class SlurmCluster:
         self.conf.write_text(text)
         return text
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the daemons and wait until the node is idle; on failure stop what was started."""
+    def start(self, timeout: float = 600.0) -> None:
+        """Start the daemons and wait until the node is idle; on failure stop what was started.
+
+        ``timeout`` is a safety limit against a hang: the wait ends as soon as the node is idle.
+        """
         started = time.monotonic()
         try:
             self.write_conf()
@@ -195,7 +198,7 @@ class SlurmCluster:
                 if jobs := self.job_ids():
                     self.run(["scancel", *jobs], check=False)
                     # KillWait=5: the jobs' steps get SIGTERM, then SIGKILL 5 s later.
-                    self.wait_for(lambda: not self.job_ids(), 30, "jobs to be cancelled")
+                    self.wait_for(lambda: not self.job_ids(), 120, "jobs to be cancelled")
         errors = []
         for name, pid in reversed(self.started_pids):
             try:
@@ -296,7 +299,7 @@ class SlurmCluster:
                 )
             time.sleep(0.25)
 
-    def wait_job(self, job_id: str, timeout: float = 60.0) -> dict[str, str]:
+    def wait_job(self, job_id: str, timeout: float = 600.0) -> dict[str, str]:
         """Wait until the job has ended (any final state); return its ``scontrol`` record."""
         final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                  "PREEMPTED", "BOOT_FAIL", "DEADLINE"}  # fmt: skip
