@@ -1,8 +1,9 @@
 """A real headless Chromium for tests: Debian's ``chromium`` driven by Playwright.
 
 Playwright's own browser download is not reachable here, so it launches the system binary
-(``executable_path``); Debian's package is installed when it is missing (root and apt-get
-needed, else the test is skipped with the reason). Recipe: "Headless Chromium" in
+(``executable_path``); Debian's package is installed when it is missing. Without Chromium or
+Playwright the test is ``unavailable`` (tests/services.py): skipped with the reason, failed
+under CI. Recipe: "Headless Chromium" in
 /work/shared/RECIPES.md. Import the fixtures into a test module (``from browser import
 chromium, chromium_path``) for pytest to find them there.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from services import apt_install, require_module, unavailable
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -39,24 +41,22 @@ def find_chromium() -> str | None:
 def chromium_path() -> str:
     """Path of a Chromium executable; installs Debian's ``chromium`` when there is none."""
     found = find_chromium()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "chromium"]
-        # A stale package index is the usual reason the first install fails.
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True)
-        found = find_chromium()
     if found is None:
-        pytest.skip("Chromium not found and not installable (apt-get install chromium failed)")
+        failure = apt_install("chromium")
+        found = find_chromium()
+        if found is None:
+            unavailable(
+                "Chromium not found and not installed: "
+                + (failure or "apt-get install chromium put no chromium on PATH")
+            )
     return found
 
 
 @pytest.fixture(scope="session")
 def chromium(chromium_path: str) -> Iterator[Browser]:
     """A Playwright ``Browser`` on the system Chromium for the session, closed in teardown."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+    sync_api = require_module(
+        "playwright.sync_api", "Playwright is not installed (pip install playwright)"
     )
     playwright = sync_api.sync_playwright().start()
     try:

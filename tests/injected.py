@@ -1,8 +1,25 @@
-"""Failures injected into real runs, to test what tracking records when training breaks."""
+"""Failures injected into real runs, to test what tracking records when training breaks.
+
+The callbacks are loaded by the training process (``+callbacks.x={_target_: tests.injected...}``);
+``pause_at`` and ``wait_paused`` are their test side: a test waits for the run to reach a known
+step (an event, not a guess at how long training takes), acts on it, then lets it go on.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pytorch_lightning.callbacks import Callback
+
+if TYPE_CHECKING:
+    import subprocess
+
+#: Seconds a wait on an event may take before it counts as a hang. Only a safety limit: the
+#: waits return as soon as the event happens, and a busy 2-core machine must never reach it.
+SAFETY_TIMEOUT_S = 600.0
 
 
 class RaiseAtStep(Callback):
@@ -20,27 +37,32 @@ class PauseAtStep(Callback):
     """Once, at global step ``step``: create ``paused``, then wait until ``release`` exists.
 
     The test acts on the paused run (kill -9, SIGTERM, ``scontrol requeue``) at a known step;
-    a rerun of the same command finds ``paused`` and does not pause again.
+    a rerun of the same command finds ``paused`` and does not pause again. A ``release`` that
+    never comes (the test died) fails the run after ``timeout`` seconds rather than hanging.
     """
 
-    def __init__(self, step: int, paused: str, release: str, timeout: float = 300) -> None:
+    def __init__(
+        self, step: int, paused: str, release: str, timeout: float = SAFETY_TIMEOUT_S
+    ) -> None:
         self.step, self.paused, self.release, self.timeout = step, paused, release, timeout
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        import time
-        from pathlib import Path
-
         paused, release = Path(self.paused), Path(self.release)
         if trainer.global_step != self.step or paused.exists():
             return
-        import os
-
         # the SLURM job that paused, for scontrol requeue: an array task as <array>_<task>
         # (task 0's SLURM_JOB_ID is the array's own id, which would requeue every task)
         array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        paused.write_text(f"{array}_{task}" if array else os.environ.get("SLURM_JOB_ID", ""))
+        job = f"{array}_{task}" if array else os.environ.get("SLURM_JOB_ID", "")
+        staged = paused.with_name(f".{paused.name}.{os.getpid()}")
+        staged.write_text(job)
+        staged.rename(paused)  # whole when it appears: the test reads it at once
         deadline = time.monotonic() + self.timeout
-        while not release.exists() and time.monotonic() < deadline:
+        while not release.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"paused at step {self.step}: no {release} after {self.timeout:.0f} s"
+                )
             time.sleep(0.05)
 
 
@@ -53,14 +75,13 @@ class PauseOnSave(Callback):
     a (slow, large) checkpoint save leaves: the new top-k file and the previous ``last.ckpt``.
     """
 
-    def __init__(self, call: int, paused: str, release: str, timeout: float = 900) -> None:
+    def __init__(
+        self, call: int, paused: str, release: str, timeout: float = SAFETY_TIMEOUT_S
+    ) -> None:
         self.call, self.paused, self.release, self.timeout = call, paused, release, timeout
         self.calls = 0
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        import time
-        from pathlib import Path
-
         self.calls += 1
         paused, release = Path(self.paused), Path(self.release)
         if self.calls != self.call or paused.exists():
@@ -69,3 +90,35 @@ class PauseOnSave(Callback):
         deadline = time.monotonic() + self.timeout
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def pause_at(step: int, folder: Path) -> str:
+    """The override that pauses a run at ``step``, with ``paused``/``release`` in ``folder``."""
+    return (
+        "+callbacks.pause={_target_: tests.injected.PauseAtStep, "
+        f"step: {step}, paused: '{folder}/paused', release: '{folder}/release'}}"
+    )
+
+
+def wait_paused(
+    folder: Path, proc: subprocess.Popen, log: Path | None = None, timeout: float = SAFETY_TIMEOUT_S
+) -> str:
+    """Wait until the run ``proc`` has paused (``folder/paused`` exists); return that file's text.
+
+    Fails at once if ``proc`` ends first (with the tail of ``log``, its output, when given), and
+    after the safety ``timeout`` if neither happens.
+    """
+    paused = folder / "paused"
+    deadline = time.monotonic() + timeout
+    while not paused.exists():
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"the run exited {proc.returncode} before pausing:\n{tail}")
+        assert time.monotonic() < deadline, f"the run did not pause within {timeout:.0f} s"
+        time.sleep(0.1)
+    return paused.read_text()
+
+
+def release(folder: Path) -> None:
+    """Let the run paused by ``pause_at(step, folder)`` go on."""
+    (folder / "release").touch()

@@ -3,10 +3,16 @@
 Each context manager starts what it needs in its own temporary directory and stops exactly what
 it started: PostgreSQL through ``pg_ctl`` (its own pid file), the MLflow server by its process
 group, never by process name. Recipe: PostgreSQL 15 in /work/shared/RECIPES.md.
+
+It also holds the rule for every service the tests install (here, tests/slurm.py,
+tests/browser.py): ``apt_install`` waits for the dpkg lock rather than failing on it, and
+``unavailable`` skips a test whose service cannot be had, except under CI (``CI=true``), where
+that fails the test: a CI run that skipped its SLURM or server tests would pass without them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -21,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -28,6 +36,72 @@ import pytest
 DEBIAN_PG_BINARIES = "/usr/lib/postgresql/*/bin"
 #: The OS account that owns the cluster: initdb and postgres refuse to run as root.
 PG_USER = "postgres"
+#: Seconds apt-get waits for the dpkg (and package list) lock that another apt or dpkg holds,
+#: instead of failing at once (its default): an install beside another one is not "unavailable".
+APT_LOCK_TIMEOUT_S = 600
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: ``CI=true`` (as GitHub Actions, GitLab CI and others set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Stop the calling test because a service it needs cannot be installed or started.
+
+    Outside CI the test is skipped with ``reason``; under CI (``CI=true``) it fails with it, so
+    a missing service can never turn a CI run green without its tests.
+    """
+    if in_ci():
+        pytest.fail(f"service unavailable under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, hint: str) -> ModuleType:
+    """``import name``, or ``unavailable`` with ``hint`` (``importorskip`` that fails under CI)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        unavailable(f"{hint} ({err})")
+
+
+def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+    """``apt-get ARGS`` non-interactively, waiting up to APT_LOCK_TIMEOUT_S for apt's locks.
+
+    ``DPkg::Lock::Timeout`` makes apt-get wait for the dpkg lock, but apt 2.6's ``update`` still
+    fails at once on the package-list lock ("Could not get lock /var/lib/apt/lists/lock"), so a
+    run that failed on a lock is retried until the same time limit.
+    """
+    cmd = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", *args]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    deadline = time.monotonic() + APT_LOCK_TIMEOUT_S
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        locked = proc.returncode != 0 and "Could not get lock" in proc.stderr
+        if not locked or time.monotonic() > deadline:
+            return proc
+        time.sleep(1)
+
+
+def apt_install(*packages: str, recommends: bool = True) -> str | None:
+    """Install Debian ``packages``; None when done, else why not (for ``unavailable``).
+
+    Needs root and apt-get. A failed first install is retried once after ``apt-get update``
+    (a stale or missing package index is the usual reason).
+    """
+    if os.geteuid() != 0:
+        return f"installing {' '.join(packages)} needs root"
+    if not shutil.which("apt-get"):
+        return f"apt-get is not available to install {' '.join(packages)}"
+    install = ["install", "-y", *([] if recommends else ["--no-install-recommends"]), *packages]
+    proc = apt_get(*install)
+    if proc.returncode != 0:
+        update = apt_get("update")
+        proc = apt_get(*install) if update.returncode == 0 else update
+    if proc.returncode != 0:
+        output = (proc.stderr or proc.stdout).strip()[-800:]
+        return f"{' '.join(proc.args)} exited {proc.returncode}: {output}"
+    return None
 
 
 def free_port() -> int:
@@ -40,20 +114,19 @@ def free_port() -> int:
 def postgres_bin_dir() -> Path:
     """The directory holding ``initdb`` and ``pg_ctl``; installs Debian's package if neither has it.
 
-    PATH first, then Debian's versioned directory. The install needs root and apt-get; anywhere
-    else the calling test is skipped with the reason.
+    PATH first, then Debian's versioned directory. When it cannot be installed the calling test
+    is ``unavailable`` (skipped; failed under CI) with the reason.
     """
     found = _find_postgres()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
-        # A stale package index is the usual reason the first install fails.
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-            subprocess.run(install, env=env, capture_output=True, check=True)
-        found = _find_postgres()
     if found is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found and not installable")
+        failure = apt_install("postgresql", recommends=False)
+        found = _find_postgres()
+        if found is None:
+            unavailable(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found and not installed: "
+                + (failure or "apt-get install postgresql put none on PATH or in "
+                   + DEBIAN_PG_BINARIES)
+            )  # fmt: skip
     return found
 
 
@@ -116,7 +189,7 @@ def postgres_server() -> Iterator[Postgres]:
         _run(_as_pg_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", PG_USER]))
         _run(
             _as_pg_user(
-                [*pg_ctl, "-l", str(root / "log"), "-w", "-t", "60", "-o", options, "start"]
+                [*pg_ctl, "-l", str(root / "log"), "-w", "-t", "600", "-o", options, "start"]
             )
         )
         try:
@@ -150,12 +223,13 @@ def mlflow_server(
     workdir: Path,
     *,
     allowed_hosts: str | None = None,
-    timeout: float = 120.0,
+    timeout: float = 600.0,
 ) -> Iterator[MlflowServer]:
     """``mlflow server`` on a free loopback port, proxying artifacts into ``workdir/artifacts``.
 
     Waits for ``/health`` (start-up with migrations takes 10-30 s on a shared 2-core machine) and
-    fails with the server log if it does not come up. On exit the server's process group
+    fails with the server log at once if the server exits; ``timeout`` is only a safety limit
+    against a hang, far above any start-up on a busy machine. On exit the server's process group
     (uvicorn worker included) gets SIGTERM, then SIGKILL after 20 s.
     """
     port, artifacts, log = free_port(), workdir / "artifacts", workdir / "mlflow-server.log"

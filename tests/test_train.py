@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ from mlflow.entities import Run
 from ablab.data import DigitsDataModule
 from ablab.training.callbacks import NonFiniteLossError
 from ablab.training.lifecycle import train
-from conftest import run_module, tracking_uri
+from conftest import REPO, run_module, tracking_uri
+from injected import SAFETY_TIMEOUT_S, pause_at, release, wait_paused
 
 
 def only_run(root: Path) -> Run:
@@ -152,37 +153,40 @@ def test_nonfinite_loss_stops_the_run(compose_cfg, root) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_killed_run_ends_killed_and_keeps_what_was_logged(sig, root) -> None:
-    cmd = [sys.executable, "-m", "ablab.train", "trainer.max_epochs=1000", "scheduler=none"]
-    env = {"ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    client = MlflowClient(tracking_uri(root))
-    deadline = time.monotonic() + 120
+    # 5 steps an epoch: step 10 starts the third epoch, so two have been validated and
+    # checkpointed when the run pauses there and gets the signal.
+    cmd = [sys.executable, "-m", "ablab.train", "trainer=smoke", "trainer.max_epochs=1000",
+           "trainer.limit_train_batches=5", "scheduler=none", pause_at(10, root)]  # fmt: skip
+    env = {
+        "ABLAB_ROOT": str(root),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    log = root / "train.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        while time.monotonic() < deadline:  # wait for two finished epochs to be logged
-            time.sleep(1)
-            if (root / "mlflow.db").exists():
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-                if runs and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2:
-                    break
-        else:
-            pytest.fail("training never logged two epochs")
+        wait_paused(root, proc, log)
         proc.send_signal(sig)
-        proc.wait(timeout=60)
+        release(root)  # SIGINT has already stopped it; SIGTERM stops at the end of this step
+        proc.wait(timeout=SAFETY_TIMEOUT_S)
     finally:
         proc.kill()
     run = only_run(root)
+    client = MlflowClient(tracking_uri(root))
     assert proc.returncode != 0
-    assert run.info.status == "KILLED", run.data.tags
+    assert run.info.status == "KILLED", (run.data.tags, log.read_text()[-3000:])
     assert run.data.tags["killed_by"] == sig.name
-    assert len(client.get_metric_history(run.info.run_id, "val/acc")) >= 2
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
     assert any(p.endswith(".ckpt") for p in artifact_paths(client, run.info.run_id))
 
 
 @pytest.mark.slow
 def test_multirun_sweep_tracks_one_run_per_job(root) -> None:
-    proc = run_module(["ablab.train", "-m", "trainer=smoke", "seed=0,1"], root, timeout=300)
+    args = ["ablab.train", "-m", "trainer=smoke", "seed=0,1"]
+    proc = run_module(args, root, timeout=SAFETY_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri(root))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -27,6 +27,7 @@ from mlflow.server.security_utils import is_allowed_host_header
 
 from ablab.tracking import flatten_params, mlflow_logger, tracked_run
 from conftest import CONF, REPO, run_module
+from injected import SAFETY_TIMEOUT_S
 from services import MlflowServer, mlflow_server, postgres_server
 
 COMPOSE = REPO / "docker" / "compose.yaml"
@@ -164,7 +165,7 @@ def train_on(server: MlflowServer, root: Path, *overrides: str):
     """A smoke training in a subprocess, tracked on ``server``."""
     root.mkdir(parents=True, exist_ok=True)
     args = ["ablab.train", "trainer=smoke", f"logger.tracking_uri={server.url}", *overrides]
-    proc = run_module(args, root, timeout=240)
+    proc = run_module(args, root, timeout=SAFETY_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -278,7 +279,7 @@ def wait_for_each_other(method):
         in_job = threading.current_thread().name.startswith("job")
         if in_job and not getattr(first_done, "value", False):
             first_done.value = True
-            barrier.wait(timeout=30)
+            barrier.wait(timeout=SAFETY_TIMEOUT_S)
         return found
 
     return wrapped

@@ -28,6 +28,7 @@ from ablab.training.benchmark import (
     timing_batch,
 )
 from conftest import run_module, tracking_uri
+from injected import SAFETY_TIMEOUT_S
 
 TINY_REPVGG = ["model=repvgg_small", "model.depths=[1,1,2]", "model.widths=[8,8,16]"]
 BENCH_KEYS = {
@@ -240,7 +241,7 @@ def test_training_run_logs_benchmark_to_mlflow(root: Path) -> None:
         "callbacks=benchmark",
         "callbacks.benchmark.min_run_time=0.1",
     ]
-    proc = run_module(args, root, timeout=300)
+    proc = run_module(args, root, timeout=SAFETY_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri(root))
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

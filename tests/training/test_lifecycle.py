@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from ablab.training.job import JOB_FILE, OWNER_KEY, process_gone
 from ablab.training.lifecycle import train
 from conftest import run_module, tracking_uri
-from jobs import SHORT_RUN, finish, kill_9, pause_at, start, wait_for
+from jobs import SHORT_RUN, finish, kill_9, pause_at, start, wait_for_pause
 
 # Smaller than SHORT_RUN: one epoch of a few steps, nothing the lifecycle does not need.
 ONE_EPOCH = [*SHORT_RUN, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
@@ -63,7 +63,7 @@ def test_a_stale_folder_never_takes_over_a_new_run(root: Path) -> None:
     # B: another learning rate, paused in its first epoch (before any checkpoint of its own)
     b_args = (here, "optimizer.lr=0.003", "trainer.max_epochs=2", "trainer.limit_train_batches=3")
     proc = start(root, *b_args, pause_at(1, root))
-    wait_for(root / "paused", proc)
+    wait_for_pause(root, proc)
     # A's checkpoints were set aside before B built anything on them; the folder is B's
     assert set(owners(folder / "previous" / run_a / "checkpoints").values()) == {run_a}
     assert not list((folder / "checkpoints").glob("*.ckpt"))
@@ -100,7 +100,7 @@ def test_kills_during_checkpoint_saves_leave_no_partial_files_or_copies(root: Pa
         f"paused: '{root}/paused', release: '{root}/release'}}"
     )
     proc = start(root, *keep_all, pause)
-    wait_for(root / "paused", proc)
+    wait_for_pause(root, proc)
     kill_9(proc)
     (folder,) = (root / "outputs" / "runs").glob("*/checkpoints")
     assert sorted(p.name for p in folder.glob("*.ckpt")) == [

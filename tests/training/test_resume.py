@@ -21,7 +21,7 @@ from ablab.errors import ConfigError
 from ablab.training.job import JOB_FILE
 from ablab.training.lifecycle import train
 from conftest import tracking_uri
-from jobs import SHORT_RUN, finish, histories, only_run, pause_at, start, wait_for
+from jobs import SHORT_RUN, finish, histories, only_run, pause_at, start, wait_for_pause
 
 TRAIN = SHORT_RUN
 # One worker runs the module, so the uninterrupted reference run is trained once.
@@ -57,7 +57,7 @@ def test_kill_9_then_rerun_continues_the_same_run(root: Path, uninterrupted) -> 
     # step 7 is in epoch 2: last.ckpt is from step 5, steps 5-6 are logged and then replayed
     pause = pause_at(7, root)
     proc = start(root, pause)
-    wait_for(root / "paused", proc)
+    wait_for_pause(root, proc)
     os.kill(proc.pid, signal.SIGKILL)
     assert finish(proc)[0] == -signal.SIGKILL
     client = MlflowClient(tracking_uri(root))
@@ -87,7 +87,7 @@ def test_sigterm_saves_last_ckpt_and_ends_killed_preempted(root: Path, uninterru
     # step 7 is mid-epoch 2: the checkpoint is the one SIGTERM writes, not the epoch-end one
     pause = pause_at(7, root)
     proc = start(root, pause)
-    wait_for(root / "paused", proc)
+    wait_for_pause(root, proc)
     proc.send_signal(signal.SIGTERM)
     (root / "release").touch()  # the step finishes, then training stops at the batch boundary
     code, out = finish(proc)

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, tracking_uri
+from injected import SAFETY_TIMEOUT_S, pause_at, release
 from slurm import SlurmCluster, slurm_cluster
 
 __all__ = ["slurm_cluster"]  # the fixture, imported so pytest finds it here
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slur
 def test_cluster_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "hello.txt"
     job = slurm_cluster.sbatch(f"--output={tmp_path}/%j.out", f"--wrap=echo $SLURM_JOB_ID > {out}")
-    state = slurm_cluster.wait_job(job, timeout=60)
+    state = slurm_cluster.wait_job(job, timeout=SAFETY_TIMEOUT_S)
     assert state["JobState"] == "COMPLETED", state
     assert out.read_text().strip() == job
 
@@ -32,16 +33,19 @@ def test_cluster_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None
 def test_requeue_reruns_the_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     record = tmp_path / "restarts.txt"
     script = tmp_path / "job.sh"
-    # The first attempt sleeps until it is requeued; the rerun records its count and ends.
+    # The first attempt sleeps until it is requeued (far longer than any wait for that); the
+    # rerun records its count and ends.
     script.write_text(
         "#!/bin/bash\n"
         f'echo "${{SLURM_RESTART_COUNT:-0}}" >> {record}\n'
-        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 120; fi\n'
+        f'if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then sleep {2 * SAFETY_TIMEOUT_S:.0f}; fi\n'
     )
     job = slurm_cluster.sbatch(f"--output={tmp_path}/%j.out", "--requeue", str(script))
-    slurm_cluster.wait_for(lambda: record.exists() and record.read_text(), 60, "the job to start")
+    slurm_cluster.wait_for(
+        lambda: record.exists() and record.read_text(), SAFETY_TIMEOUT_S, "the job to start"
+    )
     slurm_cluster.requeue(job)
-    state = slurm_cluster.wait_job(job, timeout=90)
+    state = slurm_cluster.wait_job(job, timeout=SAFETY_TIMEOUT_S)
     assert state["JobState"] == "COMPLETED", state
     assert state["Restarts"] == "1"
     assert record.read_text().split() == ["0", "1"]
@@ -52,10 +56,7 @@ def test_submitit_sweep_with_a_requeued_job_resumes_it_in_its_run(
 ) -> None:
     """A 2-job sweep as a SLURM array; one job is requeued mid-training (SIGTERM, as a cluster
     reclaiming the node would), saves last.ckpt, and its rerun finishes in the same MLflow run."""
-    pause = (
-        "+callbacks.pause={_target_: tests.injected.PauseAtStep, step: 7, "
-        f"paused: '{tmp_path}/paused', release: '{tmp_path}/release'}}"
-    )
+    pause = pause_at(7, tmp_path)
     args = [
         "ablab.train",
         "-m",
@@ -83,15 +84,18 @@ def test_submitit_sweep_with_a_requeued_job_resumes_it_in_its_run(
         [sys.executable, "-m", *args], cwd=tmp_path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    paused = tmp_path / "paused"
+
+    def job_paused() -> str:
+        if sweep.poll() is not None:  # the sweep ended without a job pausing: fail now
+            raise AssertionError(f"sweep exited {sweep.returncode}:\n{sweep.stderr.read()[-3000:]}")
+        return paused.exists() and paused.read_text()
+
     try:
-        paused = tmp_path / "paused"
-        slurm_cluster.wait_for(
-            lambda: paused.exists() and paused.read_text(), 300, "a job to pause"
-        )
-        job = paused.read_text()
+        job = slurm_cluster.wait_for(job_paused, SAFETY_TIMEOUT_S, "a job to pause")
         slurm_cluster.requeue(job)  # SIGTERM now, then SIGKILL after KillWait (5 s)
-        (tmp_path / "release").touch()  # the paused step ends; training stops after it
-        _, stderr = sweep.communicate(timeout=600)
+        release(tmp_path)  # the paused step ends; training stops after it
+        _, stderr = sweep.communicate(timeout=SAFETY_TIMEOUT_S)
     finally:
         if sweep.poll() is None:
             sweep.kill()
