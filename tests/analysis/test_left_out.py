@@ -209,3 +209,60 @@ def test_a_study_where_every_run_finished_leaves_nothing_out(root: Path) -> None
     report = study.report()
     assert report.left_out == [] and left_out_line(report) is None
     assert report.verdicts[0].seeds_left_out == [] and report.verdicts[0].outcome == "holds"
+
+
+#: A job's process as far as the report can tell: it holds its job lock (``JobLock``, as a
+#: training job does) and owns a RUNNING child run, until ``kill -9``.
+JOB = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from ablab.training.job import JobLock
+
+uri, experiment, parent, job_dir = sys.argv[1:]
+with JobLock(Path(job_dir)):
+    client = MlflowClient(uri)
+    run = client.create_run(
+        experiment, tags={"mlflow.parentRunId": parent, "hydra_output_dir": job_dir}
+    ).info.run_id
+    client.log_param(run, "variant", "better")
+    client.log_param(run, "seed", "3")
+    client.log_metric(run, "val/acc", 0.1, step=10)
+    print(run, flush=True)
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_is_reported_killed_and_left_out(root: Path) -> None:
+    """Real processes: a job dies by ``kill -9`` (the kernel frees its lock), then
+    ``ablab report`` ends its run KILLED and names it in RESULTS.md."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import run_module
+
+    study = Study(root)
+    study.full(skip={("better", 3)})
+    job_dir = root / "jobs" / "better-3"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    args = [tracking_uri(root), study.experiment, study.parent, str(job_dir)]
+    with subprocess.Popen(
+        [sys.executable, "-c", JOB, *args], stdout=subprocess.PIPE, text=True, env=env
+    ) as job:
+        killed = job.stdout.readline().strip()  # the run exists and the lock is held
+        assert len(killed) == 32, "the job did not start"
+        os.kill(job.pid, signal.SIGKILL)
+        job.wait()
+    assert study.client.get_run(killed).info.status == "RUNNING"  # nobody said it died
+    proc = run_module(
+        ["ablab.cli", "report", study.parent, "--out", str(root / "out"), "--no-log"], root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = study.client.get_run(killed)
+    assert run.info.status == "KILLED" and run.data.tags["killed_by"] == "process_gone"
+    markdown = (root / "out" / "RESULTS.md").read_text()
+    assert f"| better | 3 | {killed} | KILLED | killed (process gone) | — |" in markdown
+    assert "rests on 3 of 4 seeds: seed 3 left out" in markdown
