@@ -177,11 +177,13 @@ def report(argv: list[str]) -> None:
     from mlflow import MlflowClient
 
     from ablab.analysis.collect import collect, find_study_runs, publish
-    from ablab.analysis.render import write_report
+    from ablab.analysis.render import left_out_line, write_report
     from ablab.config import composed
+    from ablab.tracking.store import ensure_store
 
     with composed(args.overrides) as cfg:
         uri = str(cfg.logger.tracking_uri)
+    ensure_store(uri)  # a new local store is created once, under its lock
     client = MlflowClient(uri)
     runs = find_study_runs(client, args.study)
     result = collect(client, runs)
@@ -191,6 +193,8 @@ def report(argv: list[str]) -> None:
     for verdict in result.verdicts:
         print(f"{verdict.variant}: {verdict.quantity} {verdict.expected}? {verdict.outcome} "
               f"({verdict.reason})")  # fmt: skip
+    if (line := left_out_line(result)) is not None:
+        print(line)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -2,7 +2,12 @@
 
 The study's parent run (the sweep) is found by id or as the latest parent tagged
 ``study=<name>``; its children are grouped by their ``variant`` param and paired across variants
-by their ``seed`` param. Each run gives one number per quantity (final or best value of a
+by their ``seed`` param. Only a run that ended gives values: FINISHED, or FAILED by the
+non-finite loss guard (a diverged run is an outcome the study counts). Every other child —
+still running, killed, failed otherwise — is left out and listed with the reason, and so is a
+variant and seed of the study with no run at all; a RUNNING child whose process is gone (its job
+folder's ``job.lock`` is free) is first ended KILLED, ``killed_by=process_gone``, so the store
+says what happened to it. Each run gives one number per quantity (final or best value of a
 metric, or the first step at which it reaches a threshold); each variant is compared with the
 baseline seed by seed, Holm-corrected across the claims the study states, and each claim gets a
 verdict (:mod:`ablab.analysis.stats` holds the rules).
@@ -22,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from ablab.analysis import stats
-from ablab.analysis.results import Band, StudyReport, VariantResult
+from ablab.analysis.results import Band, LeftOut, StudyReport, VariantResult, Verdict
 from ablab.errors import ConfigError
 from ablab.study import Check, Expectation, Quantity, Study, load_study
 
@@ -31,7 +36,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass
 class StudyRuns:
-    """A study's parent run and its finished-or-not children."""
+    """A study's parent run and its finished-or-not children (:func:`left_out_reason`)."""
 
     study: Study
     parent: Run
@@ -40,7 +45,8 @@ class StudyRuns:
 
 def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
     """The parent run ``study_or_run`` (a run id) or the latest parent of study ``study_or_run``,
-    with its children. Raises ConfigError when there is none."""
+    with its children, those whose process is gone ended first (:func:`end_lost_runs`).
+    Raises ConfigError when there is none."""
     if RUN_ID.match(study_or_run):
         parent = client.get_run(study_or_run)
         if "study" not in parent.data.tags:
@@ -66,7 +72,52 @@ def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    return StudyRuns(load_study(source), parent, children)
+    return StudyRuns(load_study(source), parent, end_lost_runs(client, children))
+
+
+def end_lost_runs(client: MlflowClient, children: list[Run]) -> list[Run]:
+    """``children``, each RUNNING one whose process is gone ended KILLED with
+    ``killed_by=process_gone`` (:func:`ablab.tracking.status.end_lost_run`) and read back.
+
+    A child's job folder is its ``hydra_output_dir`` tag; its process is gone when the folder's
+    ``job.lock`` exists and nobody holds it. A child whose lock is held, or that has no lock to
+    ask (another machine's folder, a run from before job locks), is left RUNNING. This is the
+    truth about the run, not about the report: it is written also for a report not logged.
+    """
+    if not any(r.info.status == "RUNNING" for r in children):
+        return children
+    # Imported here: the job module brings torch and Lightning, which a report of finished
+    # runs never needs.
+    from ablab.tracking.status import end_lost_run
+    from ablab.training.job import process_gone
+
+    ended = []
+    for run in children:
+        job_dir = run.data.tags.get("hydra_output_dir")
+        if run.info.status == "RUNNING" and job_dir and process_gone(job_dir):
+            end_lost_run(client, run.info.run_id)
+            run = client.get_run(run.info.run_id)
+        ended.append(run)
+    return ended
+
+
+def left_out_reason(run: Run) -> str | None:
+    """Why ``run`` gives no values to the report, or None when it does: it FINISHED, or the
+    non-finite loss guard stopped it (FAILED, ``failure=nonfinite_loss``: diverged)."""
+    status, tags = run.info.status, run.data.tags
+    if status == "FINISHED" or (status == "FAILED" and tags.get("failure") == "nonfinite_loss"):
+        return None
+    if status == "RUNNING":  # alive, or nothing tells it is not (end_lost_runs ended the dead)
+        return "still running"
+    if status == "KILLED":  # killed_by: SIGTERM, SIGUSR2, SIGINT, process_gone
+        by = tags.get("killed_by", "").replace("_", " ")
+        if "preempted" in tags:  # stopped after saving last.ckpt: the job's rerun continues it
+            by += ", preempted: rerun the job to continue it"
+        return f"killed ({by})" if by else "killed"
+    if status == "FAILED":
+        why = ": ".join(t for t in (tags.get("failure"), tags.get("error", "")[:120]) if t)
+        return f"failed ({why})" if why else "failed"
+    return status.lower()  # SCHEDULED: created, never started
 
 
 def quantity_value(
@@ -149,13 +200,15 @@ def last_step(client: MlflowClient, runs: Iterable[Run], metric: str) -> int | N
 
 def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     """The report of one study run (see the module docstring)."""
-    study, by_variant = runs.study, group_by_variant(runs.children)
-    unknown = set(by_variant) - set(study.variants)
+    study, (by_variant, left_out) = runs.study, choose_runs(runs.children)
+    unknown = (set(by_variant) | {e.variant for e in left_out}) - set(study.variants)
     if unknown:
         raise ConfigError(
             f"runs of variants {sorted(unknown)} are not in {study.folder}/study.yaml; "
             f"valid: {', '.join(study.variants)}"
         )
+    declared = declared_seeds(study, runs)
+    left_out += never_started(study, declared, by_variant, left_out)
     everything = [run for seeded in by_variant.values() for run in seeded.values()]
     horizons = {
         q.metric: last_step(client, everything, q.metric)
@@ -214,14 +267,20 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     adjusted = {(c.variant, c.quantity, c.against): c for c in family}
     comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     verdicts = [
-        replace(
-            stats.verdict(
-                study.claim,
-                adjusted[key(e.variant, e.quantity, e.against)],
-                e.direction,
-                margin=e.margin,
+        lost_seeds(
+            replace(
+                stats.verdict(
+                    study.claim,
+                    adjusted[key(e.variant, e.quantity, e.against)],
+                    e.direction,
+                    margin=e.margin,
+                ),
+                against=key(e.variant, e.quantity, e.against)[2],
             ),
-            against=key(e.variant, e.quantity, e.against)[2],
+            {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
+            left_out,
+            len(adjusted[key(e.variant, e.quantity, e.against)].seeds),
+            len(declared),
         )
         for e in study.expect
     ]
@@ -262,7 +321,54 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         parent_run_id=parent.info.run_id,
         tracking_uri=str(client.tracking_uri),
         tables={CHECKS_TITLE: check_rows(study.checks)} if study.checks else {},
+        left_out=sorted(left_out, key=lambda e: (_rank(study, e.variant), e.seed, e.run_id)),
     )
+
+
+def _rank(study: Study, variant: str) -> int:
+    names = list(study.variants)
+    return names.index(variant) if variant in names else len(names)
+
+
+def declared_seeds(study: Study, runs: StudyRuns) -> list[int]:
+    """The seeds the sweep was to run: those of the size its parent records (``study_size``),
+    else every seed any child has."""
+    size = runs.parent.data.tags.get("study_size")
+    if size in study.sizes:
+        return study.seeds_for(size)
+    return sorted({s for r in runs.children if (s := run_seed(r)) is not None})
+
+
+def never_started(
+    study: Study,
+    declared: list[int],
+    by_variant: dict[str, dict[int, Run]],
+    left_out: list[LeftOut],
+) -> list[LeftOut]:
+    """A :class:`LeftOut` for every variant and declared seed without any run (a sweep
+    stopped before it launched the job, or a job that died before its run existed)."""
+    tried = {(e.variant, e.seed) for e in left_out}
+    return [
+        LeftOut(name, seed, "", "", "no run (never started)")
+        for name in study.variants
+        for seed in declared
+        if seed not in by_variant.get(name, {}) and (name, seed) not in tried
+    ]
+
+
+def lost_seeds(
+    verdict: Verdict, sides: set[str], left_out: list[LeftOut], paired: int, declared: int
+) -> Verdict:
+    """``verdict`` noting the seeds it lacks because runs of ``sides`` (the variants compared)
+    were left out, in ``seeds_left_out`` and at the end of its reason."""
+    lost = sorted({e.seed for e in left_out if e.variant in sides and not e.used_instead})
+    if not lost:
+        return verdict
+    note = (
+        f"rests on {paired} of {declared} seeds: seed{'s' * (len(lost) > 1)} "
+        f"{', '.join(map(str, lost))} left out (unfinished runs)"
+    )
+    return replace(verdict, seeds_left_out=lost, reason=f"{verdict.reason.rstrip('.')}; {note}.")
 
 
 CHECKS_TITLE = "The notes' worked numbers, re-measured by tracing"
@@ -346,16 +452,44 @@ def run_layers(client: MlflowClient, run_id: str) -> dict | None:
         return json.load(f)
 
 
-def group_by_variant(children: Iterable[Run]) -> dict[str, dict[int, Run]]:
-    """``{variant: {seed: run}}``; of two runs of the same variant and seed the later one wins
-    (a rerun of a failed job)."""
+def choose_runs(children: Iterable[Run]) -> tuple[dict[str, dict[int, Run]], list[LeftOut]]:
+    """``{variant: {seed: run}}`` of the runs that give values, and the runs left out
+    (:func:`left_out_reason`). Of the used runs of one variant and seed the latest wins (a
+    rerun); a left-out run never replaces a used one, whichever started later."""
     grouped: dict[str, dict[int, Run]] = {}
+    unused: list[tuple[str, int, Run, str]] = []
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
-        variant = run.data.params.get("variant")
-        if variant is None or variant == "None":
-            continue
-        grouped.setdefault(variant, {})[int(run.data.params["seed"])] = run
-    return grouped
+        variant, seed = run_variant(run), run_seed(run)
+        if variant is None or seed is None:
+            continue  # not a job of the study (no variant): nothing to report it under
+        reason = left_out_reason(run)
+        if reason is None:
+            grouped.setdefault(variant, {})[seed] = run
+        else:
+            unused.append((variant, seed, run, reason))
+    left_out = [
+        LeftOut(variant, seed, run.info.run_id, run.info.status, reason, used.info.run_id)
+        if (used := grouped.get(variant, {}).get(seed))
+        else LeftOut(variant, seed, run.info.run_id, run.info.status, reason)
+        for variant, seed, run, reason in unused
+    ]
+    return grouped, left_out
+
+
+def run_variant(run: Run) -> str | None:
+    """A child's variant: its ``variant`` param, else the sweep's ``factor.variant`` tag (a job
+    killed before it logged its params)."""
+    variant = run.data.params.get("variant") or run.data.tags.get("factor.variant")
+    return None if variant in (None, "", "None") else variant
+
+
+def run_seed(run: Run) -> int | None:
+    """A child's seed: its ``seed`` param, else the sweep's ``factor.seed`` tag."""
+    seed = run.data.params.get("seed") or run.data.tags.get("factor.seed")
+    try:
+        return int(seed)
+    except (TypeError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -3,8 +3,10 @@
 (``RESULTS.html``: PNGs inline as base64 data URIs, inline CSS, no scripts, nothing fetched).
 
 Both pages are rendered from the same formatted tables (:func:`report_tables`), so they say the
-same thing. Numbers keep 4 significant digits; p-values 2 (below 1e-4 as ``<1e-4``); an
-undefined value (NaN: too few seeds, a diverged run) is an em dash, never a silent 0 or a gap.
+same thing; the runs the report left out (unfinished) get a table of their own there and one
+line on the terminal (:func:`left_out_line`). Numbers keep 4 significant digits; p-values 2
+(below 1e-4 as ``<1e-4``); an undefined value (NaN: too few seeds, a diverged run) is an em
+dash, never a silent 0 or a gap.
 The HTML goes through Jinja2 with autoescaping, so run names or claims cannot inject markup.
 Figures use matplotlib's object API (``Figure``, saved through the Agg canvas), which leaves
 pyplot's global figure list untouched.
@@ -235,6 +237,15 @@ class ReportTables:
     summaries: tuple[Table, ...]
     comparisons: Table
     measured: tuple[Table, ...]
+    left_out: Table
+
+
+#: What the table of left-out runs means (under its heading on both pages).
+LEFT_OUT_NOTE = (
+    "Runs that give no value to this report: not finished (still running, killed, failed other "
+    "than by diverging) or never started. A seed missing on either side of a comparison is "
+    "left out of it; a verdict that lost seeds this way says so."
+)
 
 
 def report_tables(report: StudyReport) -> ReportTables:
@@ -351,7 +362,40 @@ def report_tables(report: StudyReport) -> ReportTables:
                 data=(("title", title),),
             )
         )
-    return ReportTables(verdicts, variants, tuple(summaries), comparisons, tuple(measured))
+    left_out = Table(
+        "left-out",
+        ("variant", "seed", "run", "status", "why left out", "used instead"),
+        tuple(
+            (
+                e.variant,
+                str(e.seed),
+                e.run_id or DASH,
+                e.status or DASH,
+                e.reason,
+                e.used_instead or DASH,
+            )
+            for e in report.left_out
+        ),
+        note=LEFT_OUT_NOTE,
+        numeric=frozenset({1}),
+    )
+    return ReportTables(
+        verdicts, variants, tuple(summaries), comparisons, tuple(measured), left_out
+    )
+
+
+def left_out_line(report: StudyReport) -> str | None:
+    """One line for the terminal naming the runs the report left out, or None when none was
+    ("left out 2 runs (no final value): base seed 3 killed (process gone); …")."""
+    if not report.left_out:
+        return None
+    n = len(report.left_out)
+    runs = "; ".join(
+        f"{e.variant} seed {e.seed} {e.reason}"
+        + (", a rerun used instead" if e.used_instead else "")
+        for e in report.left_out
+    )
+    return f"left out {n} run{'s' * (n != 1)} (no final value): {runs}"
 
 
 def _footer(report: StudyReport) -> tuple[str, str]:
@@ -404,6 +448,7 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
         f"- **Baseline:** `{report.baseline}`",
         f"- **Seeds:** {', '.join(map(str, report.seeds)) or DASH} ({len(report.seeds)})",
         f"- **Machine:** {report.machine or DASH}",
+        *([f"- **Runs left out:** {len(report.left_out)} (below)"] if report.left_out else []),
         "",
         "**Command:**",
         "",
@@ -411,6 +456,8 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     fence = _fence(report.command)
     out += [f"{fence}bash", report.command or "# not recorded", fence, ""]
     out += ["## Verdicts", "", *_md_table(t.verdicts)]
+    if t.left_out.rows:
+        out += ["## Runs left out", "", _md_note(t.left_out), "", *_md_table(t.left_out)]
     out += ["## Variants", "", *_md_table(t.variants)]
     out += ["## Per-variant summaries", ""]
     for table in t.summaries:
@@ -518,6 +565,7 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <dt>Baseline</dt><dd><code>{{ report.baseline }}</code></dd>
 <dt>Seeds</dt><dd>{{ report.seeds|join(", ") or dash }} ({{ report.seeds|length }})</dd>
 <dt>Machine</dt><dd>{{ report.machine or dash }}</dd>
+{% if report.left_out %}<dt>Runs left out</dt><dd><a href="#left-out">{{ report.left_out|length }}</a></dd>{% endif %}
 </dl>
 <h2>Command</h2>
 <pre><code>{{ report.command or "# not recorded" }}</code></pre>
@@ -525,6 +573,13 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <h2>Verdicts</h2>
 {{ render_table(tables.verdicts, "verdicts") }}
 </section>
+{% if tables.left_out.rows %}
+<section>
+<h2>Runs left out</h2>
+<p class="note">{{ tables.left_out.note }}</p>
+{{ render_table(tables.left_out, "left-out") }}
+</section>
+{% endif %}
 <section>
 <h2>Variants</h2>
 {{ render_table(tables.variants, "variants") }}
@@ -577,8 +632,8 @@ def to_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
 
     Tables carry classes a reader's tools can find, also when empty: ``verdicts``,
     ``variants``, ``summary`` (one per quantity, ``data-quantity``), ``comparisons``,
-    ``measured`` (``data-title``); verdict rows are classed ``holds``/``does-not-hold``/
-    ``inconclusive`` and coloured by them.
+    ``measured`` (``data-title``); ``left-out`` only when the report left runs out. Verdict
+    rows are classed ``holds``/``does-not-hold``/``inconclusive`` and coloured by them.
     """
     for name, data in images.items():
         if not data.startswith(PNG_SIGNATURE):

@@ -1,5 +1,5 @@
 """What a study report holds: per-variant summaries over seeds, paired comparisons with the
-baseline, one verdict per claim, and learning curves with seed bands.
+baseline, one verdict per claim, learning curves with seed bands, and the runs left out.
 
 Plain dataclasses: :mod:`ablab.analysis.stats` computes them, :mod:`ablab.analysis.collect`
 fills them from MLflow runs, :mod:`ablab.analysis.render` turns them into Markdown and HTML.
@@ -69,6 +69,8 @@ class Verdict:
     reason: str
     #: the variant compared against, when it is not the study's baseline
     against: str = ""
+    #: seeds of the study missing from this comparison because their runs were left out
+    seeds_left_out: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +96,22 @@ class VariantResult:
 
 
 @dataclass
+class LeftOut:
+    """A run of the study that gives no final value (it did not finish), or a variant and seed
+    of the study with no run at all (``run_id`` and ``status`` empty)."""
+
+    variant: str
+    seed: int
+    run_id: str
+    #: the run's MLflow status (RUNNING, KILLED, FAILED, SCHEDULED), as the report left it
+    status: str
+    #: "killed (process gone)", "still running", "failed (oom: …)", "no run (never started)"…
+    reason: str
+    #: the run of the same variant and seed used instead (a rerun that finished), if any
+    used_instead: str = ""
+
+
+@dataclass
 class StudyReport:
     """Everything ``ablab report`` writes about one study run."""
 
@@ -115,3 +133,5 @@ class StudyReport:
     tracking_uri: str = ""
     #: free-form measured tables for measurement studies (title -> rows of column -> value)
     tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    #: runs that gave no value (unfinished), and variant/seeds of the study without a run
+    left_out: list[LeftOut] = field(default_factory=list)
