@@ -25,7 +25,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.server.security_utils import is_allowed_host_header
 
-from ablab.tracking import flatten_params, mlflow_logger, tracked_run
+from ablab.tracking import flatten_params, mlflow_logger
+from ablab.training.lifecycle import tracked_run
 from conftest import CONF, REPO, run_module
 from injected import SAFETY_TIMEOUT_S
 from services import MlflowServer, mlflow_server, postgres_server
