@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ablab.config import resolved
 from ablab.init import initialize
 from ablab.training.run import RUNTIME_KEYS, build_trainer
+from ablab.training.types import check_types
 from conftest import CONF, run_module
 
 GROUPS = [
@@ -54,6 +55,7 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
     with compose_cfg(f"{group}={option}") as cfg:
         config = resolved(cfg)  # every interpolation resolves, nothing is missing
         assert config["seed"] == cfg.seed
+        check_types(cfg)  # every value has the type its constructor's signature asks for
         node = cfg.get(group) if group != "experiment" else None
         if isinstance(node, DictConfig) and "_target_" in node:
             own = RUNTIME_KEYS if group == "trainer" else ()
@@ -104,6 +106,16 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             assert logger._initialized is False  # building a logger creates no run
         elif group == "task":
             assert cfg.task.num_classes == cfg.data.num_classes
+
+
+def test_name_limits_are_mlflows() -> None:
+    from mlflow.utils import validation
+
+    from ablab import config
+
+    assert config.MAX_EXPERIMENT_NAME_LENGTH == validation.MAX_EXPERIMENT_NAME_LENGTH
+    assert config.MAX_TAG_KEY_LENGTH == validation.MAX_ENTITY_KEY_LENGTH
+    assert config.MAX_TAG_VALUE_LENGTH == validation.MAX_TAG_VAL_LENGTH
 
 
 def test_class_count_and_shape_flow_from_data(compose_cfg) -> None:

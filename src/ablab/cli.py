@@ -26,7 +26,7 @@ def show_batch(argv: list[str]) -> None:
         "--augmented", action="store_true", help="apply the configured augmentation first"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=cifar10")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from hydra.utils import instantiate
 
@@ -77,7 +77,7 @@ def summary(argv: list[str]) -> None:
         "--depth", type=int, default=None, help="sum layers up to this many name parts (stages.0)"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet20")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import json
 
@@ -120,7 +120,7 @@ def zoo(argv: list[str]) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224], metavar="PX")
     parser.add_argument("--models", nargs="+", default=None, help="config names (default: all)")
     parser.add_argument("--save", default=None, metavar="FILE", help="also write the JSON here")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import json
     import re
@@ -157,8 +157,7 @@ def zoo(argv: list[str]) -> None:
             f.write("\n")
 
 
-def report(argv: list[str]) -> None:
-    """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
+def report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablab report",
         description="Read a study's runs back from MLflow, compare every variant with the "
@@ -170,7 +169,12 @@ def report(argv: list[str]) -> None:
     parser.add_argument("--stem", default="RESULTS", help="file name stem (default: RESULTS)")
     parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
     parser.add_argument("overrides", nargs="*", help="e.g. logger.tracking_uri=http://host:5000")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def report(argv: list[str]) -> None:
+    """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
+    args = report_parser().parse_intermixed_args(argv)  # overrides before or after options
 
     from pathlib import Path
 
@@ -198,8 +202,7 @@ def report(argv: list[str]) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-def study(argv: list[str]) -> None:
-    """Run a study (every variant x seed of one size) as one sweep, then write its report."""
+def study_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablab study",
         description="Run experiments/<name>/study.yaml as one Hydra multirun (any launcher: "
@@ -209,7 +212,14 @@ def study(argv: list[str]) -> None:
     parser.add_argument("--size", default="quick", help="a size the study defines (quick, full)")
     parser.add_argument("--no-report", action="store_true", help="only run the sweep")
     parser.add_argument("overrides", nargs="*", help="applied to every job, after the study's")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def study(argv: list[str]) -> None:
+    """Run a study (every variant x seed of one size) as one sweep, then write its report."""
+    # Intermixed: `ablab study NAME --size quick OVERRIDES...` (the Makefile's order) collects the
+    # overrides after an option, which plain parse_args leaves unrecognized.
+    args = study_parser().parse_intermixed_args(argv)
 
     import subprocess
 

@@ -188,9 +188,68 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
         raise ConfigError(_one_line(err)) from None
     for variant in variants:
         with composed(variant) as cfg:
-            resolved(cfg)
+            config = resolved(cfg)
+            check_top_level_types(config)
+            check_names(config)
             if multirun:
                 check_processes_per_job(cfg)
+
+
+def check_top_level_types(config: dict) -> None:
+    """Raise ConfigError for a top-level key without a ``_target_`` (``seed``, ``seeds.*``,
+    ``resume``, ...) whose resolved value does not have the type of its default in train.yaml
+    (an int also passes for a float; keys that default to null take anything)."""
+    body = OmegaConf.create(config)
+    for key, default in _top_level_defaults().items():
+        value = OmegaConf.select(body, key, default=None)
+        expected = type(default)
+        ok = type(value) is expected or (expected is float and type(value) is int)
+        if value is not None and not ok:
+            shown = str(default).lower() if isinstance(default, bool) else default
+            raise ConfigError(
+                f"{key}={value}: expected {expected.__name__} (its default in {CONFIG_NAME}.yaml "
+                f"is {shown})"
+            )
+
+
+def _top_level_defaults() -> dict[str, bool | int | float | str]:
+    """``key.path -> default`` for every non-null scalar of train.yaml, resolved."""
+    body = OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml")
+    body.pop("defaults", None)
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, bool | int | float | str):
+                flat[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(body, resolve=True), "")
+    return flat
+
+
+#: MLflow's limits (``mlflow.utils.validation``, not imported here: it takes ~2 s to import):
+#: an experiment name (longer fails), a tag key, a tag value (longer is cut, with a warning).
+MAX_EXPERIMENT_NAME_LENGTH = 500
+MAX_TAG_KEY_LENGTH = 250
+MAX_TAG_VALUE_LENGTH = 8000
+
+
+def check_names(config: dict) -> None:
+    """Raise ConfigError for an experiment name, run name or tag MLflow would refuse or cut."""
+    logger = config.get("logger") or {}
+    names = [("experiment_name", config.get("experiment_name"), MAX_EXPERIMENT_NAME_LENGTH)]
+    names += [("logger.experiment_name", logger.get("experiment_name"), MAX_EXPERIMENT_NAME_LENGTH)]
+    names += [("logger.run_name", logger.get("run_name"), MAX_TAG_VALUE_LENGTH)]  # a tag in MLflow
+    for key, value in (logger.get("tags") or {}).items():
+        names += [("a logger.tags key", key, MAX_TAG_KEY_LENGTH)]
+        names += [(f"logger.tags.{key}", value, MAX_TAG_VALUE_LENGTH)]
+    for key, value, limit in names:
+        if value is not None and len(str(value)) > limit:
+            raise ConfigError(
+                f"{key} is {len(str(value))} characters long; MLflow allows at most {limit}"
+            )
 
 
 #: Strategies whose launcher re-runs the command line for ranks 1..N-1.
