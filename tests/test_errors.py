@@ -101,7 +101,6 @@ def test_bad_value_from_the_command_line(root) -> None:
     _fails_cleanly(proc, root, "activation 'relux'", "did you mean 'relu'")
 
 
-@pytest.mark.xfail(strict=True, reason="until training/run.py:build() calls check_types(cfg)")
 def test_wrong_type_from_the_command_line(root) -> None:
     """Refused before anything is built or tracked (it used to leave a FAILED run tagged
     AssertionError); the message names the key and the type the Trainer's signature asks for."""

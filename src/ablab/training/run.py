@@ -36,6 +36,7 @@ from ablab.data.base import dataset_targets
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params
+from ablab.training.types import check_types
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -61,6 +62,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
 
     ``run_id`` makes the logger continue that MLflow run instead of creating one.
     """
+    check_types(cfg)  # a wrong type names its key before anything is built
     pl.seed_everything(cfg.seed, workers=True)
     try:
         datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
