@@ -88,6 +88,7 @@ from ablab.training.job import (
     set_aside,
 )
 from ablab.training.run import LAST_CHECKPOINT, build, log_run_config, report
+from ablab.training.types import check_types
 
 # MLflow announces every start and stop of the system metrics monitor at INFO; warnings stay.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -359,6 +360,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     params = flatten_params(resolved(cfg))
     config_fingerprint = fingerprint(params)
     rank_zero = rank_zero_only.rank == 0
+    check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
     if rank_zero:
         open_store(uri)
     with JobLock(job_dir) if rank_zero else contextlib.nullcontext():
