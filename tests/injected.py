@@ -42,14 +42,26 @@ class PauseAtStep(Callback):
     """
 
     def __init__(
-        self, step: int, paused: str, release: str, timeout: float = SAFETY_TIMEOUT_S
+        self,
+        step: int,
+        paused: str,
+        release: str,
+        timeout: float = SAFETY_TIMEOUT_S,
+        job: int | None = None,
     ) -> None:
         self.step, self.paused, self.release, self.timeout = step, paused, release, timeout
+        #: pause only in this job of a sweep (Hydra's job number), e.g. half-way through a study
+        self.job = job
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         paused, release = Path(self.paused), Path(self.release)
         if trainer.global_step != self.step or paused.exists():
             return
+        if self.job is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.get().job.num != self.job:
+                return
         # the SLURM job that paused, for scontrol requeue: an array task as <array>_<task>
         # (task 0's SLURM_JOB_ID is the array's own id, which would requeue every task)
         array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -92,11 +104,13 @@ class PauseOnSave(Callback):
             time.sleep(0.05)
 
 
-def pause_at(step: int, folder: Path) -> str:
-    """The override that pauses a run at ``step``, with ``paused``/``release`` in ``folder``."""
+def pause_at(step: int, folder: Path, job: int | None = None) -> str:
+    """The override that pauses a run at ``step`` (in sweep job ``job`` only, when given), with
+    ``paused``/``release`` in ``folder``."""
+    only = f", job: {job}" if job is not None else ""
     return (
         "+callbacks.pause={_target_: tests.injected.PauseAtStep, "
-        f"step: {step}, paused: '{folder}/paused', release: '{folder}/release'}}"
+        f"step: {step}, paused: '{folder}/paused', release: '{folder}/release'{only}}}"
     )
 
 

@@ -16,6 +16,7 @@ after the data and the model were built. The budget still protects a run *during
 from __future__ import annotations
 
 import fcntl
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,7 @@ def ensure_store(uri: str) -> None:
         return
     db = sqlite_path(uri)
     if db is not None:
+        _check_path(uri, db)
         db.parent.mkdir(parents=True, exist_ok=True)
         with open(db.with_name(db.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
@@ -52,6 +54,25 @@ def ensure_store(uri: str) -> None:
     else:
         _open_client(uri)
     _opened.add(uri)
+
+
+def check_store(uri: str) -> None:
+    """Raise ConfigError when ``uri`` cannot be a usable store, creating nothing: a local sqlite
+    store that does not exist yet is only checked to be creatable (:func:`ensure_store` creates
+    it once the run is about to start, so a start refused for bad input leaves no store)."""
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        _check_path(uri, db)
+    else:
+        ensure_store(uri)
+
+
+def _check_path(uri: str, db: Path) -> None:
+    if db.is_dir():
+        raise ConfigError(f"tracking store {uri}: {db} is a folder, not a database file")
+    existing = next(p for p in (db, *db.parents) if p.exists())
+    if existing != db and (not existing.is_dir() or not os.access(existing, os.W_OK)):
+        raise ConfigError(f"tracking store {uri} cannot be created: {existing} is not writable")
 
 
 def _open_client(uri: str) -> None:

@@ -4,8 +4,9 @@ that says how it ended. A sweep job's failure policy lives here too.
 
 1. **Identify** the job: its folder (``paths.output_dir``, named after the overrides) and the
    fingerprint of its resolved config.
-2. **Store**: opened (created and migrated under a lock) and checked before anything is built,
-   so an unreachable or invalid tracking URI is one line within seconds.
+2. **Store**: checked before anything is built (a server must answer, a path must be
+   creatable), so an unreachable or invalid tracking URI is one line within seconds; a new local
+   store is created and migrated, under a lock, only once everything has been built.
 3. **Hold** the folder (``job.lock``, :class:`ablab.training.job.JobLock`) for the whole run: a
    second start of the same job is refused, and a run left RUNNING whose lock is free is known
    dead (ended KILLED, ``killed_by=process_gone``, then continued).
@@ -74,7 +75,7 @@ from ablab.tracking.status import (
     set_final_status,
     tag_experiment_kind,
 )
-from ablab.tracking.store import ensure_store
+from ablab.tracking.store import check_store, ensure_store
 from ablab.tracking.sweep import record_job
 from ablab.training.job import (
     CheckpointOwner,
@@ -337,10 +338,11 @@ def remove_refused_folder(job_dir: Path, root: Path) -> None:
             folder.rmdir()
 
 
-def open_store(uri: str) -> None:
-    """The tracking store, created or migrated once under a lock; one line when it is unusable."""
+def open_store(uri: str, create: bool = True) -> None:
+    """The tracking store, created or migrated once under a lock (with ``create=False`` only
+    checked, creating nothing); one line naming the key when it is unusable."""
     try:
-        ensure_store(uri)
+        (ensure_store if create else check_store)(uri)
     except ConfigError as err:
         raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
 
@@ -361,8 +363,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_fingerprint = fingerprint(params)
     rank_zero = rank_zero_only.rank == 0
     check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
-    if rank_zero:
-        open_store(uri)
+    if rank_zero:  # an unusable store fails here, before data and model are built
+        open_store(uri, create=False)
     with JobLock(job_dir) if rank_zero else contextlib.nullcontext():
         previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
         if previous is not None and previous.status == "FINISHED":
@@ -375,6 +377,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 )
             return metric_summary(previous.metrics)
         run = build(cfg, run_id=previous.state.run_id if previous else None)
+        if rank_zero:  # everything is valid: a new store is created now, once, under its lock
+            open_store(uri)
         trainer = run.trainer
         # Resume and preemption need a checkpoint folder of ablab's (callbacks.model_checkpoint).
         dirpath = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
