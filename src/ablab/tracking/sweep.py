@@ -227,6 +227,10 @@ class SweepTracker(Callback):
         try:
             self.start(config)
         except Exception as err:  # Hydra would turn it into a warning and go on
+            if self.parent_run_id is not None:  # made, but the sweep cannot use it: not RUNNING
+                with contextlib.suppress(Exception):
+                    self.client.set_tag(self.parent_run_id, "error", str(err)[:500])
+                    self.client.set_terminated(self.parent_run_id, "FAILED")
             stop_sweep(err)
         os.environ[PARENT_ENV] = str(self.parent_run_id)  # inherited by local and SLURM jobs
         os.environ[SWEEP_DIR_ENV] = str(self.sweep_dir)
