@@ -79,15 +79,22 @@ def test_a_failing_job_does_not_stop_the_sweep_and_can_be_rerun(root) -> None:
     assert len(lines) == 1 and "optimizer.lr=1000000000000.0" in lines[0]
     records = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/job_status.json"))]
     assert sorted(r["status"] for r in records) == ["FAILED", "FINISHED"]
-    rerun = subprocess.run(["sh", script], cwd=root, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "ABLAB_ROOT": str(root)})  # fmt: skip
-    assert rerun.returncode != 0  # the same job fails the same way, as a third child of the parent
-    _, _, children = runs_of(root)
-    assert len(children) == 3
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    reruns = [c for c in children if c.data.tags["sweep_job"] == "1"]
-    assert len(reruns) == 2
-    assert {c.data.tags["factor.optimizer.lr"] for c in reruns} == {"1000000000000.0"}
+    # From another folder, with neither MLFLOW_TRACKING_URI nor ABLAB_ROOT: the script pins the
+    # sweep's store, root and the job's own folder, so the job continues its own child run.
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ABLAB_ROOT", "MLFLOW_TRACKING_URI")}
+    rerun = subprocess.run(["sh", script], cwd=elsewhere, capture_output=True, text=True,
+                           timeout=300, env=env)  # fmt: skip
+    assert rerun.returncode != 0  # the same job fails the same way, in the same child run
+    assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "outputs").exists()
+    _, _, again = runs_of(root)
+    assert len(again) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in again} == {parent.info.run_id}
+    [rerun_child] = [c for c in again if c.data.tags["sweep_job"] == "1"]
+    assert rerun_child.info.run_id == status["1000000000000.0"].info.run_id
+    assert rerun_child.info.status == "FAILED" and rerun_child.data.tags["attempt"] == "2"
+    assert rerun_child.data.tags["factor.optimizer.lr"] == "1000000000000.0"
 
 
 @pytest.mark.slow

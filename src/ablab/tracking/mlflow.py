@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from ablab.tracking.context import run_context_tags
 from ablab.tracking.sweep import child_tags
 
 #: Keys that differ on every run (paths, output dirs); they go to tags, never to params.
@@ -78,34 +75,6 @@ class ResumableMLFlowLogger(MLFlowLogger):
             if not metrics:
                 return
         super().log_metrics(metrics, step)
-
-
-def run_context_tags() -> dict[str, str]:
-    """git commit (and whether the tree had uncommitted changes), host, user and SLURM job."""
-    tags = {"host": socket.gethostname(), "user": getpass.getuser()}
-    # On SLURM: the job (an array task as <array job>_<task>) and how often it was requeued.
-    if job := os.environ.get("SLURM_JOB_ID"):
-        array = os.environ.get("SLURM_ARRAY_JOB_ID")
-        tags["slurm_job_id"] = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return tags
-    if commit.returncode == 0:
-        tags["git_commit"] = commit.stdout.strip()
-        tags["mlflow.source.git.commit"] = tags["git_commit"]
-        tags["git_dirty"] = str(bool(status.stdout.strip())).lower()
-    return tags
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

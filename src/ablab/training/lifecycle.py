@@ -291,33 +291,32 @@ def run_job(cfg: DictConfig) -> float | None:
     """
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     job = HydraConfig.get().job.num if in_sweep else None
+    # record_job writes the job's job_status.json when its folder is a sweep job's (also when
+    # rerun_failed.sh runs it alone), and does nothing otherwise.
     try:
         metrics = train(cfg)
     except ConfigError as err:
+        record_job("ERROR", error=str(err))
         if not in_sweep:
             remove_refused_folder(Path(cfg.paths.output_dir), Path(cfg.paths.root_dir))
             raise
-        record_job("ERROR", error=str(err))
         print(f"ablab: job {job} error: {err}", file=sys.stderr)
         return None
     except Preempted as err:  # a checkpoint was saved; the job's next attempt continues it
-        if in_sweep:
-            record_job("KILLED", error=str(err))
+        record_job("KILLED", error=str(err))
         print(f"ablab: preempted by {err}", file=sys.stderr)
         raise SystemExit(128 + signal.Signals[err.signal_name].value) from err
     except KeyboardInterrupt:
-        if in_sweep:
-            record_job("KILLED")
+        record_job("KILLED")
         raise
     except Exception as err:
-        if not in_sweep:
-            raise
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         record_job("FAILED", error=first)
+        if not in_sweep:
+            raise
         print(f"ablab: job {job} failed: {first}", file=sys.stderr)
         return None
-    if in_sweep:
-        record_job("FINISHED")
+    record_job("FINISHED")
     optimized = cfg.get("optimized_metric")
     if optimized and optimized not in metrics:  # a sweeper would fail on None, trial by trial
         raise ConfigError(f"optimized_metric={optimized} is not a metric of this run; it has: "

@@ -21,7 +21,8 @@ class StudySweeper(Sweeper):
     study file is the sweep.
     """
 
-    def __init__(self, study: str, size: str = "quick") -> None:
+    def __init__(self, study: str, size: str = "quick", folder: str | None = None) -> None:
+        # folder: the sweep folder's name (conf/hydra/sweeper/study.yaml), used by hydra.sweep.dir
         self.study, self.size = study, size
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
@@ -35,18 +36,30 @@ class StudySweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: list[str]) -> Any:
+    @staticmethod
+    def plan(config: DictConfig, arguments: list[str]) -> dict[str, Any]:
+        """The sweep before it starts (:func:`ablab.tracking.sweep.plan_sweep` asks for it, so the
+        parent run is tagged with the study and its factors): ``factors``, ``tags`` for the parent
+        and every job's overrides. Raises ConfigError for an unknown study or size, or a swept
+        command-line override."""
         # Imported here: Hydra imports every hydra_plugins module at start-up, and ablab.tracking
         # pulls in Lightning and torch (seconds, and Lightning's own log handler) for every command.
+        from ablab.errors import ConfigError
         from ablab.study import load_study
         from ablab.tracking.sweep import swept_keys
 
         if swept := swept_keys(arguments):
-            raise ValueError(
+            raise ConfigError(
                 f"a study sweeps its own variants and seeds; drop the sweep over {swept}"
             )
-        jobs = load_study(self.study).jobs(self.size)
-        batch = [[*job.overrides, *arguments] for job in jobs]
+        study = load_study(config.study)
+        jobs = [[*job.overrides, *arguments] for job in study.jobs(config.size)]
+        tags = {"study": study.name, "study_size": str(config.size),
+                "study_file": str(study.folder / "study.yaml")}  # fmt: skip
+        return {"factors": study.factors(), "tags": tags, "jobs": jobs}
+
+    def sweep(self, arguments: list[str]) -> Any:
+        batch = self.plan(self.config.hydra.sweeper, arguments)["jobs"]
         self.validate_batch_is_legal(batch)
         return [self.launcher.launch(batch, initial_job_idx=0)]
 
