@@ -169,25 +169,73 @@ curves: [val/acc]
 
 
 @pytest.mark.slow
-def test_ablab_study_runs_the_sweep_and_writes_the_report(root: Path) -> None:
-    from conftest import run_module
+def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Path) -> None:
+    """The whole path under a fault: ``ablab study`` killed with kill -9 in its third job;
+    ``ablab report`` leaves the killed child and the job never started out and says so; the same
+    command again finishes the study under the same parent and reports every claim."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_module
+    from injected import SAFETY_TIMEOUT_S, pause_at, wait_paused
 
     folder = root / "tiny"
     folder.mkdir()
     (folder / "study.yaml").write_text(TINY)
-    proc = run_module(["ablab.cli", "study", str(folder)], root, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # two seeds are too few for a verdict, whatever the numbers: the tool says so
-    assert "inconclusive (too few seeds: n=2 < 3" in proc.stdout
-    results = (folder / "RESULTS.md").read_text()
-    assert "| sigmoid | final val/acc | lower than relu | inconclusive |" in results
-    html = (folder / "RESULTS.html").read_text()
-    assert 'class="verdicts"' in html and "data:image/png;base64," in html
+    # jobs: relu seed 0, relu seed 1, sigmoid seed 0 (paused at step 1, then killed), sigmoid 1
+    command = [sys.executable, "-m", "ablab.cli", "study", str(folder), pause_at(1, root, job=2)]
+    env = {**os.environ, "ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])  # the pause
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = root / "study.log"
+    with open(log, "w") as out:
+        study = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # fmt: skip
+    wait_paused(root, study, log)
+    os.killpg(study.pid, signal.SIGKILL)  # the study command and its sweep, no chance to react
+    study.wait(timeout=SAFETY_TIMEOUT_S)
     client = MlflowClient(tracking_uri(root))
+    # read straight from the store (find_study_runs would end the dead run itself)
+    children = client.search_runs(["1"], "tags.`mlflow.parentRunId` != ''")
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "RUNNING"]
+    (killed,) = [r for r in children if r.info.status == "RUNNING"]
+    assert (killed.data.params["variant"], killed.data.params["seed"]) == ("sigmoid", "0")
+
+    proc = run_module(["ablab.cli", "report", str(folder)], root, timeout=SAFETY_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "left out 2 runs (no final value): sigmoid seed 0 killed (process gone); sigmoid seed 1 no run (never started)"
+        in proc.stdout
+    ), proc.stdout
+    lost = client.get_run(killed.info.run_id)
+    assert lost.info.status == "KILLED" and lost.data.tags["killed_by"] == "process_gone"
+    results = (folder / "RESULTS.md").read_text()
+    assert f"| sigmoid | 0 | {killed.info.run_id} | KILLED | killed (process gone) |" in results
+    assert "no run (never started)" in results
+
+    # the same command: finished jobs reported, the killed one continued, the last one run
+    with open(log, "w") as out:
+        code = subprocess.call(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               timeout=SAFETY_TIMEOUT_S)  # fmt: skip
+    output = log.read_text()
+    assert code == 0, output[-3000:]
+    # two seeds are too few for a verdict, whatever the numbers: the tool says so
+    assert "inconclusive (too few seeds: n=2 < 3" in output
     runs = find_study_runs(client, str(folder))
-    assert len(runs.children) == 4
+    assert runs.parent.info.run_id == lost.data.tags["mlflow.parentRunId"]
+    assert len(runs.children) == 4 and {r.info.status for r in runs.children} == {"FINISHED"}
+    resumed = client.get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["attempt"] == "2"
+    assert "killed_by" not in resumed.data.tags
     assert {r.data.params["variant"] for r in runs.children} == {"relu", "sigmoid"}
     assert {r.data.tags["factor.variant"] for r in runs.children} == {"relu", "sigmoid"}
+    results = (folder / "RESULTS.md").read_text()
+    assert "| sigmoid | final val/acc | lower than relu | inconclusive |" in results
+    assert "left out" not in results.lower()
+    html = (folder / "RESULTS.html").read_text()
+    assert 'class="verdicts"' in html and "data:image/png;base64," in html
     parent = client.get_run(runs.parent.info.run_id)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/RESULTS.md", "report/RESULTS.html"} <= artifacts
