@@ -198,7 +198,8 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     study.wait(timeout=SAFETY_TIMEOUT_S)
     client = MlflowClient(tracking_uri(root))
     # read straight from the store (find_study_runs would end the dead run itself)
-    children = client.search_runs(["1"], "tags.`mlflow.parentRunId` != ''")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    children = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "RUNNING"]
     (killed,) = [r for r in children if r.info.status == "RUNNING"]
     assert (killed.data.params["variant"], killed.data.params["seed"]) == ("sigmoid", "0")

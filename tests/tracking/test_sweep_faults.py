@@ -7,23 +7,25 @@ on events (a job's ``paused`` file, process exit), never on wall-clock deadlines
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, tracking_uri
+from injected import SAFETY_TIMEOUT_S, wait_paused
 
 # Epochs of 5 steps with a checkpoint at every epoch end (resume needs one).
 FAST = ["trainer=smoke", "trainer.limit_train_batches=5", "callbacks.batch_preview=null",
         "logger.log_model=false", "callbacks.progress_bar=null",
         "trainer.system_metrics_interval=null"]  # fmt: skip
+_sweeps = itertools.count()
 
 
 def env_for(root: Path | None) -> dict[str, str]:
@@ -38,26 +40,24 @@ def env_for(root: Path | None) -> dict[str, str]:
 
 
 def sweep(root: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ablab.train", "-m", *FAST, *overrides],
-        cwd=root,
-        env=env_for(root),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """The sweep's stderr goes to a file: a pipe nobody reads while a job is paused could fill."""
+    log = root / f"sweep-{next(_sweeps)}.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ablab.train", "-m", *FAST, *overrides],
+            cwd=root,
+            env=env_for(root),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+    proc.log = log
+    return proc
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=600)
-    return proc.returncode, err
-
-
-def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"sweep ended before {path.name}:\n{proc.stderr.read()[-3000:]}")
-        time.sleep(0.1)
+    proc.wait(timeout=SAFETY_TIMEOUT_S)
+    return proc.returncode, proc.log.read_text(errors="replace")
 
 
 def runs_of(root: Path):
@@ -118,7 +118,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
              f"paused: '{root}/paused', release: '{root}/release'}}")  # fmt: skip
     command = ["trainer.max_epochs=1,3", pause]
     proc = sweep(root, *command)
-    wait_for(root / "paused", proc)
+    wait_paused(root, proc, proc.log)
     proc.send_signal(signal.SIGTERM)
     (root / "release").touch()  # the step ends, the job saves last.ckpt and stops
     code, err = finish(proc)

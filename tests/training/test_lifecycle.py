@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ablab.training.job import JOB_FILE, OWNER_KEY, process_gone
+from ablab.training.job import JOB_FILE, OWNER_KEY, JobLock, process_gone
 from ablab.training.lifecycle import train
 from conftest import run_module, tracking_uri
 from jobs import SHORT_RUN, finish, kill_9, pause_at, start, wait_for_pause
@@ -129,6 +129,19 @@ def test_first_runs_at_once_on_a_new_store_all_succeed(root: Path) -> None:
     results = [finish(p) for p in procs]
     assert [code for code, _ in results] == [0] * 4, [out[-1500:] for _, out in results]
     assert sorted(r.info.status for r in runs(root).values()) == ["FINISHED"] * 4
+
+
+def test_a_start_refused_while_the_job_is_still_building_leaves_its_folder(root: Path) -> None:
+    """The first process holds the lock but has written nothing but Hydra's files yet: a second
+    start of the same job is refused and must not remove the folder (or the lock) under it."""
+    folder = root / "building"
+    (folder / ".hydra").mkdir(parents=True)
+    with JobLock(folder):
+        proc = run_module(["ablab.train", f"hydra.run.dir={folder}", "trainer=smoke"], root)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "is in use by pid" in proc.stderr.strip().splitlines()[-1]
+        assert (folder / "job.lock").exists() and process_gone(folder) is False
+    assert process_gone(folder) is True
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ def set_final_status(client: MlflowClient, outcome: Any, rank: int, shared: bool
     """
     if shared and {"failure", "killed_by"} & client.get_run(outcome.run_id).data.tags.keys():
         return
+    if outcome.status == "FINISHED":  # e.g. a report that took the run for dead while it ran
+        clear_end_tags(client, outcome.run_id)
     values = (outcome.failure, outcome.error, outcome.killed_by, str(rank) if rank else None)
     for key, value in zip(END_TAGS, values, strict=True):
         if value is not None:

@@ -119,11 +119,16 @@ def process_gone(job_dir: str | Path) -> bool | None:
     """Whether the process that ran the job in ``job_dir`` is gone (``None``: unknown here).
 
     True when ``job.lock`` exists and nobody holds it; False while a process holds it; None when
-    there is no lock file to ask (another machine's folder, or a folder from before locks).
+    there is no lock file to ask (a folder from before locks), or when it was taken on another
+    host: a lock on a shared filesystem may not be seen from here (NFS without locking, Lustre's
+    ``localflock``), and a live run must never be declared dead.
     """
     path = Path(job_dir) / LOCK_FILE
     try:
         with open(path) as f:
+            holder = f.read().split()
+            if len(holder) == 4 and holder[3] != socket.gethostname():  # "pid N on HOST"
+                return None
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:

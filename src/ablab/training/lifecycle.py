@@ -75,8 +75,8 @@ from ablab.tracking.status import (
     set_final_status,
     tag_experiment_kind,
 )
-from ablab.tracking.store import check_store, ensure_store
-from ablab.tracking.sweep import record_job
+from ablab.tracking.store import check_store
+from ablab.tracking.sweep import record_job as record_sweep_job
 from ablab.training.job import (
     CheckpointOwner,
     JobLock,
@@ -85,6 +85,7 @@ from ablab.training.job import (
     fingerprint,
     metric_summary,
     previous_attempt,
+    process_gone,
     recorded_steps,
     set_aside,
 )
@@ -292,7 +293,8 @@ def run_job(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     job = HydraConfig.get().job.num if in_sweep else None
     # record_job writes the job's job_status.json when its folder is a sweep job's (also when
-    # rerun_failed.sh runs it alone), and does nothing otherwise.
+    # rerun_failed.sh runs it alone), and does nothing otherwise; only global rank 0 writes it.
+    record_job = record_sweep_job if rank_zero_only.rank == 0 else lambda *a, **k: None
     try:
         metrics = train(cfg)
     except ConfigError as err:
@@ -326,8 +328,11 @@ def run_job(cfg: DictConfig) -> float | None:
 
 def remove_refused_folder(job_dir: Path, root: Path) -> None:
     """Remove ``job_dir`` when it holds only what Hydra and the job lock put there at this start,
-    and the folders above it up to ``root`` that it leaves empty."""
+    and the folders above it up to ``root`` that it leaves empty. A folder whose lock another
+    process holds (the same job, still building) is never touched."""
     if not job_dir.is_dir() or {p.name for p in job_dir.iterdir()} - HYDRA_FILES - {"job.lock"}:
+        return
+    if process_gone(job_dir) is False:
         return
     shutil.rmtree(job_dir, ignore_errors=True)
     for folder in job_dir.parents:
@@ -337,13 +342,22 @@ def remove_refused_folder(job_dir: Path, root: Path) -> None:
             folder.rmdir()
 
 
-def open_store(uri: str, create: bool = True) -> None:
-    """The tracking store, created or migrated once under a lock (with ``create=False`` only
-    checked, creating nothing); one line naming the key when it is unusable."""
+def check_tracking_uri(uri: str) -> None:
+    """Refuse an unusable tracking store in one line naming the key, creating nothing."""
     try:
-        (ensure_store if create else check_store)(uri)
+        check_store(uri)
     except ConfigError as err:
         raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
+
+
+def end_if_lost(run_id: str, uri: str) -> bool:
+    """End run ``run_id`` KILLED (``killed_by=process_gone``) if it is RUNNING; the caller holds
+    its job's lock, so no process runs it. Whether it was."""
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    end_lost_run(client, run_id)
+    return True
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -363,7 +377,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rank_zero = rank_zero_only.rank == 0
     check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
     if rank_zero:  # an unusable store fails here, before data and model are built
-        open_store(uri, create=False)
+        check_tracking_uri(uri)
     with JobLock(job_dir) if rank_zero else contextlib.nullcontext():
         previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
         if previous is not None and previous.status == "FINISHED":
@@ -375,9 +389,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     markup=False,
                 )
             return metric_summary(previous.metrics)
+        # build() creates a new local store once everything else is valid, under its lock
         run = build(cfg, run_id=previous.state.run_id if previous else None)
-        if rank_zero:  # everything is valid: a new store is created now, once, under its lock
-            open_store(uri)
         trainer = run.trainer
         # Resume and preemption need a checkpoint folder of ablab's (callbacks.model_checkpoint).
         dirpath = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
@@ -385,13 +398,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         last = checkpoint_dir / LAST_CHECKPOINT if dirpath else None
         if rank_zero:
             if not cfg.resume and (old := JobState.load(job_dir)):
+                end_if_lost(old.run_id, uri)  # we hold its lock: a RUNNING run is dead
                 set_aside(job_dir, old, checkpoint_dir)
             own = previous.state.run_id if previous else None
             if notice := clear_checkpoints(job_dir, checkpoint_dir, own, config_fingerprint):
+                if previous is not None:  # restarting it from scratch would splice two trainings
+                    raise ConfigError(
+                        f"{notice}; MLflow run {own} cannot be continued without a checkpoint of "
+                        "its own: pass resume=false to start a new run"
+                    )
                 print(f"ablab: {notice}", file=sys.stderr)
-            if previous is not None and previous.status == "RUNNING":
-                # We hold the job's lock, so the process that left it RUNNING is gone.
-                end_lost_run(MlflowClient(uri), previous.state.run_id)
+            if previous is not None and end_if_lost(previous.state.run_id, uri):
                 print(f"ablab: MLflow run {previous.state.run_id} was left RUNNING by a process "
                       "that is gone; continuing it", file=sys.stderr)  # fmt: skip
         interval = cfg.trainer.system_metrics_interval

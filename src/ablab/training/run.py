@@ -36,6 +36,7 @@ from ablab.data.base import dataset_targets
 from ablab.errors import ConfigError
 from ablab.init import initialize
 from ablab.tracking import flatten_params
+from ablab.tracking.store import ensure_store
 from ablab.training.types import check_types
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
@@ -93,6 +94,13 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        # Lightning's MLFlowLogger opens its store as it is made: a new local store is created
+        # and migrated here, once everything before it was valid, under the store's lock.
+        uri = str(cfg.logger.tracking_uri)
+        try:
+            ensure_store(uri)
+        except ConfigError as err:
+            raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
         logger = instantiate(cfg.logger, run_id=run_id)
         trainer = build_trainer(cfg, callbacks=callbacks, logger=logger)
         datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
