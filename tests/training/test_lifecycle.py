@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from ablab.config import composed
 from ablab.training.job import JOB_FILE, OWNER_KEY, JobLock, process_gone
 from ablab.training.lifecycle import train
 from conftest import run_module, tracking_uri
@@ -54,31 +55,28 @@ def test_a_stale_folder_never_takes_over_a_new_run(root: Path) -> None:
     """Run A's checkpoints stay in a folder whose job.json is gone; run B, another config, starts
     there, is killed with kill -9 and rerun: B must never load A's weights or test A's best."""
     folder = root / "shared_folder"
-    here = f"hydra.run.dir={folder}"
-    code, out = finish(start(root, here, *ONE_EPOCH[len(SHORT_RUN) :]))
-    assert code == 0, out[-3000:]
+    with composed([*ONE_EPOCH], output_dir=str(folder)) as cfg:  # A, trained in this process
+        train(cfg)
     (run_a,) = runs(root)
+    assert set(owners(folder / "checkpoints").values()) == {run_a}
     (folder / JOB_FILE).unlink()  # the folder no longer says whose checkpoints these are
 
     # B: another learning rate, paused in its first epoch (before any checkpoint of its own)
-    b_args = (here, "optimizer.lr=0.003", "trainer.max_epochs=2", "trainer.limit_train_batches=3")
-    proc = start(root, *b_args, pause_at(1, root))
+    b_args = (f"hydra.run.dir={folder}", "optimizer.lr=0.003", "trainer.max_epochs=2",
+              "trainer.limit_train_batches=3", pause_at(1, root))  # fmt: skip
+    proc = start(root, *b_args)
     wait_for_pause(root, proc)
     # A's checkpoints were set aside before B built anything on them; the folder is B's
     assert set(owners(folder / "previous" / run_a / "checkpoints").values()) == {run_a}
     assert not list((folder / "checkpoints").glob("*.ckpt"))
     run_b = json.loads((folder / JOB_FILE).read_text())["run_id"]
     assert run_b != run_a
-    # the running job holds its folder: a second start is refused in one line, and the folder
-    # knows its process is alive
-    assert process_gone(folder) is False
-    code, out = finish(start(root, *b_args))
-    assert code == 2 and "is in use by pid" in out, out[-2000:]
+    assert process_gone(folder) is False  # the running job holds its folder
     kill_9(proc)
     assert process_gone(folder) is True
     assert runs(root)[run_b].info.status == "RUNNING"  # kill -9 left no chance to say otherwise
 
-    code, out = finish(start(root, *b_args, pause_at(1, root)))  # paused file exists: no pause
+    code, out = finish(start(root, *b_args))  # the paused file exists: no pause this time
     assert code == 0, out[-3000:]
     assert "left RUNNING by a process that is gone" in out
     after = runs(root)
