@@ -124,7 +124,8 @@ def test_deterministic_switch(compose_cfg, monkeypatch) -> None:
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("interval", [0.2, None], ids=["on", "off"])
+# "longer than the run": the monitor never completes an interval; the run still gets one sample
+@pytest.mark.parametrize("interval", [0.2, 1000, None], ids=["on", "longer than the run", "off"])
 def test_system_metrics_reach_the_run(interval, compose_cfg, root) -> None:
     interval_override = (
         f"trainer.system_metrics_interval={'null' if interval is None else interval}"

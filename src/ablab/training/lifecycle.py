@@ -266,7 +266,7 @@ def tracked_run(
                 signal.signal(sig, lambda signum, frame: late.append(signal.Signals(signum).name))
         try:
             if monitor is not None:
-                monitor.finish()
+                finish_monitor(monitor)
             if late and outcome.status == "FINISHED":
                 outcome.status, outcome.killed_by = "KILLED", late[0]
             if outcome.run_id is not None and (rank == 0 or outcome.status != "FINISHED"):
@@ -280,6 +280,20 @@ def tracked_run(
             chained(signal.Signals[outcome.killed_by], None)  # e.g. submitit: requeue, then exit
         if late:
             signal.raise_signal(signal.Signals[late[0]])
+
+
+def finish_monitor(monitor: SystemMetricsMonitor) -> None:
+    """Stop sampling system metrics; a run that never published a sample gets one now.
+
+    MLflow's monitor publishes only after a whole interval, and stops as soon as the run is not
+    RUNNING (Lightning marks it FINISHED after ``fit``, before testing): a short run would
+    otherwise have no system metrics at all, depending on how fast the machine was.
+    """
+    monitor.finish()
+    if monitor._logging_step == 0:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 def run_job(cfg: DictConfig) -> float | None:
