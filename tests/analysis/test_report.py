@@ -194,6 +194,10 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
         study = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)  # fmt: skip
     wait_paused(root, study, log)
+    # the same study launched again while it runs: refused in one line, nothing touched
+    again = run_module(["ablab.cli", "study", str(folder), pause_at(1, root, job=2)], root,
+                       timeout=SAFETY_TIMEOUT_S)  # fmt: skip
+    assert again.returncode == 2 and "is in use by pid" in again.stderr, again.stderr[-2000:]
     os.killpg(study.pid, signal.SIGKILL)  # the study command and its sweep, no chance to react
     study.wait(timeout=SAFETY_TIMEOUT_S)
     client = MlflowClient(tracking_uri(root))
@@ -212,6 +216,8 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     ), proc.stdout
     lost = client.get_run(killed.info.run_id)
     assert lost.info.status == "KILLED" and lost.data.tags["killed_by"] == "process_gone"
+    parent = client.get_run(lost.data.tags["mlflow.parentRunId"])  # its launcher died too
+    assert parent.info.status == "KILLED" and parent.data.tags["killed_by"] == "process_gone"
     results = (folder / "RESULTS.md").read_text()
     assert f"| sigmoid | 0 | {killed.info.run_id} | KILLED | killed (process gone) |" in results
     assert "no run (never started)" in results
@@ -225,7 +231,7 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     # two seeds are too few for a verdict, whatever the numbers: the tool says so
     assert "inconclusive (too few seeds: n=2 < 3" in output
     runs = find_study_runs(client, str(folder))
-    assert runs.parent.info.run_id == lost.data.tags["mlflow.parentRunId"]
+    assert runs.parent.info.run_id == parent.info.run_id
     assert len(runs.children) == 4 and {r.info.status for r in runs.children} == {"FINISHED"}
     resumed = client.get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["attempt"] == "2"
@@ -238,6 +244,7 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     html = (folder / "RESULTS.html").read_text()
     assert 'class="verdicts"' in html and "data:image/png;base64," in html
     parent = client.get_run(runs.parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "killed_by" not in parent.data.tags
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/RESULTS.md", "report/RESULTS.html"} <= artifacts
     assert "summary/relu/final_val/acc/mean" in parent.data.metrics

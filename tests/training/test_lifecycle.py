@@ -12,7 +12,8 @@ import torch
 from mlflow import MlflowClient
 
 from ablab.config import composed
-from ablab.training.job import JOB_FILE, OWNER_KEY, JobLock, process_gone
+from ablab.locks import FolderLock, process_gone
+from ablab.training.job import JOB_FILE, OWNER_KEY
 from ablab.training.lifecycle import train
 from conftest import run_module, tracking_uri
 from jobs import SHORT_RUN, finish, kill_9, pause_at, start, wait_for_pause
@@ -134,7 +135,7 @@ def test_a_start_refused_while_the_job_is_still_building_leaves_its_folder(root:
     start of the same job is refused and must not remove the folder (or the lock) under it."""
     folder = root / "building"
     (folder / ".hydra").mkdir(parents=True)
-    with JobLock(folder):
+    with FolderLock(folder):
         proc = run_module(["ablab.train", f"hydra.run.dir={folder}", "trainer=smoke"], root)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "is in use by pid" in proc.stderr.strip().splitlines()[-1]

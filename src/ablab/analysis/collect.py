@@ -29,7 +29,10 @@ from mlflow.entities import Run
 from ablab.analysis import stats
 from ablab.analysis.results import Band, LeftOut, StudyReport, VariantResult, Verdict
 from ablab.errors import ConfigError
+from ablab.locks import process_gone
 from ablab.study import Check, Expectation, Quantity, Study, load_study
+from ablab.tracking.status import end_lost_run
+from ablab.tracking.sweep import SWEEP_LOCK
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -72,6 +75,10 @@ def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    sweep_dir = tags.get("sweep_dir")
+    if parent.info.status == "RUNNING" and sweep_dir and process_gone(sweep_dir, SWEEP_LOCK):
+        end_lost_run(client, parent.info.run_id)  # its launcher died (kill -9): not running
+        parent = client.get_run(parent.info.run_id)
     return StudyRuns(load_study(source), parent, end_lost_runs(client, children))
 
 
@@ -86,11 +93,6 @@ def end_lost_runs(client: MlflowClient, children: list[Run]) -> list[Run]:
     """
     if not any(r.info.status == "RUNNING" for r in children):
         return children
-    # Imported here: the job module brings torch and Lightning, which a report of finished
-    # runs never needs.
-    from ablab.tracking.status import end_lost_run
-    from ablab.training.job import process_gone
-
     ended = []
     for run in children:
         job_dir = run.data.tags.get("hydra_output_dir")

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from ablab.errors import ConfigError
+from ablab.locks import FolderLock
 
 #: Environment variable that carries the parent run id to the jobs.
 PARENT_ENV = "ABLAB_PARENT_RUN_ID"
@@ -48,6 +49,8 @@ SWEEP_DIR_ENV = "ABLAB_SWEEP_DIR"
 SWEEP_FILE = "sweep.json"
 JOB_FILE = "job_status.json"
 RERUN_FILE = "rerun_failed.sh"
+#: The lock file the launching process holds in the sweep folder while the sweep runs.
+SWEEP_LOCK = "sweep.lock"
 #: Signals that stop a sweep; the process then exits with 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Tags that say how an earlier attempt of a continued parent ended.
@@ -220,6 +223,7 @@ class SweepTracker(Callback):
         #: names of the stop signals this process received while the sweep ran
         self.received: list[str] = []
         self.handlers: dict[int, Any] = {}
+        self.lock: FolderLock | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -231,6 +235,7 @@ class SweepTracker(Callback):
                 with contextlib.suppress(Exception):
                     self.client.set_tag(self.parent_run_id, "error", str(err)[:500])
                     self.client.set_terminated(self.parent_run_id, "FAILED")
+            self.release()
             stop_sweep(err)
         os.environ[PARENT_ENV] = str(self.parent_run_id)  # inherited by local and SLURM jobs
         os.environ[SWEEP_DIR_ENV] = str(self.sweep_dir)
@@ -252,6 +257,9 @@ class SweepTracker(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         ensure_store(self.uri)
         self.client = MlflowClient(self.uri)
+        # Held until the parent has ended: a second launcher of the same sweep is refused, and a
+        # RUNNING parent whose sweep lock is free was left by a launcher that died (kill -9).
+        self.lock = FolderLock(sweep_dir, SWEEP_LOCK).__enter__()
         previous = sweep_info(sweep_dir)
         command = shlex.join([sys.executable, "-m", "ablab.train", *sys.argv[1:]])
         if previous is not None:
@@ -424,7 +432,14 @@ class SweepTracker(Callback):
             status = "FAILED" if failed or interrupted else "FINISHED"
         self.client.set_terminated(self.parent_run_id, status)
         self.parent_run_id = None
+        self.release()
         return failed, total
+
+    def release(self) -> None:
+        """Let go of the sweep folder's lock (the parent has ended)."""
+        if self.lock is not None:
+            self.lock.__exit__()
+            self.lock = None
 
     def job_overrides(
         self, num: int, record: dict[str, Any] | None, planned: list[list[str]]

@@ -2,8 +2,8 @@
 
 A job folder (a single run's override-named folder, or a sweep job's folder) holds
 ``job.json`` — the MLflow run id, experiment, store and config fingerprint of the job — next to
-its ``checkpoints/last.ckpt``, and ``job.lock``, which the process running the job holds
-(``flock``) for as long as it runs. Running the job again (the same command, a SLURM requeue,
+its ``checkpoints/last.ckpt``, and ``job.lock`` (:class:`ablab.locks.FolderLock`), which the
+process running the job holds for as long as it runs. Running the job again (the same command, a SLURM requeue,
 the sweep's ``rerun_failed.sh``) then
 
 - reports a FINISHED run instead of training it again;
@@ -20,12 +20,10 @@ killed without a chance to say so (:func:`process_gone`).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +38,6 @@ from pytorch_lightning.callbacks import Callback
 from ablab.errors import ConfigError
 
 JOB_FILE = "job.json"
-LOCK_FILE = "job.lock"
 #: The checkpoint entry that names the run and config a checkpoint belongs to.
 OWNER_KEY = "ablab_job"
 #: At most this many differing params are named in the refusal.
@@ -78,64 +75,6 @@ def fingerprint(params: dict[str, str]) -> str:
     """A short hash of what the job computes: its flattened config, measured params left out."""
     kept = {k: v for k, v in params.items() if not k.startswith(MEASURED)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class JobLock:
-    """Hold ``job.lock`` (an exclusive ``flock``) while this process runs the job.
-
-    The kernel releases the lock when the process dies, however it dies, so a RUNNING run whose
-    folder's lock is free was killed (``kill -9``, OOM killer, a lost node) and never rerun. A
-    second process starting the same job while the first still runs is refused in one line.
-    """
-
-    def __init__(self, job_dir: Path) -> None:
-        self.path = job_dir / LOCK_FILE
-        self.file: Any = None
-
-    def __enter__(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise ConfigError(
-                f"{self.path.parent} is in use by {holder}: the same job is running; wait for "
-                "it to end (or stop it) before running it again"
-            ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()  # releases the lock
-
-
-def process_gone(job_dir: str | Path) -> bool | None:
-    """Whether the process that ran the job in ``job_dir`` is gone (``None``: unknown here).
-
-    True when ``job.lock`` exists and nobody holds it; False while a process holds it; None when
-    there is no lock file to ask (a folder from before locks), or when it was taken on another
-    host: a lock on a shared filesystem may not be seen from here (NFS without locking, Lustre's
-    ``localflock``), and a live run must never be declared dead.
-    """
-    path = Path(job_dir) / LOCK_FILE
-    try:
-        with open(path) as f:
-            holder = f.read().split()
-            if len(holder) == 4 and holder[3] != socket.gethostname():  # "pid N on HOST"
-                return None
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-    except OSError:
-        return None
 
 
 class CheckpointOwner(Callback):

@@ -7,7 +7,7 @@ that says how it ended. A sweep job's failure policy lives here too.
 2. **Store**: checked before anything is built (a server must answer, a path must be
    creatable), so an unreachable or invalid tracking URI is one line within seconds; a new local
    store is created and migrated, under a lock, only once everything has been built.
-3. **Hold** the folder (``job.lock``, :class:`ablab.training.job.JobLock`) for the whole run: a
+3. **Hold** the folder (``job.lock``, :class:`ablab.locks.FolderLock`) for the whole run: a
    second start of the same job is refused, and a run left RUNNING whose lock is free is known
    dead (ended KILLED, ``killed_by=process_gone``, then continued).
 4. **Find** the folder's run (``job.json``): a FINISHED one is reported, not trained again; an
@@ -67,6 +67,7 @@ from rich.console import Console
 
 from ablab.config import resolved
 from ablab.errors import ConfigError
+from ablab.locks import FolderLock, process_gone
 from ablab.tracking import flatten_params
 from ablab.tracking.status import (
     PREEMPTED,
@@ -79,13 +80,11 @@ from ablab.tracking.store import check_store
 from ablab.tracking.sweep import record_job as record_sweep_job
 from ablab.training.job import (
     CheckpointOwner,
-    JobLock,
     JobState,
     clear_checkpoints,
     fingerprint,
     metric_summary,
     previous_attempt,
-    process_gone,
     recorded_steps,
     set_aside,
 )
@@ -392,7 +391,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
     if rank_zero:  # an unusable store fails here, before data and model are built
         check_tracking_uri(uri)
-    with JobLock(job_dir) if rank_zero else contextlib.nullcontext():
+    with FolderLock(job_dir) if rank_zero else contextlib.nullcontext():
         previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
         if previous is not None and previous.status == "FINISHED":
             if rank_zero:
