@@ -230,6 +230,11 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     assert code == 0, output[-3000:]
     # two seeds are too few for a verdict, whatever the numbers: the tool says so
     assert "inconclusive (too few seeds: n=2 < 3" in output
+    # the recorded command, portable: no interpreter path of this machine
+    assert (
+        f"\npython -m ablab.train -m hydra/sweeper=study hydra.sweeper.study={folder}"
+        in (folder / "RESULTS.md").read_text()
+    )
     runs = find_study_runs(client, str(folder))
     assert runs.parent.info.run_id == parent.info.run_id
     assert len(runs.children) == 4 and {r.info.status for r in runs.children} == {"FINISHED"}

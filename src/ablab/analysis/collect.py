@@ -511,13 +511,26 @@ def study_overrides(study: Study, variant: str) -> dict[str, str]:
 
 
 def study_command(client: MlflowClient, parent: Run) -> str:
-    """The sweep's command line, as the parent run recorded it."""
+    """The sweep's command line, as the parent run recorded it (its latest attempt's), with the
+    interpreter shown as ``python``: a machine's venv path makes no command for another one."""
     try:
-        path = client.download_artifacts(parent.info.run_id, "sweep/command.txt")
-    except Exception:  # an older parent without it: the report still stands
+        recorded = [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")]
+        names = sorted((p for p in recorded if p.startswith("sweep/command")), key=_attempt)
+        if not names:  # an older parent without it: the report still stands
+            return ""
+        path = client.download_artifacts(parent.info.run_id, names[-1])
+    except Exception:
         return ""
     with open(path) as f:
-        return f.read().strip()
+        command = f.read().strip()
+    first, _, rest = command.partition(" ")
+    return f"python {rest}" if Path(first).name.startswith("python") and rest else command
+
+
+def _attempt(path: str) -> int:
+    """``sweep/command-3.txt`` -> 3 (``sweep/command.txt``, before attempts were kept: 0)."""
+    stem = Path(path).stem
+    return int(stem.rpartition("-")[2]) if stem.rpartition("-")[2].isdigit() else 0
 
 
 def metric_key(*parts: str) -> str:
