@@ -142,9 +142,19 @@ def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
-def measure(net: nn.Module, input_shape: Sequence[int]) -> Complexity:
-    """Trace one forward pass of a (batch-of-one) input and collect per-layer statistics."""
-    input_shape = tuple(input_shape)
+def measure(
+    net: nn.Module, example: torch.Tensor | Sequence[torch.Tensor] | Sequence[int]
+) -> Complexity:
+    """Trace one forward pass and collect per-layer statistics for one example: on ``example``,
+    an input batch (or a tuple of the forward's arguments, batch first) whose MACs are divided
+    by its batch size, or on zeros of shape (1, *``example``)."""
+    if isinstance(example, torch.Tensor):
+        args = (example,)
+    elif example and all(isinstance(a, torch.Tensor) for a in example):
+        args = tuple(example)
+    else:
+        args = (torch.zeros(1, *example),)
+    input_shape, batch = tuple(args[0].shape[1:]), max(1, len(args[0]))
     shapes: dict[str, tuple[int, ...]] = {}
     leaves = {name: m for name, m in net.named_modules() if not list(m.children()) and name}
 
@@ -160,7 +170,7 @@ def measure(net: nn.Module, input_shape: Sequence[int]) -> Complexity:
     net.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(torch.zeros(1, *input_shape))
+            net(*args)
     finally:
         net.train(was_training)
         for h in handles:
@@ -179,7 +189,7 @@ def measure(net: nn.Module, input_shape: Sequence[int]) -> Complexity:
                 kind=type(module).__name__,
                 output_shape=shapes[name],
                 params=sum(p.numel() for p in module.parameters(recurse=False)),
-                macs=sum(flops.get(f"{root}.{name}", {}).values()) // 2,
+                macs=sum(flops.get(f"{root}.{name}", {}).values()) // (2 * batch),
                 receptive_field=r,
                 jump=j,
             )
@@ -188,7 +198,7 @@ def measure(net: nn.Module, input_shape: Sequence[int]) -> Complexity:
         input_shape=input_shape,
         params=sum(p.numel() for p in net.parameters()),
         trainable_params=sum(p.numel() for p in net.parameters() if p.requires_grad),
-        macs=counter.get_total_flops() // 2,
+        macs=counter.get_total_flops() // (2 * batch),
         layers=layers,
     )
 

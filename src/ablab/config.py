@@ -62,12 +62,14 @@ def job_key(overrides: Sequence[str]) -> str:
 
 def register_resolvers() -> None:
     """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}``,
-    ``${job_key:overrides}`` and ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)."""
+    ``${job_key:overrides}``, ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)
+    and ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
         "job_key": lambda overrides: job_key(list(overrides)),
         "slurm_gpus": lambda accelerator, devices: None if accelerator == "cpu" else devices,
+        "optuna_direction": lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -176,6 +178,19 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     return variants
 
 
+def null_groups(overrides: Sequence[str]) -> list[str]:
+    """``group=null`` (e.g. ``logger=null``: a run that tracks nothing) as Hydra's ``~group``,
+    which drops the group; Hydra itself refuses null as a group option."""
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+")
+        if sep and value == "null" and group and (CONFIG_DIR / group).is_dir():
+            override = f"~{group}"
+        out.append(override)
+    return out
+
+
 def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
     """Compose and resolve the config for ``overrides`` (every sweep value when ``multirun``).
 
@@ -193,6 +208,11 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
             check_names(config)
             if multirun:
                 check_processes_per_job(cfg)
+                if cfg.get("logger") is None:
+                    raise ConfigError(
+                        "logger=null tracks nothing, and a sweep's jobs, parent run and reports "
+                        "live in MLflow; use logger=null for single runs"
+                    )
 
 
 def check_top_level_types(config: dict) -> None:

@@ -14,7 +14,7 @@ import hydra
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
-from ablab.config import CONFIG_DIR, CONFIG_NAME, check_overrides
+from ablab.config import CONFIG_DIR, CONFIG_NAME, check_overrides, null_groups
 from ablab.errors import ConfigError
 
 
@@ -41,6 +41,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    sys.argv[1:] = null_groups(sys.argv[1:])  # logger=null: Hydra's ~logger
     args = get_args_parser().parse_args(sys.argv[1:])
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
@@ -37,10 +36,11 @@ from torch.utils.data import (
 )
 
 from ablab.data.augment import BatchAugment
+from ablab.data.module import DataModule
 from ablab.errors import ConfigError
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(DataModule):
     """Splits, loaders, device-side augmentation and standardisation common to all image data.
 
     In-memory subclasses implement :meth:`load`; file-backed ones override :meth:`build_splits`.
@@ -48,6 +48,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     #: Human-readable dataset name for error messages.
     name: str = "dataset"
+    components: ClassVar[dict[str, str]] = {"augmentation": "augmentation"}
 
     def __init__(
         self,
@@ -260,14 +261,18 @@ class ImageDataModule(pl.LightningDataModule):
             x = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)])
         return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
-    def rank_batch_size(self, world_size: int) -> int:
-        """``batch_size`` is the global batch: each of ``world_size`` processes loads its share."""
-        if self.batch_size % world_size:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is the global batch and must split evenly over "
-                f"{world_size} processes; use a multiple of {world_size}"
-            )
-        return self.batch_size // world_size
+    # -- what the core asks (see DataModule) -----------------------------------------------
+    def example_input(self) -> Tensor:
+        """Two images of the size and channels the networks receive (after augmentation)."""
+        return torch.zeros(2, self.in_channels, self.image_size, self.image_size)
+
+    def run_params(self) -> dict[str, Any]:
+        """The training split's class counts as trained on (see ``imbalance_ratio``)."""
+        counts = self.train_class_counts
+        return {} if counts is None else {"data.train_class_counts": counts}
+
+    def run_artifacts(self) -> dict[str, str]:
+        return {"config/augmentation.txt": "\n".join(self.augmentation.describe()) + "\n"}
 
     def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None):
         if self.splits is None:

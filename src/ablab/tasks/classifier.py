@@ -9,21 +9,19 @@ class equally and the per-class recalls show what the rare classes lost.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from ablab.data.base import ImageDataModule, dataset_targets
 from ablab.errors import ConfigError
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+from ablab.tasks.base import OptimizerFactory, Task
 
 # The per-class scores are logged as values torchmetrics has already reduced over every DDP rank
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
@@ -34,16 +32,17 @@ warnings.filterwarnings(
 )
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(Task):
     """logits = net(x); loss = loss_fn(logits, y); metrics logged as ``<stage>/<name>``.
 
     Validation and test also log ``f1_macro`` (mean over classes of 2·P·R / (P + R)),
     ``recall_macro`` (mean per-class recall, i.e. balanced accuracy) and ``recall/<class>``
     (TP_c / (TP_c + FN_c)); training skips them to keep steps cheap.
 
-    The network is built elsewhere and injected; ``optimizer`` is a partial taking the parameters,
-    ``scheduler`` a Lightning lr-scheduler dict whose ``scheduler`` entry is a partial taking the
-    optimizer (or ``None``).
+    The network is built elsewhere and injected (see :class:`~ablab.tasks.base.Task`); ``loss``
+    comes from the ``loss`` group, and a loss that needs the training set's class counts (a
+    partial taking ``class_counts``) gets them in :meth:`check`. The monitored metric is
+    ``val/acc`` (max) unless ``monitor``/``mode`` say otherwise.
 
     Weight decay (the optimizer's ``weight_decay``) applies to conv/linear weights only, not to
     biases or norm parameters, unless ``decay_norm_and_bias``; ``l1`` adds l1 · Σ|w| over those
@@ -55,6 +54,8 @@ class ClassifierModule(pl.LightningModule):
     (Szegedy et al. 2015, weight 0.3), and ``train/loss`` is that total.
     """
 
+    components: ClassVar[dict[str, str]] = {"loss": "loss"}
+
     def __init__(
         self,
         net: nn.Module,
@@ -64,15 +65,16 @@ class ClassifierModule(pl.LightningModule):
         num_classes: int,
         decay_norm_and_bias: bool = False,
         l1: float = 0.0,
+        monitor: str = "val/acc",
+        mode: Literal["min", "max"] = "max",
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, monitor=monitor, mode=mode)
         # Modules live in the state dict and factories are code, so only plain values go into the
         # checkpoint's hyper-parameters; ablab logs the full resolved config to MLflow.
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.loss_fn = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_config = scheduler
+        self.num_classes = num_classes
         if l1 < 0:
             raise ConfigError(f"task.l1={l1} must be >= 0")
         self.decay_norm_and_bias, self.l1 = decay_norm_and_bias, l1
@@ -99,7 +101,28 @@ class ClassifierModule(pl.LightningModule):
         )
         self.val_class_metrics = per_class.clone(prefix="val/")
         self.test_class_metrics = per_class.clone(prefix="test/")
-        self.val_acc_best = MaxMetric()
+
+    def check(self, datamodule: ImageDataModule) -> None:
+        """Give a class-count loss the training split's counts (as trained on, after
+        ``data.imbalance_ratio``), then evaluate the loss once on dummy logits (and on
+        class-probability targets when mixup/CutMix hand it those), so a bad loss fails here."""
+        if isinstance(self.loss_fn, partial):
+            counts = datamodule.train_class_counts
+            if counts is None:  # labels that cost decoding: read them once
+                targets = dataset_targets(datamodule.splits["train"])
+                counts = torch.bincount(targets, minlength=self.num_classes).tolist()
+            self.loss_fn = self.loss_fn(class_counts=torch.as_tensor(counts))
+        c = self.num_classes
+        try:
+            self.loss_fn(torch.zeros(2, c), torch.zeros(2, dtype=torch.long))
+            if datamodule.augmentation.mix is not None:
+                self.loss_fn(torch.zeros(2, c), torch.full((2, c), 1.0 / c))
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"loss rejected the config: {err}") from err
+
+    def validation_metric_names(self) -> set[str]:
+        names = {"val/loss", *self.val_metrics.keys(), *self.val_class_metrics.keys()}
+        return names | {f"val/recall/{c}" for c in range(self.num_classes)}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -151,10 +174,6 @@ class ClassifierModule(pl.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count as a "best" epoch.
-        self.val_acc_best.reset()
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch[1]))
@@ -164,8 +183,6 @@ class ClassifierModule(pl.LightningModule):
         self._shared_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_metrics["acc"].compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
         self._log_class_metrics("val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -202,22 +219,3 @@ class ClassifierModule(pl.LightningModule):
             {"params": rest, "weight_decay": 0.0, "name": "norm_and_bias"},
         ]
         return [g for g in groups if g["params"]]
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        if not self.scheduler_config:
-            return optimizer
-        scheduler = dict(self.scheduler_config)
-        make = scheduler["scheduler"]
-        if isinstance(make, partial) and make.keywords.get("total_steps", 0) is None:
-            make = partial(make, total_steps=self._total_steps())  # one-cycle spans the run
-        scheduler["scheduler"] = make(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _total_steps(self) -> int:
-        """Optimizer steps in the whole run; a placeholder when no trainer is attached yet (the
-        dry run that validates the config before training)."""
-        try:
-            return max(1, int(self.trainer.estimated_stepping_batches))
-        except RuntimeError:
-            return 100

@@ -1,8 +1,10 @@
 """Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
-random-number state in every checkpoint, and a ``last.ckpt`` that is always the last epoch."""
+random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, and the
+best value of the task's monitored metric."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -14,6 +16,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
+from ablab.data.base import ImageDataModule
 from ablab.data.preview import batch_grid
 
 
@@ -53,7 +56,9 @@ class LogBatchPreview(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger, datamodule = trainer.logger, trainer.datamodule
-        if not (trainer.is_global_zero and isinstance(logger, MLFlowLogger) and datamodule):
+        if not (trainer.is_global_zero and isinstance(logger, MLFlowLogger)):
+            return
+        if not isinstance(datamodule, ImageDataModule):  # a preview of images, and of nothing else
             return
         x, y = next(iter(datamodule.train_dataloader()))
         n = self.max_images
@@ -63,6 +68,44 @@ class LogBatchPreview(Callback):
         fig = batch_grid(x, labels, datamodule.class_names, self.max_images)
         logger.experiment.log_figure(logger.run_id, fig, self.artifact_file)
         plt.close(fig)
+
+
+class MonitorBest(Callback):
+    """best = max (or min) over validation epochs of the task's monitored metric, logged as
+    ``<monitor>_best`` after each validation and put in ``trainer.callback_metrics``.
+
+    This is what ``train`` returns to a sweeper (Optuna), so it must not depend on
+    checkpointing: Lightning turns the checkpoint callback off under ``fast_dev_run``, and a
+    ``ddp_spawn`` run's checkpoint callback keeps its best score in the worker process, while
+    ``callback_metrics`` come back to the main one. The sanity-check validation does not count;
+    a non-finite value is never best; the value is saved in checkpoints (resume continues it).
+    """
+
+    def __init__(self, monitor: str, mode: str) -> None:
+        self.monitor, self.mode = monitor, mode
+        self.name = f"{monitor}_best"
+        self.best: float | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)
+        if math.isfinite(value) and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        ):
+            self.best = value
+        if self.best is None:
+            return
+        trainer.callback_metrics[self.name] = torch.tensor(self.best)
+        for logger in trainer.loggers:  # rank 0 only: loggers log there alone
+            logger.log_metrics({self.name: self.best}, step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
 
 
 class RngState(Callback):

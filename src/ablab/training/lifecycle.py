@@ -88,7 +88,7 @@ from ablab.training.job import (
     recorded_steps,
     set_aside,
 )
-from ablab.training.run import LAST_CHECKPOINT, build, log_run_config, report
+from ablab.training.run import LAST_CHECKPOINT, Run, build, log_run_config, report
 from ablab.training.types import check_types
 
 # MLflow announces every start and stop of the system metrics monitor at INFO; warnings stay.
@@ -190,7 +190,7 @@ def experiment_client(logger: MLFlowLogger) -> MlflowClient:
 
 @contextmanager
 def tracked_run(
-    logger: MLFlowLogger,
+    logger: MLFlowLogger | None,
     trainer: pl.Trainer | None = None,
     *,
     system_metrics_interval: float | None = None,
@@ -207,13 +207,15 @@ def tracked_run(
     ``fit`` stop training at a batch boundary and save that checkpoint first.
     """
     rank = trainer.global_rank if trainer is not None else 0
-    if rank == 0:
+    if logger is None:  # logger=null: signals and preemption only, nothing tracked
+        client, outcome, system_metrics_interval = None, RunOutcome(run_id=None), None
+    elif rank == 0:
         client, outcome = experiment_client(logger), RunOutcome(run_id=logger.run_id)
         tag_experiment_kind(client, logger.experiment_id)
         clear_end_tags(client, outcome.run_id)
     else:  # Lightning's logger has no run here; rank 0 shares its id once the group exists
         client, outcome = MlflowClient(logger._tracking_uri), RunOutcome(run_id=None)
-    if trainer is not None and trainer.world_size > 1:
+    if trainer is not None and trainer.world_size > 1 and logger is not None:
         trainer.callbacks.append(ShareRunId(outcome))
     monitor = None
     if rank == 0 and system_metrics_interval:
@@ -244,7 +246,7 @@ def tracked_run(
         if received or isinstance(exc, KeyboardInterrupt):
             outcome.status, outcome.killed_by = "KILLED", received[0] if received else "SIGINT"
             if outcome.preempted_checkpoint:
-                if rank == 0:
+                if rank == 0 and client is not None:
                     client.set_tag(outcome.run_id, PREEMPTED, outcome.killed_by)
                 raise Preempted(
                     outcome.killed_by,
@@ -374,25 +376,28 @@ def end_if_lost(run_id: str, uri: str) -> bool:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test on the best checkpoint; return the test metrics (and the best validation
-    score, ``<monitor>_best``, which is what a sweeper should optimise).
+    """Fit, then test on the best checkpoint; return the test metrics and the best validation
+    value of the task's monitored metric (``<monitor>_best``, what a sweeper should optimise).
 
     Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
     1..N-1); only global rank 0 holds the job folder and creates, fills and reports the run.
 
     With ``resume=true`` a rerun continues the folder's unfinished run from its own ``last.ckpt``
     and reports a finished one without training it again; ``resume=false`` sets the old run's
-    files aside and starts anew (see the module docstring for the whole sequence).
+    files aside and starts anew (see the module docstring for the whole sequence). With
+    ``logger=null`` nothing is tracked: there is no run to continue, so every start trains anew.
     """
-    job_dir, uri = Path(cfg.paths.output_dir), str(cfg.logger.tracking_uri)
+    job_dir = Path(cfg.paths.output_dir)
+    tracked = cfg.get("logger") is not None
+    uri = str(cfg.logger.tracking_uri) if tracked else None
     params = flatten_params(resolved(cfg))
     config_fingerprint = fingerprint(params)
     rank_zero = rank_zero_only.rank == 0
     check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
-    if rank_zero:  # an unusable store fails here, before data and model are built
+    if rank_zero and tracked:  # an unusable store fails here, before data and model are built
         check_tracking_uri(uri)
     with FolderLock(job_dir) if rank_zero else contextlib.nullcontext():
-        previous = previous_attempt(job_dir, uri, params) if cfg.resume else None
+        previous = previous_attempt(job_dir, uri, params) if cfg.resume and tracked else None
         if previous is not None and previous.status == "FINISHED":
             if rank_zero:
                 Console(soft_wrap=True).print(
@@ -410,7 +415,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint_dir = Path(dirpath) if dirpath else job_dir / "checkpoints"
         last = checkpoint_dir / LAST_CHECKPOINT if dirpath else None
         if rank_zero:
-            if not cfg.resume and (old := JobState.load(job_dir)):
+            if not cfg.resume and tracked and (old := JobState.load(job_dir)):
                 end_if_lost(old.run_id, uri)  # we hold its lock: a RUNNING run is dead
                 set_aside(job_dir, old, checkpoint_dir)
             own = previous.state.run_id if previous else None
@@ -429,7 +434,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.logger, trainer, system_metrics_interval=interval, checkpoint=last
         ) as outcome:
             trainer.callbacks.append(CheckpointOwner(outcome, config_fingerprint))
-            if trainer.is_global_zero:  # one run per job: the other ranks only train
+            if trainer.is_global_zero and tracked:  # one run per job: the other ranks only train
                 client = run.logger.experiment
                 if previous is None:
                     log_run_config(run, cfg)
@@ -441,12 +446,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     run.logger.skip_recorded(recorded_steps(client, run.logger.run_id))
             resume_from = str(last) if previous is not None and last and last.exists() else None
             trainer.fit(run.task, datamodule=run.datamodule, ckpt_path=resume_from)
+            best_value = monitor_best(run)
             checkpointing = trainer.checkpoint_callback
             best = checkpointing.best_model_path if checkpointing else ""
             results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if checkpointing and checkpointing.monitor and checkpointing.best_model_score is not None:
-        metrics[f"{checkpointing.monitor}_best"] = float(checkpointing.best_model_score)
+    if best_value is not None:
+        metrics[run.monitor_best.name] = best_value
     if trainer.is_global_zero:
         report(metrics, run.logger, uri, outcome.status, best)
     return metrics
+
+
+def monitor_best(run: Run) -> float | None:
+    """The best validation value of the task's monitored metric after ``fit``: the callback's
+    (restored from the checkpoint when fit had nothing left to do), else what a ``ddp_spawn``
+    worker sent back in ``callback_metrics``."""
+    if run.monitor_best.best is not None:
+        return run.monitor_best.best
+    value = run.trainer.callback_metrics.get(run.monitor_best.name)
+    return None if value is None else float(value)

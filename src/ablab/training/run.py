@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,11 +18,11 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from rich.console import Console
@@ -31,12 +30,13 @@ from torch import Tensor, nn
 
 from ablab.complexity import Complexity, measure
 from ablab.config import resolved
-from ablab.data import ImageDataModule
-from ablab.data.base import dataset_targets
+from ablab.data.module import DataModule
 from ablab.errors import ConfigError
 from ablab.init import initialize
+from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
+from ablab.training.callbacks import MonitorBest
 from ablab.training.types import check_types
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
@@ -49,66 +49,105 @@ RUNTIME_KEYS = ("compile", "channels_last", "system_metrics_interval")
 
 @dataclass
 class Run:
-    """The parts of one training run."""
+    """The parts of one training run; ``logger`` is ``None`` when nothing is tracked
+    (``logger=null``)."""
 
-    datamodule: ImageDataModule
-    task: pl.LightningModule
+    datamodule: DataModule
+    task: Task
     trainer: pl.Trainer
-    logger: MLFlowLogger
-    complexity: Complexity
+    logger: MLFlowLogger | None
+    #: network name -> its size, traced on the data's example input
+    complexity: dict[str, Complexity]
+    #: the best value of the task's monitored metric, whatever the checkpointing
+    monitor_best: MonitorBest
 
 
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
-    """Instantiate data, model, init, task, callbacks, logger and trainer; raise ConfigError.
+    """Instantiate data, networks, init, task, callbacks, logger and trainer; raise ConfigError.
 
+    The task and the data module declare what they are built from (``Task.networks``,
+    ``Task.components``, ``DataModule.components``); nothing here depends on which task it is.
     ``run_id`` makes the logger continue that MLflow run instead of creating one.
     """
     check_types(cfg)  # a wrong type names its key before anything is built
     pl.seed_everything(cfg.seed, workers=True)
     try:
-        datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+        task_class = component_class(cfg, "task", Task)
+        data_class = component_class(cfg, "data", DataModule)
+        datamodule = instantiate(cfg.data, **components(cfg, data_class.components))
         datamodule.prepare_data()
         datamodule.setup("fit")  # loads and splits once (cached): data errors surface here
         # Weights draw from their own stream, so variants can share data order and augmentation.
         torch.manual_seed(cfg.seeds.init)
-        net = initialize(instantiate(cfg.model), **cfg.init)
-        # Traced at the data's input size: a model that cannot take that size fails here.
-        size = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-        complexity = measure(net, size)  # on the eager net: fx cannot trace a compiled one
-        net = apply_compute_switches(net, cfg.trainer.compile, cfg.trainer.channels_last)
+        networks = {
+            argument: initialize(instantiate(cfg[group]), **cfg.init)
+            for argument, group in task_class.networks.items()
+        }
         scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
-        loss = instantiate(cfg.loss)
-        if isinstance(loss, partial):  # losses that need the training set's class counts
-            counts = datamodule.train_class_counts  # as trained on (data.imbalance_ratio)
-            if counts is None:  # labels that cost decoding: read them once
-                targets = dataset_targets(datamodule.splits["train"])
-                counts = torch.bincount(targets, minlength=cfg.data.num_classes).tolist()
-            loss = loss(class_counts=torch.as_tensor(counts))
-        # mixup/CutMix hand the loss (N, C) class probabilities: a loss that needs indices fails here
-        check_loss(loss, cfg.data.num_classes, soft=datamodule.augmentation.mix is not None)
         task = instantiate(
-            cfg.task, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, loss=loss
+            cfg.task,
+            **networks,
+            **components(cfg, task_class.components),
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=scheduler,
         )
+        task.check(datamodule)  # whatever the task needs of the data, before any run exists
+        task.check_monitor()
+        # Traced on the data's own example: a network that cannot take it fails here. On the
+        # eager networks: fx cannot trace a compiled one.
+        complexity = {
+            name: measure(networks[name], example)
+            for name, example in task.example_inputs(datamodule).items()
+        }
+        for net in networks.values():
+            apply_compute_switches(net, cfg.trainer.compile, cfg.trainer.channels_last)
         try:  # dry run: a bad optimizer or scheduler value fails here, not after the run starts
             task.configure_optimizers()
         except (ValueError, TypeError) as err:
             raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
+        monitor_best = MonitorBest(task.monitor, task.mode)
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-        # Lightning's MLFlowLogger opens its store as it is made: a new local store is created
-        # and migrated here, once everything before it was valid, under the store's lock.
-        uri = str(cfg.logger.tracking_uri)
-        try:
-            ensure_store(uri)
-        except ConfigError as err:
-            raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
-        logger = instantiate(cfg.logger, run_id=run_id)
-        trainer = build_trainer(cfg, callbacks=callbacks, logger=logger)
+        logger = None
+        if cfg.get("logger") is not None:
+            # Lightning's MLFlowLogger opens its store as it is made: a new local store is
+            # created and migrated here, once everything before it was valid, under its lock.
+            uri = str(cfg.logger.tracking_uri)
+            try:
+                ensure_store(uri)
+            except ConfigError as err:
+                raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
+            logger = instantiate(cfg.logger, run_id=run_id)
+        else:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        trainer = build_trainer(
+            cfg, callbacks=[monitor_best, *callbacks], logger=logger if logger else False
+        )
         datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
     except ConfigError:
         raise
     except Exception as err:
         raise as_config_error(err) from err
-    return Run(datamodule, task, trainer, logger, complexity)
+    return Run(datamodule, task, trainer, logger, complexity, monitor_best)
+
+
+def component_class(cfg: DictConfig, group: str, base: type) -> type:
+    """The class ``cfg.<group>._target_`` names, which must be a ``base``."""
+    target = OmegaConf.select(cfg, f"{group}._target_")
+    try:
+        cls = get_class(str(target))
+    except Exception as err:
+        raise ConfigError(f"{group}._target_={target} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(
+            f"{group}._target_={target} is not a {base.__module__}.{base.__qualname__}; "
+            f"the {group} group must name one"
+        )
+    return cls
+
+
+def components(cfg: DictConfig, wanted: dict[str, str]) -> dict[str, Any]:
+    """constructor argument -> the component its config group builds (``None`` stays None)."""
+    return {argument: instantiate(cfg[group]) for argument, group in wanted.items()}
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
@@ -150,7 +189,7 @@ def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
 
 
 def apply_compute_switches(net: nn.Module, compiled: bool, channels_last: bool) -> nn.Module:
-    """Channels-last weights and inputs, then ``torch.compile`` (in place: checkpoint keys stay)."""
+    """Channels-last weights and inputs, then ``torch.compile``, in place (checkpoint keys stay)."""
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         net.register_forward_pre_hook(channels_last_input)
@@ -167,17 +206,6 @@ def channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, 
     return (x, *rest)
 
 
-def check_loss(loss: nn.Module, num_classes: int, soft: bool = False) -> None:
-    """Evaluate the loss once on dummy logits (and, with ``soft``, on class-probability targets),
-    so a bad loss value fails before the run starts."""
-    try:
-        loss(torch.zeros(2, num_classes), torch.zeros(2, dtype=torch.long))
-        if soft:
-            loss(torch.zeros(2, num_classes), torch.full((2, num_classes), 1.0 / num_classes))
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"loss rejected the config: {err}") from err
-
-
 def as_config_error(err: BaseException) -> ConfigError:
     """The ConfigError in ``err``'s cause chain, else ``err`` itself on one line."""
     seen: BaseException | None = err
@@ -189,22 +217,33 @@ def as_config_error(err: BaseException) -> ConfigError:
     return ConfigError(" ".join(lines) or type(err).__name__)
 
 
+def complexity_params(complexity: dict[str, Complexity]) -> dict[str, int]:
+    """``complexity.params``/``complexity.macs`` for a one-network task; with several networks
+    each one's (``complexity.generator.params``...) and their sums."""
+    if len(complexity) == 1:
+        (only,) = complexity.values()
+        return {"complexity.params": only.params, "complexity.macs": only.macs}
+    params = {f"complexity.{name}.{key}": getattr(c, key)
+              for name, c in complexity.items() for key in ("params", "macs")}  # fmt: skip
+    params["complexity.params"] = sum(c.params for c in complexity.values())
+    params["complexity.macs"] = sum(c.macs for c in complexity.values())
+    return params
+
+
 def log_run_config(run: Run, cfg: DictConfig) -> None:
-    """Params (flattened resolved config, measured model size and training class counts),
-    config/override/command artifacts, dir tag."""
+    """Params (flattened resolved config, measured network sizes and what the data module
+    measured), config/override/command artifacts and the data module's own, dir tag."""
     logger, client = run.logger, run.logger.experiment
     config = resolved(cfg)
-    params = flatten_params(config)
-    params |= {"complexity.params": run.complexity.params, "complexity.macs": run.complexity.macs}
-    if run.datamodule.train_class_counts is not None:  # as trained on (see data.imbalance_ratio)
-        params |= flatten_params({"data.train_class_counts": run.datamodule.train_class_counts})
+    params = flatten_params(config) | complexity_params(run.complexity)
+    params |= flatten_params(run.datamodule.run_params())
     # Through the client, not logger.log_hyperparams: Lightning cuts every value at 250 characters.
     entries = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(logger.run_id, params=entries[start : start + 100])
     client.log_text(logger.run_id, yaml.safe_dump(config, sort_keys=False), "config/config.yaml")
-    augmentation = "\n".join(run.datamodule.augmentation.describe()) + "\n"
-    client.log_text(logger.run_id, augmentation, "config/augmentation.txt")
+    for path, text in run.datamodule.run_artifacts().items():
+        client.log_text(logger.run_id, text, path)
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     client.log_text(logger.run_id, yaml.safe_dump(overrides), "config/overrides.yaml")
@@ -213,7 +252,11 @@ def log_run_config(run: Run, cfg: DictConfig) -> None:
 
 
 def report(
-    metrics: dict[str, Any], logger: MLFlowLogger, uri: str, status: str, checkpoint: str
+    metrics: dict[str, Any],
+    logger: MLFlowLogger | None,
+    uri: str | None,
+    status: str,
+    checkpoint: str,
 ) -> None:
     """The last lines of a run: test metrics, where the run is and how to open it."""
     console = Console(soft_wrap=True)  # long paths and URLs stay on one line
@@ -223,6 +266,9 @@ def report(
     console.print(f"[bold]test[/bold] {shown}", highlight=False)
     if checkpoint:
         console.print(f"best checkpoint: {checkpoint}", highlight=False)
+    if logger is None:
+        console.print(f"{status}; nothing was tracked (logger=null)", highlight=False)
+        return
     experiment = logger.experiment.get_experiment(logger.experiment_id).name
     console.print(
         f"MLflow run {logger.run_id} ({status}) in experiment '{experiment}' "
@@ -231,8 +277,8 @@ def report(
         markup=False,
     )
     path = f"#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
-    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-        console.print(f"open it: {uri.rstrip('/')}/{path}", highlight=False, markup=False)
+    if str(uri).startswith(("http://", "https://")):  # a tracking server serves its own UI
+        console.print(f"open it: {str(uri).rstrip('/')}/{path}", highlight=False, markup=False)
     else:
         console.print(
             f"open it: mlflow ui --backend-store-uri {uri}  (or: make ui), then "
