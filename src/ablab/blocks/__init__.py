@@ -2,7 +2,8 @@
 
 ``Block(c_in, c_out, stride=1, *, norm, act, shortcut, se_ratio, drop_path, ...)`` plus each
 family's own shape arguments (``bottleneck_ratio``/``group_width`` for residual blocks,
-``expansion``/``kernel_size`` for inverted residuals).
+``expansion``/``kernel_size`` for inverted residuals). Stems, the layers before the first block,
+come from ``ablab.registry.STEM`` (``ablab.blocks.stem``).
 """
 
 from ablab.blocks.dense import DenseBlock, DenseLayer, Transition
@@ -13,6 +14,7 @@ from ablab.blocks.preact import PreActBasicBlock, PreActBottleneck
 from ablab.blocks.repvgg import RepVGGBlock
 from ablab.blocks.residual import BasicBlock, Bottleneck, ConvBlock
 from ablab.blocks.shuffle import ShuffleV2Unit
+from ablab.blocks.stem import cifar_stem, imagenet_stem
 from ablab.blocks.transformer import TransformerBlock
 
 __all__ = [
@@ -32,4 +34,6 @@ __all__ = [
     "ShuffleV2Unit",
     "TransformerBlock",
     "Transition",
+    "cifar_stem",
+    "imagenet_stem",
 ]

@@ -19,20 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import ablab.blocks.stem  # noqa: F401  (registers the stems in STEM)
 from ablab.blocks.dense import DenseBlock, Transition
-from ablab.errors import ConfigError, unknown_choice
-from ablab.layers import ConvNormAct, make_act, make_norm
-from ablab.layers.norm import uses_norm
-from ablab.models.resnet import imagenet_stem
-
-
-def cifar_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
-    """One 3x3/1 conv, no norm or act: the first dense layer's norm-act follows it directly."""
-    conv = ConvNormAct(c_in, width, 3, 1, norm="none", act="identity", bias=not uses_norm(norm))
-    return nn.Sequential(conv)
-
-
-STEMS = {"imagenet": imagenet_stem, "cifar": cifar_stem}
+from ablab.errors import ConfigError
+from ablab.layers import make_act, make_norm
+from ablab.registry import STEM
 
 
 class DenseNet(nn.Module):
@@ -55,12 +46,12 @@ class DenseNet(nn.Module):
     ) -> None:
         super().__init__()
         depths = tuple(depths)
-        if stem not in STEMS:
-            raise unknown_choice("stem", stem, STEMS)
+        make_stem = STEM[stem]
         if not 0 < compression <= 1:
             raise ConfigError(f"compression θ must be in (0, 1], got {compression}")
         width = stem_width or 2 * growth_rate  # the paper's 2k stem (64 for k = 32)
-        self.stem = STEMS[stem](in_channels, width, norm, act)
+        # The first dense layer pre-activates: a CIFAR stem is a bare conv (§3).
+        self.stem = make_stem(in_channels, width, norm, act, preact=True)
         kw = {"norm": norm, "act": act, "drop_rate": drop_rate}
         stages, c_in = [], width
         for i, depth in enumerate(depths):

@@ -32,9 +32,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+import ablab.blocks.stem  # noqa: F401  (registers the stems in STEM)
 from ablab.blocks.inception import Inception, InceptionAux
-from ablab.errors import ConfigError, unknown_choice
-from ablab.layers import ConvNormAct
+from ablab.errors import ConfigError
+from ablab.registry import STEM
 
 #: Table 1 of the paper: per stage, per block (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
 TABLE_1 = (
@@ -53,34 +54,6 @@ TABLE_1 = (
 def downsample() -> nn.MaxPool2d:
     """3x3/2 max pool, padded so that even a 1 px map survives: 112 → 56, 7 → 4, 1 → 1."""
     return nn.MaxPool2d(3, 2, 1)
-
-
-def imagenet_stem(c_in: int, widths: Sequence[int], norm: str, act: str) -> nn.Sequential:
-    """7x7/2 conv, max pool, 1x1 conv, 3x3 conv, max pool: 224 → 112 → 56 → 28."""
-    if len(widths) != 3:
-        raise ConfigError(
-            f"the imagenet stem has 3 convs, so stem_widths needs 3 numbers: {widths}"
-        )
-    w1, w2, w3 = widths
-    return nn.Sequential(
-        ConvNormAct(c_in, w1, 7, 2, norm=norm, act=act),
-        downsample(),
-        ConvNormAct(w1, w2, 1, norm=norm, act=act),
-        ConvNormAct(w2, w3, 3, norm=norm, act=act),
-        downsample(),
-    )
-
-
-def cifar_stem(c_in: int, widths: Sequence[int], norm: str, act: str) -> nn.Sequential:
-    """3x3/1 convs, one per width, no pooling: 32 → 32."""
-    layers, c = [], c_in
-    for width in widths:
-        layers.append(ConvNormAct(c, width, 3, norm=norm, act=act))
-        c = width
-    return nn.Sequential(*layers)
-
-
-STEMS = {"imagenet": imagenet_stem, "cifar": cifar_stem}
 
 
 class GoogLeNet(nn.Module):
@@ -106,15 +79,14 @@ class GoogLeNet(nn.Module):
     ) -> None:
         """``aux_taps``: (stage, block) pairs whose outputs feed an auxiliary head (4a and 4d)."""
         super().__init__()
-        if stem not in STEMS:
-            raise unknown_choice("stem", stem, STEMS)
+        make_stem = STEM[stem]
         stem_widths = tuple(stem_widths)
         layout = tuple(tuple(tuple(block) for block in stage) for stage in branch_widths)
         taps = [tuple(tap) for tap in aux_taps] if aux_heads else []
         for stage, block in taps:
             if not (0 <= stage < len(layout) and 0 <= block < len(layout[stage])):
                 raise ConfigError(f"aux_taps names block {block} of stage {stage}: no such block")
-        self.stem = STEMS[stem](in_channels, stem_widths, norm, act)
+        self.stem = make_stem(in_channels, stem_widths, norm, act)
         self.aux_heads = nn.ModuleList()
         self.aux_weight = aux_weight
         # (stage, index inside the stage's Sequential) -> aux head; index 0 is the pool for i > 0.

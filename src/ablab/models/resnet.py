@@ -20,26 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-import ablab.blocks  # noqa: F401  (registers the blocks in BLOCK)
+import ablab.blocks  # noqa: F401  (registers the blocks in BLOCK and the stems in STEM)
 from ablab.blocks.residual import inner_width
-from ablab.errors import ConfigError, unknown_choice
-from ablab.layers import ConvNormAct, make_act, make_norm
-from ablab.registry import BLOCK
+from ablab.errors import ConfigError
+from ablab.layers import make_act, make_norm
+from ablab.registry import BLOCK, STEM
 
-
-def imagenet_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
-    """7x7/2 conv + norm + act, then 3x3/2 max pool: 224 → 56."""
-    return nn.Sequential(
-        ConvNormAct(c_in, width, 7, 2, 3, norm=norm, act=act), nn.MaxPool2d(3, 2, 1)
-    )
-
-
-def cifar_stem(c_in: int, width: int, norm: str, act: str) -> nn.Sequential:
-    """One 3x3/1 conv + norm + act: 32 → 32."""
-    return nn.Sequential(ConvNormAct(c_in, width, 3, 1, norm=norm, act=act))
-
-
-STEMS = {"imagenet": imagenet_stem, "cifar": cifar_stem}
 #: The arguments every stackable block takes (``ablab.blocks``); the rest are its family's own.
 _CORE = {"norm", "act", "shortcut", "se_ratio", "drop_path"}
 _FIXED = {"c_in", "c_out", "stride", *_CORE}
@@ -79,9 +65,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         depths, widths = tuple(depths), tuple(widths)
-        if stem not in STEMS:
-            raise unknown_choice("stem", stem, STEMS)
-        make_block = BLOCK[block]
+        make_stem, make_block = STEM[stem], BLOCK[block]
         params = inspect.signature(make_block).parameters
         if not set(params) >= _CORE:
             valid = [n for n in BLOCK if set(inspect.signature(BLOCK[n]).parameters) >= _CORE]
@@ -104,7 +88,7 @@ class ResNet(nn.Module):
                 f"model.block_args {sorted(unknown)} are not arguments of block '{block}'; "
                 f"valid: {', '.join(p for p in params if p not in _FIXED)}"
             )
-        self.stem = STEMS[stem](in_channels, stem_width, norm, act)
+        self.stem = make_stem(in_channels, stem_width, norm, act)
         total, index = sum(depths), 0
         stages, c_in = [], stem_width
         for i, (depth, width) in enumerate(zip(depths, widths, strict=True)):
