@@ -41,7 +41,9 @@ class SineDataModule(DataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits[split], self.rank_batch_size(world), shuffle, generator=g)
+        return DataLoader(  # keywords: Lightning re-creates it with a DistributedSampler
+            self.splits[split], batch_size=self.rank_batch_size(world), shuffle=shuffle, generator=g
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
