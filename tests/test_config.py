@@ -30,6 +30,7 @@ GROUPS = [
     "callbacks",
     "paths",
     "experiment",
+    "debug",
 ]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 

@@ -65,6 +65,33 @@ def test_batches_are_standardised_on_transfer() -> None:
     assert z.mean().abs() < 1e-4 and (z.std() - 1).abs() < 1e-3
 
 
+def test_per_pixel_mean_subtracts_the_training_mean_image_only(tmp_path) -> None:
+    make_cifar10(tmp_path, per_batch=20)
+    dm = VisionDataModule(dataset="cifar10", root=str(tmp_path), verify_checksums=False,
+                          num_classes=10, in_channels=3, image_size=32,
+                          normalize="per_pixel_mean")  # fmt: skip
+    dm.setup()
+    train = dm.splits["train"].tensors[0]
+    assert dm.mean.shape == (3, 32, 32)  # one mean per pixel and channel ...
+    assert torch.allclose(dm.mean, train.mean(dim=0))  # ... of the training split alone
+    z, _ = dm.on_after_batch_transfer((train, torch.zeros(len(train))), 0)
+    assert z.mean(dim=0).abs().max() < 1e-5  # every pixel centred on the training images
+    assert torch.allclose(z, train - dm.mean)  # and not divided by anything
+    test = dm.splits["test"].tensors[0]
+    assert not torch.allclose(dm.mean, test.mean(dim=0), atol=1e-3)
+
+
+@pytest.mark.parametrize(("value", "same_as"), [(True, "channel"), (False, "none")])
+def test_normalize_true_and_false_name_channel_and_none(value, same_as) -> None:
+    assert DigitsDataModule(normalize=value).normalize == same_as
+    raw = DigitsDataModule(normalize="none")
+    raw.setup()
+    x = raw.splits["train"].tensors[0][:8]
+    assert torch.equal(raw.standardize(x), x)
+    with pytest.raises(ConfigError, match=r"unknown data.normalize 'pixel'.*valid: channel, none"):
+        DigitsDataModule(normalize="pixel")
+
+
 def test_synthetic_is_seeded_and_imbalanced() -> None:
     dm = SyntheticDataModule(num_classes=4, samples_per_class=100, imbalance=0.1, seed=3)
     assert dm.class_counts() == [100, 46, 22, 10]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,10 @@ from torch.utils.data import (
 
 from ablab.data.augment import BatchAugment
 from ablab.data.module import DataModule
-from ablab.errors import ConfigError
+from ablab.errors import ConfigError, unknown_choice
+
+#: ``normalize`` options; ``true`` means ``channel`` and ``false`` means ``none``.
+NORMALIZE = ("channel", "per_pixel_mean", "none")
 
 
 class ImageDataModule(DataModule):
@@ -62,13 +65,16 @@ class ImageDataModule(DataModule):
         seed: int = 0,
         order_seed: int | None = None,
         num_workers: int = 0,
-        normalize: bool = True,
+        normalize: bool | Literal["channel", "per_pixel_mean", "none"] = True,
         augmentation: BatchAugment | nn.Module | None = None,
         imbalance_ratio: float = 1.0,
     ) -> None:
         """``order_seed`` (default: ``seed``) shuffles the training set; ``augmentation`` is a
         :class:`BatchAugment`, or any image-only module, which is then wrapped in one;
-        ``imbalance_ratio`` ≥ 1 subsamples the training split to a long tail (1: as it is)."""
+        ``imbalance_ratio`` ≥ 1 subsamples the training split to a long tail (1: as it is);
+        ``normalize`` is ``channel`` (true: per-channel mean and std of the training split),
+        ``per_pixel_mean`` (the training split's mean image subtracted, no division; He et al.
+        2016) or ``none`` (false)."""
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
@@ -95,6 +101,10 @@ class ImageDataModule(DataModule):
         self.seed = seed
         self.order_seed = seed if order_seed is None else order_seed
         self.num_workers = num_workers
+        if isinstance(normalize, bool):
+            normalize = "channel" if normalize else "none"
+        if normalize not in NORMALIZE:
+            raise unknown_choice("data.normalize", normalize, NORMALIZE)
         self.normalize = normalize
         self.imbalance_ratio = imbalance_ratio
         if not isinstance(augmentation, BatchAugment):
@@ -132,8 +142,10 @@ class ImageDataModule(DataModule):
                     labels, minlength=self.num_classes
                 ).tolist()
             self.splits = splits
-            if self.normalize:
+            if self.normalize == "channel":
                 self.mean, self.std = self.channel_stats(self.splits["train"])
+            elif self.normalize == "per_pixel_mean":
+                self.mean = self.pixel_mean(self.splits["train"])  # (C, H, W); std stays 1
 
     def long_tail(self, train: Dataset) -> tuple[Dataset, Tensor | None]:
         """The training split subsampled to the long-tail profile (untouched for ρ = 1), and its
@@ -210,9 +222,11 @@ class ImageDataModule(DataModule):
 
     # -- helpers ------------------------------------------------------------------------------
     def standardize(self, x: Tensor) -> Tensor:
-        """(x − mean) / std per channel, with train-split statistics."""
-        if not self.normalize:
+        """(x − mean) / std per channel, or x − the mean image, with train-split statistics."""
+        if self.normalize == "none":
             return x
+        if self.normalize == "per_pixel_mean":
+            return x - self.mean.to(x.device, x.dtype)
         mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
         std = self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -260,6 +274,14 @@ class ImageDataModule(DataModule):
             step = max(1, math.ceil(len(dataset) / max_decoded))
             x = torch.stack([dataset[i][0] for i in range(0, len(dataset), step)])
         return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+    @staticmethod
+    def pixel_mean(dataset: Dataset, max_decoded: int = 1000) -> Tensor:
+        """The (C, H, W) mean image of a split (of ``max_decoded`` evenly spaced file images)."""
+        if isinstance(dataset, TensorDataset):
+            return dataset.tensors[0].mean(dim=0)
+        step = max(1, math.ceil(len(dataset) / max_decoded))
+        return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)]).mean(dim=0)
 
     # -- what the core asks (see DataModule) -----------------------------------------------
     def example_input(self) -> Tensor:
