@@ -1,4 +1,5 @@
-"""The ``ablab`` command: ``ablab train|study|report|summary|zoo|show-batch [options] [overrides]``.
+"""The ``ablab`` command: ``ablab train|eval|study|report|summary|zoo|show-batch [options]
+[overrides]``.
 
 Sub-commands take the same Hydra overrides as training, composed from the same ``conf/``.
 """
@@ -243,6 +244,18 @@ def study(argv: list[str]) -> None:
     raise SystemExit(code)
 
 
+def evaluate(argv: list[str]) -> None:
+    """Test a checkpoint with its run's config: ckpt_path=<file or run id> [new_run=true] [k=v]"""
+    if argv and argv[0] in ("-h", "--help"):
+        from ablab.training import evaluate as module
+
+        print(module.__doc__)
+        return
+    from ablab.training.evaluate import evaluate as run_eval
+
+    run_eval(argv)
+
+
 def train(argv: list[str]) -> None:
     """Train and track one run (or a ``-m`` sweep): the Hydra entry point with these arguments."""
     from ablab import train as entry
@@ -253,6 +266,7 @@ def train(argv: list[str]) -> None:
 
 COMMANDS = {
     "train": train,
+    "eval": evaluate,
     "study": study,
     "report": report,
     "summary": summary,
