@@ -112,9 +112,10 @@ def randomized(reference: nn.Module) -> nn.Module:
 
 
 def load_reference(net: nn.Module, reference: nn.Module, renames=()) -> None:
-    """Load the reference's state into ``net``: by position (the same tensors in the same order)
-    or, with ``renames``, by the reference's names rewritten to ablab's."""
-    ours, theirs = net.state_dict(), reference.state_dict()
+    """Give ``net`` (built on the meta device: no memory, no init) copies of the reference's
+    tensors: by position (the same tensors in the same order) or, with ``renames``, by the
+    reference's names rewritten to ablab's."""
+    ours, theirs = net.state_dict(), {k: v.clone() for k, v in reference.state_dict().items()}
     if renames:
         state = {}
         for key, value in theirs.items():
@@ -124,7 +125,7 @@ def load_reference(net: nn.Module, reference: nn.Module, renames=()) -> None:
     else:
         assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
         state = dict(zip(ours, theirs.values(), strict=True))
-    net.load_state_dict(state)
+    net.load_state_dict(state, assign=True)
 
 
 def norm_settings(net: nn.Module) -> list[tuple[str, float, float | None]]:
@@ -157,9 +158,8 @@ def batch_norm_step(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 )
 def test_outputs_equal_torchvision_with_its_weights(name, compose_cfg) -> None:
     twin = TWINS[name]
-    with compose_cfg(
-        f"model={name}", "model.in_channels=3", "model.num_classes=1000", *twin.overrides
-    ) as cfg:
+    imagenet = ("model.in_channels=3", "model.num_classes=1000", *twin.overrides)
+    with compose_cfg(f"model={name}", *imagenet) as cfg, torch.device("meta"):
         net = instantiate(cfg.model).eval()
     torch.manual_seed(0)
     reference = randomized(getattr(torchvision.models, twin.reference)(weights=None).eval())
