@@ -102,23 +102,49 @@ def test_every_init_config_applies_to_a_zoo_model(name, compose_cfg) -> None:
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-def test_zero_init_last_only_where_there_is_a_shortcut(compose_cfg) -> None:
-    def built(model: str) -> nn.Module:
-        with compose_cfg(
-            f"model={model}", "init=kaiming_normal", "init.zero_init_last=true"
-        ) as cfg:
-            torch.manual_seed(0)
-            return initialize(instantiate(cfg.model), **cfg.init)
+def last_weights(net: nn.Module) -> list[torch.Tensor]:
+    """What each residual block's ``zero_init_last`` zeroes: the last norm's γ in post-activation
+    blocks, the last conv's weight in pre-activation ones (their last layer is a conv)."""
+    lasts = []
+    for block in net.modules():
+        if callable(getattr(block, "zero_init_last", None)):
+            last = block.residual[-1]
+            lasts.append(last.norm.weight if hasattr(last, "norm") else last[-1].weight)
+    assert lasts, "no block with zero_init_last"
+    return lasts
 
-    residual = built("resnet20")
-    blocks = [m for m in residual.modules() if hasattr(m, "zero_init_last")]
-    assert blocks and all(torch.count_nonzero(b.residual[-1].norm.weight) == 0 for b in blocks)
-    plain = built("plain20")
-    assert all(
-        torch.equal(m.residual[-1].norm.weight, torch.ones_like(m.residual[-1].norm.weight))
-        for m in plain.modules()
-        if hasattr(m, "zero_init_last")
-    )
+
+def built(compose_cfg, *overrides: str) -> nn.Module:
+    """The model and init of the real config, as training/run.py builds them."""
+    with compose_cfg(*overrides) as cfg:
+        torch.manual_seed(0)
+        return initialize(instantiate(cfg.model), **cfg.init)
+
+
+# Basic blocks with parameter-free shortcuts, grouped bottlenecks with projections, pre-activation.
+RESIDUAL = ["resnet20", "resnext29_8x16d", "preact_resnet20"]
+
+
+@pytest.mark.parametrize("name", INIT_CONFIGS)
+@pytest.mark.parametrize("model", RESIDUAL)
+def test_model_zero_init_last_holds_under_every_scheme(model, name, compose_cfg) -> None:
+    """``model.zero_init_last=true`` is the model's switch: no init scheme undoes it."""
+    net = built(compose_cfg, f"model={model}", f"init={name}", "model.zero_init_last=true")
+    assert all(torch.count_nonzero(w) == 0 for w in last_weights(net))
+
+
+@pytest.mark.parametrize("name", INIT_CONFIGS)
+def test_without_zero_init_last_the_last_norms_are_not_zero(name, compose_cfg) -> None:
+    net = built(compose_cfg, "model=resnet20", f"init={name}", "model.zero_init_last=false")
+    assert all(torch.count_nonzero(w) > 0 for w in last_weights(net))
+
+
+@pytest.mark.parametrize("switch", ["model.zero_init_last=true", "init.zero_init_last=true"])
+def test_zero_init_last_only_where_there_is_a_shortcut(switch, compose_cfg) -> None:
+    residual = built(compose_cfg, "model=resnet20", "init=kaiming_normal", switch)
+    assert all(torch.count_nonzero(w) == 0 for w in last_weights(residual))
+    plain = built(compose_cfg, "model=plain20", "init=kaiming_normal", switch)
+    assert all(torch.equal(w, torch.ones_like(w)) for w in last_weights(plain))
 
 
 @pytest.mark.parametrize(

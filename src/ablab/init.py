@@ -14,8 +14,11 @@ For a layer with fan_in inputs per output unit and fan_out outputs per input uni
 - ``lecun_normal`` (LeCun et al. 1998): 1 / fan_in (Kaiming with a linear gain; SELU nets);
 - ``orthogonal`` (Saxe et al. 2014): a (scaled) orthogonal matrix over the flattened weight;
 - ``zeros`` / ``constant``: every unit of a layer identical — symmetry never breaks.
-``zero_init_last`` then sets γ = 0 in the last norm of every residual block (Goyal et al. 2017),
-which does nothing in a plain net (no shortcut to fall back on).
+Architecture-dependent init is the model's and comes last, so no scheme undoes it: after the
+scheme, every module's ``special_init()`` runs (a ResNet built with ``zero_init_last`` sets γ = 0
+in the last norm of every residual block, Goyal et al. 2017, which does nothing in a plain net: no
+shortcut to fall back on). ``init.zero_init_last`` asks the same of every block of any model,
+those without the constructor switch included (timm's).
 """
 
 from __future__ import annotations
@@ -146,18 +149,23 @@ def orthogonal(net: nn.Module, gain: float = 1.0) -> None:
 def initialize(
     net: nn.Module, scheme: str = "default", zero_init_last: bool = False, **options: Any
 ) -> nn.Module:
-    """Apply the init ``scheme`` (with its ``options``) to every layer of ``net``; return ``net``.
+    """Apply the init ``scheme`` (with its ``options``) to every layer of ``net``, then every
+    module's own ``special_init()``; return ``net``.
 
-    ``zero_init_last`` then calls every block's ``zero_init_last()`` (residual blocks zero their
-    last norm's γ; blocks without a shortcut leave themselves alone).
+    The scheme resets every norm to γ = 1, so an architecture's init (``model.zero_init_last``)
+    must come after it to hold. ``zero_init_last`` then calls every block's ``zero_init_last()``
+    (residual blocks zero their last norm's γ; blocks without a shortcut leave themselves alone).
     """
     make = INIT[scheme]
     try:
         make(net, **options)
     except TypeError as err:  # an option the scheme does not take
         raise ConfigError(f"init '{scheme}' rejected its options {options}: {err}") from err
+    for module in net.modules():
+        if callable(special_init := getattr(module, "special_init", None)):
+            special_init()
     if zero_init_last:
         for module in net.modules():
-            if hasattr(module, "zero_init_last") and callable(module.zero_init_last):
+            if callable(getattr(module, "zero_init_last", None)):
                 module.zero_init_last()
     return net

@@ -1,7 +1,9 @@
-"""Normalisation layers by name (``bn``, ``gn``, ``ln``, ``lrn``, ``none``) for (N, C, H, W) maps.
+"""Normalisation layers by name (``bn``, ``bn_tf``, ``gn``, ``ln``, ``lrn``, ``none``) for
+(N, C, H, W) maps.
 
-BatchNorm: Ioffe & Szegedy 2015; GroupNorm: Wu & He 2018; LayerNorm: Ba et al. 2016 (here over
-(C, H, W) per sample, i.e. GroupNorm with one group, the form used for conv nets); local response
+BatchNorm: Ioffe & Szegedy 2015 (``bn_tf``: with TensorFlow's ε and moving-average decay, as
+MobileNetV3 was trained); GroupNorm: Wu & He 2018; LayerNorm: Ba et al. 2016 (here over (C, H, W)
+per sample, i.e. GroupNorm with one group, the form used for conv nets); local response
 normalisation: Krizhevsky et al. 2012 (AlexNet).
 """
 
@@ -16,6 +18,14 @@ from ablab.registry import NORM
 def batch_norm(channels: int) -> nn.Module:
     """y = γ (x − E_batch[x]) / sqrt(Var_batch[x] + ε) + β, running stats at eval."""
     return nn.BatchNorm2d(channels)
+
+
+@NORM.register("bn_tf")
+def batch_norm_tf(channels: int) -> nn.Module:
+    """BatchNorm with running stats ← 0.99 · running + 0.01 · batch and ε = 1e-3: the moving-average
+    decay 0.99 MobileNetV3 was trained with (Howard et al. 2019 §6.1; PyTorch's momentum is
+    1 − decay) and TensorFlow's default ε, as torchvision's MobileNetV3 and its weights."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
 
 
 @NORM.register("gn")
@@ -48,7 +58,7 @@ def no_norm(channels: int) -> nn.Module:
 
 
 #: Norms with a learnable shift β, which makes a preceding conv bias redundant.
-SHIFTING_NORMS = frozenset({"bn", "gn", "ln"})
+SHIFTING_NORMS = frozenset({"bn", "bn_tf", "gn", "ln"})
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:

@@ -133,7 +133,8 @@ class MobileNetV3(nn.Module):
     NL ``RE`` or ``HS``. ``act`` is what HS layers, the stem and the head use (h-swish; set
     ``silu`` to compare with swish, SEEDS claim 32), ``act_early`` what RE layers use. SE squeezes
     to a quarter of the expanded width, rounded to a multiple of 8, with a hard-sigmoid gate.
-    A new stage starts at every strided row.
+    A new stage starts at every strided row. ``norm`` defaults to ``bn_tf``: BatchNorm with the
+    decay 0.99 and ε 1e-3 it was trained with (torchvision's MobileNetV3 too).
     """
 
     def __init__(
@@ -144,7 +145,7 @@ class MobileNetV3(nn.Module):
         blocks: Sequence[Sequence] = (),
         stem_width: int = 16,
         stem_stride: int = 2,
-        norm: str = "bn",
+        norm: str = "bn_tf",
         act: str = "hswish",
         act_early: str = "relu",
         se_gate: str = "hard_sigmoid",

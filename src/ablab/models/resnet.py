@@ -124,9 +124,15 @@ class ResNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(c_in, num_classes),
         )
-        if zero_init_last:
-            for module in self.modules():
-                if hasattr(module, "zero_init_last"):
+        self._zero_init_last = zero_init_last
+        self.special_init()
+
+    def special_init(self) -> None:
+        """The init this architecture owns, which ``ablab.init.initialize`` re-applies after any
+        scheme: with ``zero_init_last``, every block that has a shortcut starts as it."""
+        if self._zero_init_last:
+            for module in self.stages.modules():
+                if callable(getattr(module, "zero_init_last", None)):
                     module.zero_init_last()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
