@@ -18,6 +18,7 @@ Everything is built and checked before anything is logged: bad input is one line
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from ablab.training.run import LAST_CHECKPOINT, build, complexity_params, report
 
 #: Arguments of ``ablab eval`` itself; every other ``key=value`` changes the run's config.
 OWN_KEYS = ("ckpt_path", "new_run")
+# A one-file download needs no progress bar on stderr, where the one-line errors go.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 EVAL_TAGS = {"ablab.kind": "eval"}
 
 
