@@ -110,6 +110,7 @@ def _hydra_runtime(cfg: DictConfig, output_dir: str | None) -> Iterator[None]:
 
 
 def _compose(overrides: list[str]) -> DictConfig:
+    overrides = null_groups(overrides)
     try:
         return compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as err:
@@ -178,14 +179,26 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     return variants
 
 
+#: Config groups a run can do without (``group=null``): tracking, a task's unused groups, and
+#: the groups that are off by default.
+OPTIONAL_GROUPS = ("logger", "augmentation", "loss", "scheduler", "experiment", "hparams_search",
+                   "debug")  # fmt: skip
+
+
 def null_groups(overrides: Sequence[str]) -> list[str]:
     """``group=null`` (e.g. ``logger=null``: a run that tracks nothing) as Hydra's ``~group``,
-    which drops the group; Hydra itself refuses null as a group option."""
+    which drops the group; Hydra itself refuses null as a group option. A group every run needs
+    is refused in one line."""
     out = []
     for override in overrides:
         key, sep, value = override.partition("=")
         group = key.lstrip("+")
         if sep and value == "null" and group and (CONFIG_DIR / group).is_dir():
+            if group not in OPTIONAL_GROUPS:
+                raise ConfigError(
+                    f"{override}: every run needs a {group}; groups that can be null: "
+                    f"{', '.join(OPTIONAL_GROUPS)}"
+                )
             override = f"~{group}"
         out.append(override)
     return out
@@ -208,7 +221,7 @@ def check_overrides(overrides: Sequence[str], multirun: bool = False) -> None:
             check_names(config)
             if multirun:
                 check_processes_per_job(cfg)
-                if cfg.get("logger") is None:
+                if OmegaConf.select(cfg, "logger._target_") is None:
                     raise ConfigError(
                         "logger=null tracks nothing, and a sweep's jobs, parent run and reports "
                         "live in MLflow; use logger=null for single runs"

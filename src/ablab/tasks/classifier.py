@@ -121,7 +121,7 @@ class ClassifierModule(Task):
             raise ConfigError(f"loss rejected the config: {err}") from err
 
     def validation_metric_names(self) -> set[str]:
-        names = {"val/loss", *self.val_metrics.keys(), *self.val_class_metrics.keys()}
+        names = {"val/loss", *self.val_metrics.keys(), "val/f1_macro", "val/recall_macro"}
         return names | {f"val/recall/{c}" for c in range(self.num_classes)}
 
     def forward(self, x: Tensor) -> Tensor:

@@ -72,40 +72,70 @@ class LogBatchPreview(Callback):
 
 class MonitorBest(Callback):
     """best = max (or min) over validation epochs of the task's monitored metric, logged as
-    ``<monitor>_best`` after each validation and put in ``trainer.callback_metrics``.
+    ``<monitor>_best`` after each validation, at the step the metric itself was logged at, and put
+    in ``trainer.callback_metrics``.
 
     This is what ``train`` returns to a sweeper (Optuna), so it must not depend on
     checkpointing: Lightning turns the checkpoint callback off under ``fast_dev_run``, and a
     ``ddp_spawn`` run's checkpoint callback keeps its best score in the worker process, while
     ``callback_metrics`` come back to the main one. The sanity-check validation does not count;
-    a non-finite value is never best; the value is saved in checkpoints (resume continues it).
+    a non-finite value is never best (a run that validated but never had a finite value scores
+    the worst value, ∓inf); the value is saved in checkpoints, so a resumed run continues it (a
+    checkpoint written before this callback existed gives it the checkpoint callback's best).
     """
 
     def __init__(self, monitor: str, mode: str) -> None:
         self.monitor, self.mode = monitor, mode
         self.name = f"{monitor}_best"
         self.best: float | None = None
+        self.validated = False
+
+    @property
+    def score(self) -> float | None:
+        """The best value; the worst possible one when validation ran but nothing was finite."""
+        if self.best is None and self.validated:
+            return -math.inf if self.mode == "max" else math.inf
+        return self.best
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None:
             return
-        value = float(value)
+        if self.best is None and not self.validated:
+            self.best = self._checkpointed_best(trainer)
+        self.validated, value = True, float(value)
         if math.isfinite(value) and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         ):
             self.best = value
-        if self.best is None:
-            return
-        trainer.callback_metrics[self.name] = torch.tensor(self.best)
-        for logger in trainer.loggers:  # rank 0 only: loggers log there alone
-            logger.log_metrics({self.name: self.best}, step=trainer.global_step)
+        self.publish(trainer)
+        if self.best is not None:
+            # Lightning logs validation metrics at the count of optimizer steps taken so far,
+            # which global_step is not (yet) in every loop: the best is logged beside its metric.
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in trainer.loggers:  # rank 0 only: loggers log there alone
+                logger.log_metrics({self.name: self.best}, step=step)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.publish(trainer)  # also when fit had nothing left to do (a resumed finished run)
+
+    def publish(self, trainer: pl.Trainer) -> None:
+        if self.score is not None:
+            trainer.callback_metrics[self.name] = torch.tensor(self.score)
+
+    def _checkpointed_best(self, trainer: pl.Trainer) -> float | None:
+        checkpointing = trainer.checkpoint_callback
+        score = getattr(checkpointing, "best_model_score", None)
+        if score is None or getattr(checkpointing, "monitor", None) != self.monitor:
+            return None
+        return float(score) if math.isfinite(float(score)) else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "validated": self.validated}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
+        self.validated = state_dict.get("validated", self.best is not None)
 
 
 class RngState(Callback):

@@ -36,7 +36,7 @@ from ablab.errors import ConfigError
 from ablab.tracking import flatten_params
 from ablab.training.job import JOB_FILE, OWNER_KEY, JobState
 from ablab.training.lifecycle import check_tracking_uri, tracked_run
-from ablab.training.run import LAST_CHECKPOINT, build, complexity_params, report
+from ablab.training.run import LAST_CHECKPOINT, build, complexity_params, is_tracked, report
 
 #: Arguments of ``ablab eval`` itself; every other ``key=value`` changes the run's config.
 OWN_KEYS = ("ckpt_path", "new_run")
@@ -79,14 +79,14 @@ def evaluate(arguments: list[str]) -> dict[str, float]:
         with composed(overrides) as current:
             config = resolved(current)
     cfg = OmegaConf.create(config)
-    if cfg.get("logger") is not None:
+    if is_tracked(cfg):
         check_tracking_uri(str(cfg.logger.tracking_uri))
         cfg.logger.log_model = False  # the checkpoint is already where it was
         if new_run or source.run_id is None:
             evaluates = {"evaluates": source.run_id} if source.run_id else {}
             cfg.logger.tags = {**cfg.logger.tags, **EVAL_TAGS, **evaluates}
     cfg.callbacks.model_checkpoint = None  # testing writes no checkpoint
-    into_source = source.run_id is not None and not new_run and cfg.get("logger") is not None
+    into_source = source.run_id is not None and not new_run and is_tracked(cfg)
     built = build(cfg, run_id=source.run_id if into_source else None)
     logger, trainer = built.logger, built.trainer
     if logger is None:

@@ -44,6 +44,9 @@ OWNER_KEY = "ablab_job"
 SHOWN_DIFFS = 4
 #: Params measured by the run rather than set by the config (prefixes).
 MEASURED = ("complexity.", "data.train_class_counts")
+#: Config keys added since runs were first logged, with the value older runs had without them:
+#: a run that lacks one is the same config when the key still holds that value.
+ADDED_KEYS = {"task.monitor": "val/acc", "task.mode": "max"}
 
 
 @dataclass
@@ -103,9 +106,14 @@ def checkpoint_owner(path: Path) -> dict[str, Any] | None:
 
 
 def clear_checkpoints(
-    job_dir: Path, checkpoint_dir: Path, run_id: str | None, fingerprint: str | None
+    job_dir: Path,
+    checkpoint_dir: Path,
+    run_id: str | None,
+    fingerprint: str | None,
+    untracked: bool = False,
 ) -> str | None:
-    """Make ``checkpoint_dir`` hold only checkpoints of run ``run_id`` with ``fingerprint``.
+    """Make ``checkpoint_dir`` hold only checkpoints of run ``run_id`` with ``fingerprint``
+    (with ``untracked``, of no run: a ``logger=null`` job continuing its own checkpoints).
 
     Leftover ``*.partial`` files (a save cut short by a kill) are deleted. When ``last.ckpt`` or
     any other checkpoint belongs to another run or config (or names none), the whole folder is
@@ -121,7 +129,7 @@ def clear_checkpoints(
         return None
     owners = [checkpoint_owner(p) for p in checkpoints]
     mine = {"run_id": run_id, "fingerprint": fingerprint}
-    if run_id is not None and all(o is not None and o == mine for o in owners):
+    if (run_id is not None or untracked) and all(o is not None and o == mine for o in owners):
         return None
     foreign = next((o["run_id"] for o in owners if o and o.get("run_id")), None)
     target = job_dir / "previous" / (foreign or f"unknown-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -172,7 +180,7 @@ def previous_attempt(job_dir: Path, tracking_uri: str, params: dict[str, str]) -
         ) from err
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"MLflow run {state.run_id} of {job_dir} was deleted; {hint}")
-    logged = run.data.params
+    logged = {**{k: v for k, v in ADDED_KEYS.items() if k in params}, **run.data.params}
     changed = sorted(
         k
         for k in params.keys() | logged.keys()

@@ -88,7 +88,7 @@ from ablab.training.job import (
     recorded_steps,
     set_aside,
 )
-from ablab.training.run import LAST_CHECKPOINT, Run, build, log_run_config, report
+from ablab.training.run import LAST_CHECKPOINT, Run, build, is_tracked, log_run_config, report
 from ablab.training.types import check_types
 
 # MLflow announces every start and stop of the system metrics monitor at INFO; warnings stay.
@@ -388,7 +388,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ``logger=null`` nothing is tracked: there is no run to continue, so every start trains anew.
     """
     job_dir = Path(cfg.paths.output_dir)
-    tracked = cfg.get("logger") is not None
+    tracked = is_tracked(cfg)
     uri = str(cfg.logger.tracking_uri) if tracked else None
     params = flatten_params(resolved(cfg))
     config_fingerprint = fingerprint(params)
@@ -419,7 +419,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 end_if_lost(old.run_id, uri)  # we hold its lock: a RUNNING run is dead
                 set_aside(job_dir, old, checkpoint_dir)
             own = previous.state.run_id if previous else None
-            if notice := clear_checkpoints(job_dir, checkpoint_dir, own, config_fingerprint):
+            untracked = not tracked and cfg.resume  # logger=null continues its own checkpoints
+            if notice := clear_checkpoints(
+                job_dir, checkpoint_dir, own, config_fingerprint, untracked=untracked
+            ):
                 if previous is not None:  # restarting it from scratch would splice two trainings
                     raise ConfigError(
                         f"{notice}; MLflow run {own} cannot be continued without a checkpoint of "
@@ -444,7 +447,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     client.update_run(run.logger.run_id, status="RUNNING")
                     client.set_tag(run.logger.run_id, "attempt", str(previous.attempts + 1))
                     run.logger.skip_recorded(recorded_steps(client, run.logger.run_id))
-            resume_from = str(last) if previous is not None and last and last.exists() else None
+            resuming = previous is not None or (not tracked and cfg.resume)
+            resume_from = str(last) if resuming and last and last.exists() else None
             trainer.fit(run.task, datamodule=run.datamodule, ckpt_path=resume_from)
             best_value = monitor_best(run)
             checkpointing = trainer.checkpoint_callback
@@ -461,8 +465,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def monitor_best(run: Run) -> float | None:
     """The best validation value of the task's monitored metric after ``fit``: the callback's
     (restored from the checkpoint when fit had nothing left to do), else what a ``ddp_spawn``
-    worker sent back in ``callback_metrics``."""
-    if run.monitor_best.best is not None:
-        return run.monitor_best.best
+    worker sent back in ``callback_metrics``; None when validation never ran."""
+    if run.monitor_best.score is not None:
+        return run.monitor_best.score
     value = run.trainer.callback_metrics.get(run.monitor_best.name)
     return None if value is None else float(value)

@@ -83,7 +83,8 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             argument: initialize(instantiate(cfg[group]), **cfg.init)
             for argument, group in task_class.networks.items()
         }
-        scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+        scheduler_cfg = cfg.get("scheduler")
+        scheduler = instantiate(scheduler_cfg, _convert_="all") if scheduler_cfg else None
         task = instantiate(
             cfg.task,
             **networks,
@@ -108,7 +109,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         monitor_best = MonitorBest(task.monitor, task.mode)
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
         logger = None
-        if cfg.get("logger") is not None:
+        if is_tracked(cfg):
             # Lightning's MLFlowLogger opens its store as it is made: a new local store is
             # created and migrated here, once everything before it was valid, under its lock.
             uri = str(cfg.logger.tracking_uri)
@@ -146,8 +147,15 @@ def component_class(cfg: DictConfig, group: str, base: type) -> type:
 
 
 def components(cfg: DictConfig, wanted: dict[str, str]) -> dict[str, Any]:
-    """constructor argument -> the component its config group builds (``None`` stays None)."""
-    return {argument: instantiate(cfg[group]) for argument, group in wanted.items()}
+    """constructor argument -> the component its config group builds (a dropped group,
+    ``group=null``, gives None)."""
+    return {argument: instantiate(cfg.get(group)) for argument, group in wanted.items()}
+
+
+def is_tracked(cfg: DictConfig) -> bool:
+    """Whether the run is tracked: ``logger=null`` drops the group (a debug config may still
+    leave a ``logger.tags`` node behind, with nothing to build)."""
+    return OmegaConf.select(cfg, "logger._target_") is not None
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
