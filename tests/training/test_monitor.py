@@ -100,9 +100,18 @@ def test_group_null_drops_only_groups_a_run_can_do_without() -> None:
         assert cfg.get("logger") is not None and not is_tracked(cfg)
 
 
-def test_a_monitor_the_task_does_not_log_is_refused_before_the_run(compose_cfg, root) -> None:
-    refused = pytest.raises(ConfigError, match=r"task\.monitor=val/recall is not a validation")
-    with compose_cfg(*SHORT_RUN, "task.monitor=val/recall") as cfg, refused:
+@pytest.mark.parametrize(
+    "override",
+    ["task.monitor=val/recall", "callbacks.model_checkpoint.monitor=val/nope", "scheduler=plateau"],
+)
+def test_a_monitor_the_task_does_not_log_is_refused_before_the_run(
+    compose_cfg, root: Path, override: str
+) -> None:
+    key, _, metric = override.partition("=")
+    key, metric = ("scheduler.monitor", "val/x") if key == "scheduler" else (key, metric)
+    extra = ["scheduler.monitor=val/x"] if override == "scheduler=plateau" else []
+    refused = pytest.raises(ConfigError, match=rf"{key}={metric} is not a validation metric")
+    with compose_cfg(*SHORT_RUN, override, *extra) as cfg, refused:
         build(cfg)
     assert not (root / "mlflow.db").exists()
 

@@ -73,16 +73,19 @@ class Task(pl.LightningModule):
 
     def validation_metric_names(self) -> set[str] | None:
         """Names this task logs in validation (``None``: not known in advance); the core refuses
-        a ``monitor`` that is not among them before training."""
+        a monitored metric that is not among them before training (:meth:`check_monitors`)."""
         return None
 
-    def check_monitor(self) -> None:
+    def check_monitors(self, monitors: dict[str, str | None]) -> None:
+        """Refuse, before training, a metric that something monitors (config key -> metric name)
+        and this task does not log in validation: Lightning would fail after the run exists."""
         names = self.validation_metric_names()
-        if names is not None and self.monitor not in names:
-            raise ConfigError(
-                f"task.monitor={self.monitor} is not a validation metric of "
-                f"{type(self).__name__}; it logs: {', '.join(sorted(names))}"
-            )
+        for key, metric in {"task.monitor": self.monitor, **monitors}.items():
+            if names is not None and metric is not None and metric not in names:
+                raise ConfigError(
+                    f"{key}={metric} is not a validation metric of {type(self).__name__}; it "
+                    f"logs: {', '.join(sorted(names))}"
+                )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """What the optimizer gets: every trainable parameter, in one group."""

@@ -93,7 +93,6 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             scheduler=scheduler,
         )
         task.check(datamodule)  # whatever the task needs of the data, before any run exists
-        task.check_monitor()
         # Traced on the data's own example: a network that cannot take it fails here. On the
         # eager networks: fx cannot trace a compiled one.
         complexity = {
@@ -107,7 +106,12 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"optimizer/scheduler rejected the config: {err}") from err
         monitor_best = MonitorBest(task.monitor, task.mode)
-        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+        named = {name: c for name, c in cfg.callbacks.items() if c is not None}
+        callbacks = [instantiate(c) for c in named.values()]
+        monitors = {f"callbacks.{name}.monitor": getattr(c, "monitor", None)
+                    for name, c in zip(named, callbacks, strict=True)}  # fmt: skip
+        monitors["scheduler.monitor"] = (scheduler or {}).get("monitor")
+        task.check_monitors(monitors)
         logger = None
         if is_tracked(cfg):
             # Lightning's MLFlowLogger opens its store as it is made: a new local store is
