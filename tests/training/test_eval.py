@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from ablab.errors import ConfigError
+from ablab.training.evaluate import evaluate
+from ablab.training.lifecycle import train
 from conftest import REPO, tracking_uri
-from jobs import finish, only_run, start
+from jobs import only_run
 
 TRAIN = ["trainer=smoke", "trainer.system_metrics_interval=null", "logger.log_model=false"]
 
@@ -31,15 +34,17 @@ def all_runs(client: MlflowClient) -> list:
 
 
 @pytest.mark.slow
-def test_eval_logs_into_the_run_keeps_its_status_or_makes_a_tagged_new_run(root: Path) -> None:
-    code, out = finish(start(root, base=TRAIN))
-    assert code == 0, out[-3000:]
+def test_eval_logs_into_the_run_keeps_its_status_or_makes_a_tagged_new_run(
+    compose_cfg, root: Path
+) -> None:
+    with compose_cfg(*TRAIN) as cfg:
+        train(cfg)
     client = MlflowClient(tracking_uri(root))
     trained = only_run(client)
     run_id, tested = trained.info.run_id, trained.data.metrics["test/acc"]
-    (best,) = (root / "outputs" / "runs").glob("*/checkpoints/epoch*.ckpt")
+    (best,) = root.glob("**/checkpoints/epoch*.ckpt")
 
-    done = ablab_eval(root, f"ckpt_path={best}")
+    done = ablab_eval(root, f"ckpt_path={best}")  # the command, in its own process
     assert done.returncode == 0, done.stderr[-3000:]
     run = only_run(client)  # logged into the checkpoint's own run
     assert run.info.status == "FINISHED" and run.data.tags["evaluated_checkpoint"] == str(best)
@@ -49,13 +54,11 @@ def test_eval_logs_into_the_run_keeps_its_status_or_makes_a_tagged_new_run(root:
     # a run a failure ended stays what it is: evaluating it must not make it one reports count
     client.set_terminated(run_id, "KILLED")
     killed = client.get_run(run_id).info
-    done = ablab_eval(root, f"ckpt_path={run_id}")  # a run id: its best checkpoint
-    assert done.returncode == 0, done.stderr[-3000:]
+    evaluate([f"ckpt_path={run_id}"])  # a run id: its best checkpoint
     after = client.get_run(run_id).info
     assert (after.status, after.end_time) == ("KILLED", killed.end_time)
 
-    done = ablab_eval(root, f"ckpt_path={run_id}", "new_run=true")
-    assert done.returncode == 0, done.stderr[-3000:]
+    evaluate([f"ckpt_path={run_id}", "new_run=true"])
     (new,) = [r for r in all_runs(client) if r.info.run_id != run_id]
     assert new.info.status == "FINISHED"
     assert new.data.tags["evaluates"] == run_id and new.data.tags["ablab.kind"] == "eval"
@@ -70,7 +73,8 @@ def test_eval_logs_into_the_run_keeps_its_status_or_makes_a_tagged_new_run(root:
         ([f"ckpt_path={run_id}", "new_run=maybe"], "expected true or false"),
         ([], "needs ckpt_path="),
     ]:
-        refused = ablab_eval(root, *arguments)
-        assert refused.returncode == 2 and says in refused.stderr, refused.stderr[-2000:]
-        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        with pytest.raises(ConfigError, match=says):
+            evaluate(arguments)
     assert len(all_runs(client)) == 2  # no run from any refusal
+    refused = ablab_eval(root, "ckpt_path=0123abcd")  # and the command says so in one line
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
