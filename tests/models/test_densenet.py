@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from hydra.utils import instantiate
 from torch import nn
 
@@ -32,17 +31,9 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def test_densenet121_matches_torchvision(compose_cfg) -> None:
-    ours = imagenet(compose_cfg).eval()
-    reference = torchvision.models.densenet121(weights=None).eval()
-    assert n_params(ours) == n_params(reference) == 7_978_856
-    # Same tensors in the same order: with torchvision's weights loaded, the same function.
-    ours_state, ref_state = ours.state_dict(), reference.state_dict()
-    assert [v.shape for v in ours_state.values()] == [v.shape for v in ref_state.values()]
-    ours.load_state_dict(dict(zip(ours_state, ref_state.values(), strict=True)))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), reference(x))
+def test_densenet121_parameter_count(compose_cfg) -> None:
+    # torchvision's count; outputs with its weights: tests/models/test_torchvision_equivalence.py
+    assert n_params(imagenet(compose_cfg)) == 7_978_856
 
 
 def test_densenet121_shapes_at_224(compose_cfg) -> None:

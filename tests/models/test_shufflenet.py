@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from hydra.utils import instantiate
 from torch import fx, nn
 
@@ -54,17 +53,9 @@ def test_channel_shuffle_traces_and_backpropagates() -> None:
         ChannelShuffle(4)(torch.randn(1, 6, 2, 2))
 
 
-def test_shufflenet_v2_matches_torchvision(compose_cfg) -> None:
-    ours = imagenet(compose_cfg).eval()
-    reference = torchvision.models.shufflenet_v2_x1_0(weights=None).eval()
-    assert n_params(ours) == n_params(reference) == 2_278_604
-    # Same tensors in the same order: with torchvision's weights loaded, the same function.
-    ours_state, ref_state = ours.state_dict(), reference.state_dict()
-    assert [v.shape for v in ours_state.values()] == [v.shape for v in ref_state.values()]
-    ours.load_state_dict(dict(zip(ours_state, ref_state.values(), strict=True)))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), reference(x))
+def test_shufflenet_v2_parameter_count(compose_cfg) -> None:
+    # torchvision's count; outputs with its weights: tests/models/test_torchvision_equivalence.py
+    assert n_params(imagenet(compose_cfg)) == 2_278_604
 
 
 def test_shufflenet_v2_shapes_at_224(compose_cfg) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from hydra.utils import instantiate
 from torch import fx, nn
 
@@ -28,22 +27,11 @@ def build(compose_cfg, name: str, *overrides: str) -> nn.Module:
         return instantiate(cfg.model)
 
 
-VERSIONS = [
-    ("squeezenet1_0", torchvision.models.squeezenet1_0, 1_248_424),
-    ("squeezenet1_1", torchvision.models.squeezenet1_1, 1_235_496),
-]
-
-
-@pytest.mark.parametrize(("name", "reference", "expected"), VERSIONS)
-def test_matches_torchvision_parameters_and_outputs(name, reference, expected, compose_cfg):
-    ours, theirs = build(compose_cfg, name).eval(), reference(weights=None).eval()
-    assert n_params(ours) == n_params(theirs) == expected
-    # Same tensors in the same order: with torchvision's weights the outputs are identical.
-    ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values(), strict=True)))
-    x = torch.rand(2, 3, 224, 224)
-    with torch.no_grad():
-        assert torch.equal(ours(x), theirs(x))
-        assert torch.equal(ours.forward_features(x), theirs.features(x))
+@pytest.mark.parametrize(("name", "expected"), [("squeezenet1_0", 1_248_424),
+                                                ("squeezenet1_1", 1_235_496)])  # fmt: skip
+def test_parameter_count(name, expected, compose_cfg):
+    # torchvision's counts; outputs with its weights: tests/models/test_torchvision_equivalence.py
+    assert n_params(build(compose_cfg, name)) == expected
 
 
 @pytest.mark.parametrize(
