@@ -8,8 +8,9 @@ A task is a LightningModule around networks built elsewhere. It declares:
   on :meth:`Task.example_inputs`) and injects each one;
 - ``components``: other constructor arguments built from a config group (``{"loss": "loss"}``);
 - ``monitor`` and ``mode`` (constructor arguments, so they sit in ``conf/task/<task>.yaml``):
-  the validation metric that says which epoch is best. The checkpoint callback, early stopping,
-  the value returned to sweepers (``<monitor>_best``) and the studies follow it from there;
+  the validation metric that says which epoch is best. The checkpoint callback, early stopping
+  and the value returned to sweepers (``<monitor>_best``) follow it from there (a study's
+  quantities still name their metric and mode themselves);
 - its own metrics (torchmetrics) and artifacts, logged from its hooks.
 
 Everything a task needs from the data it checks in :meth:`Task.check`, which the core calls
