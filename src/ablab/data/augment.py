@@ -19,20 +19,22 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kornia.augmentation as K
 import numpy as np
 import torch
 import torch.distributed as dist
 from hydra.utils import get_object, instantiate
-from kornia.augmentation.auto.base import PolicyAugmentBase
 from omegaconf import DictConfig, OmegaConf
-from timm.data import Mixup
-from timm.data.mixup import mixup_target
 from torch import Tensor, nn
 
 from ablab.errors import ConfigError, unknown_choice
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
+
+# kornia and timm are imported where an op or a mix is used (about 0.7 s of start-up otherwise,
+# for the many runs that augment nothing).
 
 #: An op as a module, as its ``_target_`` config (built and validated here), or ``None`` (dropped).
 OpSpec = nn.Module | Mapping[str, Any] | None
@@ -106,6 +108,8 @@ class BatchAugment(nn.Module):
             targets.append(mixed)
         if even < len(x):
             smoothing = self.mix.label_smoothing
+            from timm.data.mixup import mixup_target
+
             targets.append(mixup_target(y[even:], self.mix.num_classes, 1.0, smoothing))
         return x, torch.cat(targets)
 
@@ -158,6 +162,8 @@ def build_op(where: str, spec: OpSpec) -> tuple[nn.Module, str]:
 
 def build_mix(spec: Mixup | Mapping[str, Any]) -> tuple[Mixup, str]:
     """timm's Mixup and its description, checked: timm itself only fails at the first batch."""
+    from timm.data import Mixup
+
     where = "augmentation.mix"
     mix, text = (spec, "") if isinstance(spec, Mixup) else build_target(where, spec)
     if not isinstance(mix, Mixup):
@@ -231,6 +237,8 @@ def check_args(where: str, args: Mapping[str, Any]) -> None:
 
 def kornia_ops() -> list[str]:
     """Importable names of kornia's 2D image ops, the valid choices named in errors."""
+    import kornia.augmentation as K
+
     skip = ("Base", "3D", "Sequential", "Dispather", "MixUp", "CutMix")
     names = [
         f"kornia.augmentation.{n}"
@@ -246,6 +254,8 @@ def kornia_ops() -> list[str]:
 def probe(op: nn.Module, x: Tensor) -> Tensor:
     """``op(x)`` on a copy with every probability gate open and, for policy ops (RandAugment),
     every candidate sub-policy tried, not just the ones this draw picks."""
+    from kornia.augmentation.auto.base import PolicyAugmentBase
+
     op = copy.deepcopy(op)
     for module in op.modules():
         if hasattr(module, "p_batch"):  # kornia reads p / p_batch at call time

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -23,11 +23,12 @@ from ablab.data.base import ImageDataModule, dataset_targets
 from ablab.errors import ConfigError
 from ablab.tasks.base import OptimizerFactory, Task
 
-# The per-class scores are logged as values torchmetrics has already reduced over every DDP rank
+# Epoch values are logged as values torchmetrics has already reduced over every DDP rank
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
 warnings.filterwarnings(
     "ignore",
-    message=r"It is recommended to use `self\.log\('(val|test)/(f1_macro|recall_macro|recall/\d+)'",
+    message=r"It is recommended to use `self\.log\('(train|val|test)/"
+    r"(loss|acc|acc_top5|f1_macro|recall_macro|recall/\d+)'",
     category=PossibleUserWarning,
 )
 
@@ -78,13 +79,15 @@ class ClassifierModule(Task):
         if l1 < 0:
             raise ConfigError(f"task.l1={l1} must be >= 0")
         self.decay_norm_and_bias, self.l1 = decay_norm_and_bias, l1
-        metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
-        if num_classes > 5:
-            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        collection = MetricCollection(metrics)
-        self.train_metrics = collection.clone(prefix="train/")
-        self.val_metrics = collection.clone(prefix="val/")
-        self.test_metrics = collection.clone(prefix="test/")
+        # Training checks no arguments per step (the loss has checked the targets already).
+        for stage, validate in (("train", False), ("val", True), ("test", True)):
+            accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
+            metrics = {"acc": accuracy(validate_args=validate)}
+            if num_classes > 5:
+                metrics["acc_top5"] = accuracy(top_k=5, validate_args=validate)
+            setattr(self, f"{stage}_metrics", MetricCollection(metrics, prefix=f"{stage}/"))
+            # The stage's mean loss, weighted by batch size (over every DDP rank at compute()).
+            setattr(self, f"{stage}_loss", MeanMetric())
         per_class = MetricCollection(
             {
                 "f1_macro": MulticlassF1Score(num_classes, average="macro"),
@@ -160,47 +163,53 @@ class ClassifierModule(Task):
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         target = y.argmax(1) if y.dim() == 2 else y
         metrics.update(logits.detach(), target)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         if stage != "train":
             getattr(self, f"{stage}_class_metrics").update(logits.detach(), target)
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-            sync_dist=True,  # under DDP: the mean over every rank's samples, not rank 0's
-        )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=len(batch[1]))
+        # Only on the steps Lightning passes to the logger (every trainer.log_every_n_steps):
+        # each self.log call costs Lightning's bookkeeping, whether or not the value is written.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_class_metrics("val")
-
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
     def on_test_epoch_end(self) -> None:
-        self._log_class_metrics("test")
+        self._log_epoch("test")
 
-    def _log_class_metrics(self, stage: str) -> None:
-        """Log the epoch's per-class scores and start the next epoch afresh.
+    def _log_epoch(self, stage: str) -> None:
+        """Log the stage's epoch values and start the next epoch afresh.
 
-        Lightning can only log metrics that compute a scalar, and ``recall/<class>`` is one
-        metric with a value per class: the collection is computed here (synced over DDP ranks
-        by torchmetrics, every rank taking part) and its values logged.
+        Metrics are updated at every step and logged here once (``<stage>/loss``: the
+        batch-size-weighted mean; ``acc``...; validation and test also their per-class scores).
+        torchmetrics reduces each over every DDP rank at ``compute()``, every rank taking part.
+        Lightning would log a metric that has a value per class (``recall/<class>``) only as
+        scalars, and a value logged at every step costs its bookkeeping at every step.
         """
-        metrics: MetricCollection = getattr(self, f"{stage}_class_metrics")
-        self.log_dict(metrics.compute())
-        metrics.reset()
+        collections = [getattr(self, f"{stage}_metrics")]
+        if stage != "train":
+            collections.append(getattr(self, f"{stage}_class_metrics"))
+        loss = getattr(self, f"{stage}_loss")
+        shown = {f"{stage}/loss": loss.compute(), **collections[0].compute()}
+        self.log_dict(shown, prog_bar=True)
+        for metrics in collections[1:]:
+            self.log_dict(metrics.compute())
+        for metric in (loss, *collections):
+            metric.reset()
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """Parameters under weight decay and l1: weights of ≥ 2 dims, i.e. not biases or norms."""

@@ -1,13 +1,12 @@
 """Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
-random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, and the
-best value of the task's monitored metric."""
+random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, the
+best value of the task's monitored metric and the points where held metrics reach the store."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -17,7 +16,6 @@ from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpo
 from pytorch_lightning.loggers import MLFlowLogger
 
 from ablab.data.base import ImageDataModule
-from ablab.data.preview import batch_grid
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,6 +58,10 @@ class LogBatchPreview(Callback):
             return
         if not isinstance(datamodule, ImageDataModule):  # a preview of images, and of nothing else
             return
+        import matplotlib.pyplot as plt  # here: the only callback that draws
+
+        from ablab.data.preview import batch_grid
+
         x, y = next(iter(datamodule.train_dataloader()))
         n = self.max_images
         with torch.no_grad():  # draw 0 without advancing the counter: training starts there too
@@ -136,6 +138,30 @@ class MonitorBest(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.validated = state_dict.get("validated", self.best is not None)
+
+
+class FlushMetrics(Callback):
+    """Write the logger's held metric values (:class:`ablab.tracking.mlflow.ResumableMLFlowLogger`)
+    wherever they must be in the store: before a checkpoint is written (a job resumed from it
+    never logs those steps again), at each epoch start (the previous epoch's training metrics are
+    logged after its checkpoint), at the end of every stage and on any exception."""
+
+    def _flush(self, trainer: pl.Trainer, *args: Any) -> None:
+        for logger in trainer.loggers:
+            flush = getattr(logger, "flush", None)
+            if flush is not None:
+                flush()
+
+    on_save_checkpoint = on_train_epoch_start = on_train_end = _flush
+    on_validation_end = on_test_end = on_predict_end = _flush
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        try:
+            self._flush(trainer)
+        except Exception as err:  # the store itself may be what failed; keep the first error
+            exception.add_note(f"ablab: metrics held since the last flush were lost: {err}")
 
 
 class RngState(Callback):

@@ -7,7 +7,6 @@ targets (mixup / cutmix's (N, C) class probabilities). Focal loss is kornia's.
 from __future__ import annotations
 
 import torch
-from kornia.losses import focal_loss as kornia_focal_loss
 from torch import Tensor, nn
 
 from ablab.errors import ConfigError
@@ -41,6 +40,8 @@ class FocalLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.dim() != 1:
             raise ConfigError("focal loss needs class-index targets, not mixup/cutmix soft targets")
+        from kornia.losses import focal_loss as kornia_focal_loss  # only where focal loss is used
+
         terms = kornia_focal_loss(logits, target, self.alpha, self.gamma, reduction="none")
         return terms.sum(dim=1).mean()  # (N, C) → (N,) → scalar
 

@@ -36,7 +36,7 @@ from ablab.init import initialize
 from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
-from ablab.training.callbacks import MonitorBest
+from ablab.training.callbacks import FlushMetrics, MonitorBest
 from ablab.training.types import check_types
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
@@ -122,6 +122,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             except ConfigError as err:
                 raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
             logger = instantiate(cfg.logger, run_id=run_id)
+            callbacks.append(FlushMetrics())  # the logger holds metrics between these points
         else:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer = build_trainer(
