@@ -101,7 +101,9 @@ class ResumableMLFlowLogger(MLFlowLogger):
             if isinstance(value, str):
                 continue
             key = re.sub("[^a-zA-Z0-9_/. -]+", "", key)
-            self.pending.append(Metric(key=key, value=float(value), timestamp=stamp, step=step or 0))
+            self.pending.append(
+                Metric(key=key, value=float(value), timestamp=stamp, step=step or 0)
+            )
         if self.pending and self.pending_since is None:
             self.pending_since = now
         if self.pending_since is not None and now - self.pending_since >= self.flush_every_s:
