@@ -37,6 +37,7 @@ from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
 from ablab.training.callbacks import MonitorBest
+from ablab.training.precision import warn_emulated_bf16
 from ablab.training.threads import ThreadBudget, apply_threads
 from ablab.training.types import check_types
 
@@ -179,7 +180,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
 
 def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
     """Raise ConfigError for fp16 autocast on CPU (Lightning would quietly train in bf16) and for
-    a script-relaunching DDP strategy inside a multirun.
+    a script-relaunching DDP strategy inside a multirun; warn about bf16 on a CPU that only
+    emulates it (:func:`warn_emulated_bf16`).
 
     Lightning's ``ddp`` starts ranks 1..N-1 by running the command line again with
     ``hydra.run.dir`` pinned to this run's folder. In a single run that folder is shared and only
@@ -190,6 +192,9 @@ def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
             f"trainer.precision={precision} needs a GPU (fp16 autocast is not supported on CPU); "
             "on CPU use 32-true or bf16-mixed"
         )
+    cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    if cpu and precision.startswith("bf16") and trainer.is_global_zero:
+        warn_emulated_bf16(precision)
     launcher = trainer.strategy.launcher
     relaunches = (
         isinstance(launcher, _SubprocessScriptLauncher)
