@@ -18,41 +18,44 @@ from ablab.training.run import build
 from ablab.training.threads import ThreadBudget, processes_per_job, resolve_threads
 from conftest import run_module, tracking_uri
 
-FAST = ["trainer=smoke", "callbacks.batch_preview=null", "callbacks.model_checkpoint=null",
-        "logger.log_model=false", "callbacks.progress_bar=null"]  # fmt: skip
+FAST = [
+    "trainer=smoke",
+    "callbacks.batch_preview=null",
+    "callbacks.model_checkpoint=null",
+    "logger.log_model=false",
+    "callbacks.progress_bar=null",
+]
 OMP = {"OMP_NUM_THREADS": "3"}
 SLURM = {"SLURM_CPUS_PER_TASK": "6"}
 
 
-@pytest.mark.parametrize(
-    ("setting", "env", "launcher", "expected"),
-    [
-        (5, {**OMP, **SLURM}, {"n_jobs": 2}, (5, "user")),  # the user's value wins over all
-        (None, {**OMP, **SLURM}, {"n_jobs": 2}, (3, "omp_env")),
-        (None, {"OMP_NUM_THREADS": "4,2"}, {}, (4, "omp_env")),  # nested: the outer level
-        (None, SLURM, {"n_jobs": 2}, (6, "slurm")),
-        (None, {"OMP_NUM_THREADS": "", "SLURM_CPUS_PER_TASK": "0"}, {}, (None, "default")),
-        (None, {}, {"n_jobs": 2}, (8, "joblib")),
-        (None, {}, {"n_jobs": -1}, (1, "joblib")),  # joblib: -1 is one job per core
-        (None, {}, {"n_jobs": -2}, (1, "joblib")),  # -2: all cores but one, 15 jobs
-        (None, {}, {"n_jobs": -13}, (4, "joblib")),  # 16 + 1 - 13 = 4 jobs
-        (None, {}, {"n_jobs": -1, "sweep_size": 2}, (8, "joblib")),  # only 2 jobs to run
-        (None, {}, {"n_jobs": 2, "processes": 2}, (4, "joblib")),  # 2 jobs x 2 ranks each
-        (None, {}, {"n_jobs": 32}, (1, "joblib")),  # never below one
-        (None, {}, {"processes": 2}, (8, "ddp")),  # trainer=ddp_cpu: devices 2
-        (None, {}, {}, (None, "default")),
-    ],
-    ids=["user", "omp", "omp-nested", "slurm", "empty-env", "joblib-2", "joblib-minus-1",
-         "joblib-minus-2", "joblib-minus-13", "joblib-small-sweep", "joblib-ddp", "joblib-many",
-         "ddp-cpu", "default"],  # fmt: skip
-)
+#: case -> (trainer.threads, environment, launcher info, expected (threads, source)); 16 cores
+CASES = {
+    "user": (5, {**OMP, **SLURM}, {"n_jobs": 2}, (5, "user")),  # the user's value wins
+    "omp": (None, {**OMP, **SLURM}, {"n_jobs": 2}, (3, "omp_env")),
+    "omp-nested": (None, {"OMP_NUM_THREADS": "4,2"}, {}, (4, "omp_env")),  # the outer level
+    "slurm": (None, SLURM, {"n_jobs": 2}, (6, "slurm")),
+    "empty-env": (None, {"OMP_NUM_THREADS": "", "SLURM_CPUS_PER_TASK": "0"}, {}, (None, "default")),
+    "joblib-2": (None, {}, {"n_jobs": 2}, (8, "joblib")),
+    "joblib-minus-1": (None, {}, {"n_jobs": -1}, (1, "joblib")),  # one job per core
+    "joblib-minus-2": (None, {}, {"n_jobs": -2}, (1, "joblib")),  # all cores but one: 15 jobs
+    "joblib-minus-13": (None, {}, {"n_jobs": -13}, (4, "joblib")),  # 16 + 1 - 13 = 4 jobs
+    "joblib-small-sweep": (None, {}, {"n_jobs": -1, "sweep_size": 2}, (8, "joblib")),
+    "joblib-ddp": (None, {}, {"n_jobs": 2, "processes": 2}, (4, "joblib")),  # 2 jobs x 2 ranks
+    "joblib-many": (None, {}, {"n_jobs": 32}, (1, "joblib")),  # never below one
+    "ddp-cpu": (None, {}, {"processes": 2}, (8, "ddp")),  # trainer=ddp_cpu: devices 2
+    "default": (None, {}, {}, (None, "default")),
+}
+
+
+@pytest.mark.parametrize(("setting", "env", "launcher", "expected"), CASES.values(), ids=list(CASES))
 def test_resolve_threads(setting, env, launcher, expected) -> None:
     assert resolve_threads(setting, env, 16, **launcher) == expected
 
 
 @pytest.mark.parametrize(
-    ("devices", "processes"), [(1, 1), (2, 2), ("2", 2), ([0, 1, 2], 3), ("0,1", 2),
-                               ("auto", 1), (-1, 1)]  # fmt: skip
+    ("devices", "processes"),
+    [(1, 1), (2, 2), ("2", 2), ([0, 1, 2], 3), ("0,1", 2), ("auto", 1), (-1, 1)],
 )
 def test_processes_per_job(devices, processes) -> None:
     assert processes_per_job(devices) == processes

@@ -16,6 +16,9 @@ threads unless the user says otherwise (``trainer.threads``):
 6. otherwise torch's default (``default``).
 
 "cores" are the CPUs this process may run on (``os.sched_getaffinity``), not the machine's.
+joblib's process workers already get ``OMP_NUM_THREADS = cpu_count // n_jobs`` from joblib when
+the user set none; that value is recognised as joblib's (not the user's), and the budget adds
+what joblib cannot know: fewer jobs in the sweep than ``n_jobs``, and DDP ranks within a job.
 """
 
 from __future__ import annotations
@@ -94,16 +97,14 @@ def apply_threads(cfg: DictConfig) -> ThreadBudget:
     """Resolve the job's budget from its config, environment and launcher, and apply it
     (``torch.set_num_threads``); raise ConfigError for a bad ``trainer.threads``."""
     global _exported
-    env = dict(os.environ)
+    env, launcher = dict(os.environ), joblib_launcher()
     if _exported is not None and env.get(OMP_ENV) == _exported:
         env.pop(OMP_ENV)  # a previous job in this process exported it, not the user
+    if "n_jobs" in launcher and env.get(OMP_ENV) == joblib_worker_threads(launcher["n_jobs"]):
+        env.pop(OMP_ENV)  # joblib's own cap for its workers, not the user's setting
     processes = processes_per_job(cfg.trainer.get("devices"))
     threads, source = resolve_threads(
-        cfg.trainer.get("threads"),
-        env,
-        available_cores(),
-        processes=processes,
-        **joblib_launcher(),
+        cfg.trainer.get("threads"), env, available_cores(), processes=processes, **launcher
     )
     torch.set_num_threads(threads or TORCH_DEFAULT)
     if processes > 1 and source in ("user", "slurm", "joblib"):
@@ -134,6 +135,15 @@ def joblib_launcher() -> dict[str, int | None]:
 
     jobs = (sweep_info(str(hydra_cfg.sweep.dir)) or {}).get("jobs")
     return {"n_jobs": int(launcher.get("n_jobs") or 1), "sweep_size": len(jobs) if jobs else None}
+
+
+def joblib_worker_threads(n_jobs: int) -> str:
+    """The ``OMP_NUM_THREADS`` joblib's process workers get when the user set none:
+    ``cpu_count // n_jobs`` with joblib's own (cgroup-aware) CPU count."""
+    from joblib import cpu_count
+
+    jobs = n_jobs if n_jobs > 0 else max(1, cpu_count() + 1 + n_jobs)
+    return str(max(cpu_count() // jobs, 1))
 
 
 def processes_per_job(devices: Any) -> int:
