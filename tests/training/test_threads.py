@@ -48,7 +48,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize(("setting", "env", "launcher", "expected"), CASES.values(), ids=list(CASES))
+@pytest.mark.parametrize(
+    ("setting", "env", "launcher", "expected"), CASES.values(), ids=list(CASES)
+)
 def test_resolve_threads(setting, env, launcher, expected) -> None:
     assert resolve_threads(setting, env, 16, **launcher) == expected
 
