@@ -26,6 +26,21 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABLAB_ROOT", str(tmp_path))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads() -> Iterator[None]:
+    """A test that builds a run with a thread budget (``trainer.threads``, DDP ranks) leaves
+    torch's thread count and ``OMP_NUM_THREADS`` as they were for the next test."""
+    import torch
+
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path) -> Callable[..., AbstractContextManager[DictConfig]]:
     """``with compose_cfg("model=lenet5", ...) as cfg``: the real config, rooted in tmp_path."""

@@ -73,6 +73,52 @@ def test_bf16_mixed_trains_in_bfloat16_on_cpu(compose_cfg) -> None:
     assert {p.dtype for p in run.task.parameters()} == {torch.float32}  # fp32 master weights
 
 
+@pytest.mark.parametrize(
+    ("precision", "native", "warned"),
+    [
+        ("bf16-mixed", False, True),
+        ("bf16-true", False, True),
+        ("bf16-mixed", True, False),
+        ("32-true", False, False),
+    ],
+)
+def test_bf16_on_a_cpu_without_bf16_hardware_warns_before_the_run(
+    precision, native, warned, compose_cfg, root, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr("ablab.training.precision.cpu_has_native_bf16", lambda: native)
+    with compose_cfg(*FAST, f"trainer.precision={precision}") as cfg:
+        build(cfg)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bf16" in line]
+    assert len(lines) == warned, lines
+    if warned:
+        assert lines[0].startswith(f"ablab: warning: trainer.precision={precision} on a CPU")
+        assert "avx512_bf16" in lines[0] and "~20x slower" in lines[0]
+        assert "trainer.precision=32-true, or a GPU" in lines[0]
+    client = MlflowClient(tracking_uri(root))
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),
+        ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu avx512f amx_tile amx_bf16\n", True),
+        ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm (Linux)
+        ("Features\t: fp asimd\n", False),
+        (None, None),  # no /proc/cpuinfo: not Linux, unknown (no warning)
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native, tmp_path, monkeypatch) -> None:
+    from ablab.training import precision
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(f"processor\t: 0\n{cpuinfo}")
+    monkeypatch.setattr(precision, "CPUINFO", path)
+    assert precision.cpu_has_native_bf16() is native
+
+
 def test_channels_last_weights_and_batches(compose_cfg) -> None:
     with compose_cfg(*FAST, "trainer.channels_last=true", "trainer.limit_train_batches=1") as cfg:
         run = build(cfg)

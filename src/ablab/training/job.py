@@ -42,11 +42,15 @@ JOB_FILE = "job.json"
 OWNER_KEY = "ablab_job"
 #: At most this many differing params are named in the refusal.
 SHOWN_DIFFS = 4
-#: Params measured by the run rather than set by the config (prefixes).
-MEASURED = ("complexity.", "data.train_class_counts")
+#: Params measured by the run rather than set by the config (prefixes); ``runtime.*`` are facts
+#: of the machine it ran on (``runtime.torch_threads``).
+MEASURED = ("complexity.", "data.train_class_counts", "runtime.")
 #: Config keys added since runs were first logged, with the value older runs had without them:
 #: a run that lacks one is the same config when the key still holds that value.
-ADDED_KEYS = {"task.monitor": "val/acc", "task.mode": "max"}
+ADDED_KEYS = {"task.monitor": "val/acc", "task.mode": "max", "trainer.threads": "None"}
+#: Added keys that are left out of the fingerprint while they hold that value, so checkpoints
+#: written before the key existed stay their run's (keys added later than fingerprints).
+UNFINGERPRINTED_DEFAULTS = ("trainer.threads",)
 
 
 @dataclass
@@ -76,7 +80,8 @@ class JobState:
 
 def fingerprint(params: dict[str, str]) -> str:
     """A short hash of what the job computes: its flattened config, measured params left out."""
-    kept = {k: v for k, v in params.items() if not k.startswith(MEASURED)}
+    kept = {k: v for k, v in params.items() if not k.startswith(MEASURED)
+            and not (k in UNFINGERPRINTED_DEFAULTS and v == ADDED_KEYS[k])}  # fmt: skip
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 

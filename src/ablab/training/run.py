@@ -37,6 +37,8 @@ from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
 from ablab.training.callbacks import FlushMetrics, MonitorBest
+from ablab.training.precision import warn_emulated_bf16
+from ablab.training.threads import ThreadBudget, apply_threads
 from ablab.training.types import check_types
 
 # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for users to act on.
@@ -44,7 +46,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 LAST_CHECKPOINT = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 #: Keys of the ``trainer`` group that ablab applies itself; all others are ``pl.Trainer`` arguments.
-RUNTIME_KEYS = ("compile", "channels_last", "system_metrics_interval")
+RUNTIME_KEYS = ("compile", "channels_last", "system_metrics_interval", "threads")
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Run:
     complexity: dict[str, Complexity]
     #: the best value of the task's monitored metric, whatever the checkpointing
     monitor_best: MonitorBest
+    #: torch threads this process trains with, and why (:mod:`ablab.training.threads`)
+    threads: ThreadBudget
 
 
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
@@ -70,6 +74,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     ``run_id`` makes the logger continue that MLflow run instead of creating one.
     """
     check_types(cfg)  # a wrong type names its key before anything is built
+    threads = apply_threads(cfg)  # this process's share of the cores, before any network
     pl.seed_everything(cfg.seed, workers=True)
     try:
         task_class = component_class(cfg, "task", Task)
@@ -133,7 +138,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         raise
     except Exception as err:
         raise as_config_error(err) from err
-    return Run(datamodule, task, trainer, logger, complexity, monitor_best)
+    return Run(datamodule, task, trainer, logger, complexity, monitor_best, threads)
 
 
 def component_class(cfg: DictConfig, group: str, base: type) -> type:
@@ -176,7 +181,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
 
 def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
     """Raise ConfigError for fp16 autocast on CPU (Lightning would quietly train in bf16) and for
-    a script-relaunching DDP strategy inside a multirun.
+    a script-relaunching DDP strategy inside a multirun; warn about bf16 on a CPU that only
+    emulates it (:func:`warn_emulated_bf16`).
 
     Lightning's ``ddp`` starts ranks 1..N-1 by running the command line again with
     ``hydra.run.dir`` pinned to this run's folder. In a single run that folder is shared and only
@@ -187,6 +193,9 @@ def check_trainer(trainer: pl.Trainer, precision: str, strategy: str) -> None:
             f"trainer.precision={precision} needs a GPU (fp16 autocast is not supported on CPU); "
             "on CPU use 32-true or bf16-mixed"
         )
+    cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    if cpu and precision.startswith("bf16") and trainer.is_global_zero:
+        warn_emulated_bf16(precision)
     launcher = trainer.strategy.launcher
     relaunches = (
         isinstance(launcher, _SubprocessScriptLauncher)
@@ -244,12 +253,13 @@ def complexity_params(complexity: dict[str, Complexity]) -> dict[str, int]:
 
 
 def log_run_config(run: Run, cfg: DictConfig) -> None:
-    """Params (flattened resolved config, measured network sizes and what the data module
-    measured), config/override/command artifacts and the data module's own, dir tag."""
+    """Params (flattened resolved config, measured network sizes, what the data module measured,
+    the torch thread budget), config/override/command artifacts and the data module's own, dir
+    tag."""
     logger, client = run.logger, run.logger.experiment
     config = resolved(cfg)
     params = flatten_params(config) | complexity_params(run.complexity)
-    params |= flatten_params(run.datamodule.run_params())
+    params |= flatten_params(run.datamodule.run_params()) | run.threads.params()
     # Through the client, not logger.log_hyperparams: Lightning cuts every value at 250 characters.
     entries = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
