@@ -4,6 +4,8 @@ Added with Hydra overrides, with ``bench/`` on ``PYTHONPATH``::
 
     +callbacks.bench_clock._target_=clock.StepClock +callbacks.bench_clock.path=FILE
 
+(``+callbacks.bench_clock.folder=DIR`` in a sweep: one file per job).
+
 It records ``time.time()`` (wall-clock, comparable across processes: the parent compares it with
 its spawn time) at every ``on_train_epoch_start`` and ``on_train_batch_end`` and writes them as JSON
 at ``on_train_end``. On a GPU it synchronises at each epoch's start and last batch only, so the
@@ -25,8 +27,13 @@ import torch
 class StepClock(pl.Callback):
     """Epoch starts and batch ends as ``time.time()``, plus the torch threads and process id."""
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | None = None, folder: str | None = None) -> None:
+        """Write to ``path``, or to a new ``clock-<pid>-<ns>.json`` in ``folder``: a sweep's jobs
+        share their overrides, and the sweep resolves them before any job has an output folder."""
+        if (path is None) == (folder is None):
+            raise ValueError("StepClock takes a path or a folder")
+        self.path = Path(path) if path else None
+        self.folder = Path(folder) if folder else None
         self.epochs: list[dict[str, Any]] = []
 
     def _sync(self, module: pl.LightningModule) -> None:
@@ -55,5 +62,6 @@ class StepClock(pl.Callback):
             "device": str(pl_module.device),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(record))
+        path = self.path or self.folder / f"clock-{os.getpid()}-{time.time_ns()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
