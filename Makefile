@@ -45,12 +45,12 @@ test: install ## Run the test suite in TEST_WORKERS processes (pytest options: A
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)
 
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 format: install ## Apply ruff formatting and safe fixes
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
 
 ui: install ## MLflow UI on the local store at http://127.0.0.1:5000 (PORT=..., ABLAB_ROOT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${ABLAB_ROOT:-$(CURDIR)}/mlflow.db --host 127.0.0.1 --port $(PORT)
@@ -63,9 +63,8 @@ zoo: install ## Re-measure every model config: docs/zoo.md and the numbers tests
 	  echo "\`form\` is the input size a layout is built for (small: 28-32 px)."; echo; \
 	  $(BIN)/ablab zoo --save tests/models/zoo_complexity.json; } > docs/zoo.md
 
-bench: install ## Benchmarks (augmentation throughput, MLflow logging cost): bench/results/
-	$(BIN)/python bench/augmentation.py --out bench/results/augmentation.md
-	$(BIN)/python bench/mlflow_logging.py --out bench/results/logging.md
+bench: install ## ablab vs a raw PyTorch loop, MLflow, augmentation, start-up, sweeps (~10 min): bench/results/
+	OMP_NUM_THREADS=1 $(BIN)/python bench/run.py $(ARGS)
 
 clean: ## Remove run outputs, the local MLflow store and caches (keeps .venv)
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache .ruff_cache batch.png

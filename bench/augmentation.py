@@ -16,7 +16,8 @@ depends far less on what else runs. Then, to see where the time goes: each op al
 per-sample loop), the batched pipeline at several batch sizes (a fixed cost per call shows up as
 throughput rising with size), and a plain element-wise op at 1 and 2 threads.
 
-Usage: ``python bench/augmentation.py [--images 10000] [--repeats 5] [--out FILE.md]``
+Usage: ``python bench/augmentation.py [--images 10000] [--repeats 5] [--out FILE.md]``; ``make bench``
+(``bench/run.py``) imports ``pipelines``, ``breakdown`` and ``tables`` and runs them on fewer images.
 """
 
 from __future__ import annotations
@@ -152,16 +153,8 @@ def machine() -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
-    args = parser.parse_args()
-    n, repeats = args.images, args.repeats
-    default_threads = torch.get_num_threads()
-    thread_counts = sorted({1, default_threads})
-
+def pipelines(n: int, thread_counts: list[int]) -> list[Pipeline]:
+    """The pipelines to time round-robin, on ``n`` random images, at each thread count."""
     g = torch.Generator().manual_seed(0)
     x_u8 = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     x_float = x_u8.float().div_(255)  # ablab converts once, at load time
@@ -183,7 +176,7 @@ def main() -> None:
         for _ in DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers):
             pass
 
-    pipelines = [
+    found = [
         p
         for t in thread_counts
         for p in (
@@ -192,21 +185,26 @@ def main() -> None:
             Pipeline("(b) per-sample torchvision v2, 0 workers", t, partial(per_sample_loader, 0)),
         )
     ]
-    pipelines.append(
+    found.append(
         Pipeline(
             "(b) per-sample torchvision v2, 2 workers", 1, partial(per_sample_loader, 2), workers=2
         )
     )
-    load_before = os.getloadavg()
-    for p in pipelines:  # warm-up
-        p.run()
-    for _ in range(repeats):  # round-robin: every pipeline sees the same background load
-        for p in pipelines:
-            p.measure()
+    return found
 
-    # Where the time goes: one op at a time, on 128 images, one thread.
+
+def breakdown(thread_counts: list[int]) -> dict[str, list]:
+    """Where the time goes, one thread: each op alone (batched call vs per-sample loop, ms per
+    batch), the batched pipeline at several batch sizes, a plain element-wise op per thread
+    count, and the per-batch seeding (seconds)."""
+    default_threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    x_float = torch.rand(1024, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (1024,), generator=g)
+    xb_float = x_float[:BATCH]
+    xb_u8 = (xb_float * 255).to(torch.uint8)
+    batched = BatchAugment(kornia_ops(), seed=0)
     torch.set_num_threads(1)
-    xb_float, xb_u8 = x_float[:BATCH], x_u8[:BATCH]
     per_op = []
     for (name, kop), tvop in zip(kornia_ops().items(), torchvision_ops().values(), strict=True):
         per_op.append(
@@ -228,10 +226,20 @@ def main() -> None:
         threads_control.append((threads, timed(partial(elementwise, xb_float), 200)))
     seeding_cost = timed(seeding, 1000)
     torch.set_num_threads(default_threads)
-    load_after = os.getloadavg()
+    return {
+        "per_op": per_op,
+        "scaling": scaling,
+        "threads_control": threads_control,
+        "seeding_s": [seeding_cost],
+    }
+
+
+def tables(n: int, repeats: int, timed_pipelines: list[Pipeline], parts: dict) -> list[str]:
+    """The summary and the four tables (Markdown lines) from measured pipelines and breakdown."""
+    thread_counts = sorted({p.threads for p in timed_pipelines if not p.workers})
 
     def rate(name: str, threads: int) -> float:
-        (p,) = [p for p in pipelines if p.name.startswith(name) and p.threads == threads]
+        (p,) = [p for p in timed_pipelines if p.name.startswith(name) and p.threads == threads]
         return n / statistics.median(p.wall)
 
     workers2 = rate("(b) per-sample torchvision v2, 2", 1)
@@ -249,13 +257,70 @@ def main() -> None:
         threads = "1 per worker" if p.workers else str(p.threads)
         return f"| {p.name} | {threads} | {n / wall:,.0f} ({spread}) | {n / cpu:,.0f} |"
 
+    return [
+        f"{n:,} random uint8 32x32x3 images in memory, batches of {BATCH}. Ops: pad 4 + random "
+        "crop, horizontal flip, colour jitter 0.4/0.4/0.4 (p 0.8), random erasing (p 0.25).",
+        "",
+        "Summary (wall-clock medians below):",
+        "",
+        *summary,
+        f"- seeding each batch (SeedSequence + torch fork_rng) costs "
+        f"{1e6 * parts['seeding_s'][0]:.0f} µs",
+        "",
+        f"Throughput (median of {repeats} round-robin repeats; wall-clock range in brackets):",
+        "",
+        "| pipeline | torch threads | images/s | images per CPU-second |",
+        "|---|---|---|---|",
+        *[row(p) for p in timed_pipelines],
+        "",
+        f"Each op alone, one thread: ms per {BATCH} images",
+        "",
+        "| op | kornia, one batched call | torchvision v2, loop over uint8 | ... over float |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {1e3 * tb:.2f} | {1e3 * tu:.2f} | {1e3 * tf:.2f} |"
+            for name, tb, tu, tf in parts["per_op"]
+        ],
+        "",
+        "Batched pipeline vs batch size, one thread:",
+        "",
+        "| batch | ms per batch | µs per image | images/s |",
+        "|---|---|---|---|",
+        *[
+            f"| {s} | {1e3 * t:.2f} | {1e6 * t / s:.1f} | {s / t:,.0f} |"
+            for s, t in parts["scaling"]
+        ],
+        "",
+        "Thread-count control, `(x * 0.5 + 0.25).clamp(0, 1)` on one batch:",
+        "",
+        "| torch threads | µs |",
+        "|---|---|",
+        *[f"| {t} | {1e6 * tc:.0f} |" for t, tc in parts["threads_control"]],
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    args = parser.parse_args()
+    thread_counts = sorted({1, torch.get_num_threads()})
+    timed_pipelines = pipelines(args.images, thread_counts)
+    load_before = os.getloadavg()
+    for p in timed_pipelines:  # warm-up
+        p.run()
+    for _ in range(args.repeats):  # round-robin: every pipeline sees the same background load
+        for p in timed_pipelines:
+            p.measure()
+    parts = breakdown(thread_counts)
+    load_after = os.getloadavg()
     lines = [
         "# Augmentation throughput: batched (kornia) vs per-sample (torchvision v2)",
         "",
-        "Generated by `python bench/augmentation.py` (`make bench`); do not edit by hand.",
-        "",
-        f"{n:,} random uint8 32x32x3 images in memory, batches of {BATCH}. Ops: pad 4 + random "
-        "crop, horizontal flip, colour jitter 0.4/0.4/0.4 (p 0.8), random erasing (p 0.25).",
+        "Generated by `python bench/augmentation.py`; do not edit by hand. `make bench` "
+        "(`bench/run.py`) runs the same pipelines among its other measurements.",
         "",
         "## Machine",
         "",
@@ -263,38 +328,9 @@ def main() -> None:
         f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
         f"after: {', '.join(f'{v:.2f}' for v in load_after)}",
         "",
-        "## Summary (wall-clock medians below)",
+        "## Results",
         "",
-        *summary,
-        f"- seeding each batch (SeedSequence + torch fork_rng) costs {1e6 * seeding_cost:.0f} µs",
-        "",
-        f"## Throughput (median of {repeats} round-robin repeats; wall-clock range in brackets)",
-        "",
-        "| pipeline | torch threads | images/s | images per CPU-second |",
-        "|---|---|---|---|",
-        *[row(p) for p in pipelines],
-        "",
-        f"## Each op alone, one thread: ms per {BATCH} images",
-        "",
-        "| op | kornia, one batched call | torchvision v2, loop over uint8 | ... over float |",
-        "|---|---|---|---|",
-        *[
-            f"| {name} | {1e3 * tb:.2f} | {1e3 * tu:.2f} | {1e3 * tf:.2f} |"
-            for name, tb, tu, tf in per_op
-        ],
-        "",
-        "## Batched pipeline vs batch size, one thread",
-        "",
-        "| batch | ms per batch | µs per image | images/s |",
-        "|---|---|---|---|",
-        *[f"| {s} | {1e3 * t:.2f} | {1e6 * t / s:.1f} | {s / t:,.0f} |" for s, t in scaling],
-        "",
-        "## Thread-count control: `(x * 0.5 + 0.25).clamp(0, 1)` on one batch",
-        "",
-        "| torch threads | µs |",
-        "|---|---|",
-        *[f"| {t} | {1e6 * tc:.0f} |" for t, tc in threads_control],
-        "",
+        *tables(args.images, args.repeats, timed_pipelines, parts),
     ]
     report = "\n".join(lines)
     print(report)

@@ -12,8 +12,18 @@ end, as ablab tests its best checkpoint.
 - ``--data synthetic``: random images of ``--size`` px and ``--channels`` channels, as many as
   ``data=synthetic`` makes (200 per class, 10 classes; the content does not change the speed).
 
-Prints one JSON line: ``steps``, ``train_s`` (time inside training epochs, validation excluded),
-``first_step_s`` (process start to the end of the first optimizer step) and ``test_acc``.
+- ``--device cuda`` with ``--amp bf16``, ``--channels-last``, ``--compile``: what
+  ``trainer=gpu trainer.precision=bf16-mixed trainer.channels_last=true trainer.compile=true`` do
+  (autocast around forward and loss, channels-last weights and batches, ``torch.compile``). The
+  data stays on the CPU and each batch is copied, as ablab's DataLoader batches are.
+
+Prints one JSON line: ``epochs`` (per epoch: ``train_s``, from the epoch's start to the end of its
+last optimizer step, validation excluded; ``steps``; ``images``), ``step_s`` (seconds per step over
+epochs >= 1: epoch 0 is warm-up, as ``bench/clock.py`` counts ablab's), ``images_per_s`` (the same
+epochs), ``start_time`` and ``first_step_time`` (``time.time()`` at process start, before the
+imports, and at the end of the first optimizer step), ``models_import_s`` (importing
+``ablab.models`` for the network class, inside that start-up) and ``test_acc``. On a GPU each epoch's start
+and last step synchronise, so queued kernels count in their epoch.
 
     python bench/raw_loop.py --model lenet5 --epochs 10 --threads 1
 """
@@ -55,22 +65,33 @@ def digits(seed: int) -> dict[str, tuple[Tensor, Tensor]]:
     return {"train": train, "val": val, "test": test}
 
 
-def synthetic(seed: int, channels: int, size: int) -> dict[str, tuple[Tensor, Tensor]]:
+def synthetic(
+    seed: int, channels: int, size: int, per_class: int
+) -> dict[str, tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    n = {"train": 1440, "val": 160, "test": 400}  # 2,000 images split as data=synthetic does
+    total = 10 * per_class
+    test = round(0.2 * total)  # data=synthetic: test_fraction 0.2, then val_fraction 0.1
+    val = round(0.1 * (total - test))
+    n = {"train": total - test - val, "val": val, "test": test}  # 1440 / 160 / 400 at 200
     return {
-        split: (torch.rand(k, channels, size, size, generator=g), torch.randint(0, 10, (k,), generator=g))
+        split: (
+            torch.rand(k, channels, size, size, generator=g),
+            torch.randint(0, 10, (k,), generator=g),
+        )
         for split, k in n.items()
     }
 
 
 def network(name: str, channels: int) -> nn.Module:
+    from ablab.models import LeNet5, ResNet
+
     if name == "lenet5":  # conf/model/lenet5.yaml
-        from ablab.models import LeNet5
-
         return LeNet5(in_channels=channels, num_classes=10, act="sigmoid", c1_padding=2)
-    from ablab.models import ResNet  # conf/model/resnet20.yaml
-
+    if name == "resnet18":  # conf/model/resnet18.yaml
+        return ResNet(in_channels=channels, num_classes=10, block="basic", depths=[2, 2, 2, 2],
+                      widths=[64, 128, 256, 512], stem="imagenet", stem_width=64, norm="bn",
+                      act="relu", shortcut="projection")  # fmt: skip
+    # conf/model/resnet20.yaml
     return ResNet(in_channels=channels, num_classes=10, block="basic", depths=[3, 3, 3],
                   widths=[16, 32, 64], stem="cifar", stem_width=16, norm="bn", act="relu",
                   shortcut="identity_pad")  # fmt: skip
@@ -78,67 +99,102 @@ def network(name: str, channels: int) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["lenet5", "resnet20"], default="lenet5")
+    parser.add_argument("--model", choices=["lenet5", "resnet20", "resnet18"], default="lenet5")
     parser.add_argument("--data", choices=["digits", "synthetic"], default="digits")
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--per-class", type=int, default=200, help="synthetic images per class")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
-    splits = digits(args.seed) if args.data == "digits" else synthetic(args.seed, args.channels, args.size)
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if args.data == "digits":
+        splits = digits(args.seed)
+    else:
+        splits = synthetic(args.seed, args.channels, args.size, args.per_class)
     x_train = splits["train"][0]
-    mean = x_train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
-    std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
-    net = network(args.model, args.channels)
+    tic = time.perf_counter()
+    import ablab.models  # noqa: F401  (the network classes; timed: part of the start-up)
+
+    models_import_s = time.perf_counter() - tic
+    mean = x_train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
+    std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1).to(device)
+    net = network(args.model, args.channels).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / args.epochs))
     )
+    model = torch.compile(net) if args.compile else net
     order = torch.Generator().manual_seed(args.seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
-    def accuracy(split: str, model: nn.Module) -> float:
+    def batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        return (x - mean) / std, y.to(device, non_blocking=True)
+
+    def accuracy(split: str) -> float:
         model.eval()
         x, y = splits[split]
         correct = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for i in range(0, len(y), args.batch):
-                logits = model((x[i : i + args.batch] - mean) / std)
-                correct += int((logits.argmax(1) == y[i : i + args.batch]).sum())
+                xb, yb = batch(x[i : i + args.batch], y[i : i + args.batch])
+                correct += int((model(xb).argmax(1) == yb).sum())
         return correct / len(y)
 
-    steps, train_s, first_step_s, best, best_state = 0, 0.0, None, -1.0, None
+    epochs, first_step_time, best, best_state = [], None, -1.0, None
     for _ in range(args.epochs):
-        net.train()
+        model.train()
+        sync()
         tic = time.perf_counter()
         x, y = splits["train"]
         perm = torch.randperm(len(y), generator=order)
+        steps = 0
         for i in range(0, len(y), args.batch):
-            idx = perm[i : i + args.batch]
-            loss = F.cross_entropy(net((x[idx] - mean) / std), y[idx])
+            xb, yb = batch(x[perm[i : i + args.batch]], y[perm[i : i + args.batch]])
+            with autocast:
+                loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
-            if first_step_s is None:
-                first_step_s = time.time() - START
+            if first_step_time is None:
+                sync()
+                first_step_time = time.time()
+        sync()
+        epochs.append({"train_s": time.perf_counter() - tic, "steps": steps, "images": len(y)})
         schedule.step()
-        train_s += time.perf_counter() - tic
-        acc = accuracy("val", net)
+        acc = accuracy("val")
         if acc > best:
             best, best_state = acc, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
+    timed = epochs[1:] or epochs  # epoch 0 is warm-up (one-epoch runs keep it)
+    seconds = sum(e["train_s"] for e in timed)
     result = {
-        "steps": steps,
-        "train_s": train_s,
-        "first_step_s": first_step_s,
-        "test_acc": accuracy("test", net),
+        "epochs": epochs,
+        "step_s": seconds / sum(e["steps"] for e in timed),
+        "images_per_s": sum(e["images"] for e in timed) / seconds,
+        "start_time": START,
+        "first_step_time": first_step_time,
+        "models_import_s": models_import_s,
+        "test_acc": accuracy("test"),
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "pid": os.getpid(),
     }
     print(json.dumps(result))
