@@ -64,8 +64,9 @@ def test_kill_9_then_rerun_continues_the_same_run(root: Path, uninterrupted) -> 
     killed = only_run(client)
     assert killed.info.status == "RUNNING"  # kill -9 leaves no chance to say otherwise
     steps_before = {s for s, _ in histories(client, killed.info.run_id)["train/loss_step"]}
-    # Metrics reach the store in batches, at the latest before each checkpoint: everything the
-    # checkpoint covers is there; steps 5-6 may have died in memory (the rerun logs them again).
+    # Metrics reach the store in batches, at the latest at each epoch start (and what a
+    # checkpoint covers is in the checkpoint too): steps 5-6 may have died in memory; the rerun
+    # trains and logs them again.
     assert set(range(5)) <= steps_before <= set(range(7))
 
     code, out = finish(start(root, pause))

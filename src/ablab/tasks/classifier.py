@@ -38,7 +38,8 @@ class ClassifierModule(Task):
 
     Validation and test also log ``f1_macro`` (mean over classes of 2·P·R / (P + R)),
     ``recall_macro`` (mean per-class recall, i.e. balanced accuracy) and ``recall/<class>``
-    (TP_c / (TP_c + FN_c)); training skips them to keep steps cheap.
+    (TP_c / (TP_c + FN_c)), and ``acc_top5`` with more than five classes; training skips them
+    to keep steps cheap.
 
     The network is built elsewhere and injected (see :class:`~ablab.tasks.base.Task`); ``loss``
     comes from the ``loss`` group, and a loss that needs the training set's class counts (a
@@ -83,7 +84,7 @@ class ClassifierModule(Task):
         for stage, validate in (("train", False), ("val", True), ("test", True)):
             accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
             metrics = {"acc": accuracy(validate_args=validate)}
-            if num_classes > 5:
+            if num_classes > 5 and stage != "train":  # top-5 of training batches: unused, 3%
                 metrics["acc_top5"] = accuracy(top_k=5, validate_args=validate)
             setattr(self, f"{stage}_metrics", MetricCollection(metrics, prefix=f"{stage}/"))
             # The stage's mean loss, weighted by batch size (over every DDP rank at compute()).

@@ -31,12 +31,15 @@ def mlflow_logger(
     log_model: bool | str = True,
     tags: Mapping[str, Any] | None = None,
     run_id: str | None = None,
+    flush_every_s: float = 15.0,
 ) -> ResumableMLFlowLogger:
     """An ``MLFlowLogger`` whose run also carries git commit, host and user tags.
 
     ``tracking_uri`` is always explicit: Lightning's fallback ``./mlruns`` file store is refused by
     MLflow 3. ``artifact_location`` only applies when this call creates the experiment.
     ``run_id`` continues an existing run (a resumed job) instead of creating one.
+    ``flush_every_s``: the longest a logged value waits in memory (see
+    :class:`ResumableMLFlowLogger`).
     """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,7 @@ def mlflow_logger(
         tags=all_tags,
         artifact_location=artifact_location,
         log_model=log_model,
+        flush_every_s=flush_every_s,
     )
 
 
@@ -63,15 +67,14 @@ class ResumableMLFlowLogger(MLFlowLogger):
 
     Batches: every ``log_metrics`` call is stamped with its time and step and held in memory;
     :meth:`flush` writes everything held in one ``log_batch`` per 1,000 values. One store write
-    costs about as much as a LeNet training step on a local sqlite store (a transaction and a
-    latest-value query), and Lightning writes after every logging call, so ablab flushes at the
-    points where a value must be in the store (:class:`ablab.training.callbacks.FlushMetrics`:
-    before every checkpoint is written, at every epoch start, at the end of each stage and on any
-    exception, and in :meth:`finalize`) and whenever the oldest held value is ``flush_every_s``
-    seconds old, so the UI follows a long epoch.
+    costs about as much as a LeNet training step on a local sqlite store (SQLAlchemy's ORM work
+    and a latest-value query), and Lightning writes after every logging call. ablab writes once
+    per epoch and at the end of each stage (:class:`ablab.training.callbacks.FlushMetrics`, which
+    also puts what is held into every checkpoint), and whenever the oldest held value is
+    ``flush_every_s`` seconds old, so the UI follows a long epoch.
 
-    Nothing a checkpoint covers is ever only in memory: a kill (even SIGKILL) loses at most the
-    values logged after the last checkpoint, and the resumed job logs those steps again.
+    A kill (even SIGKILL) loses nothing a resumed job does not log again: values held at a
+    checkpoint are in it, and the steps after it are trained again.
 
     Resume: a job resumed from ``last.ckpt`` replays the steps between that checkpoint and the
     moment it died; the run already has those steps, so their replayed values are dropped
@@ -117,9 +120,23 @@ class ResumableMLFlowLogger(MLFlowLogger):
             chunk = pending[start : start + MAX_METRICS_PER_BATCH]
             self.experiment.log_batch(run_id=self.run_id, metrics=chunk, **self._log_batch_kwargs)
 
+    def held(self) -> list[list[Any]]:
+        """What is held and not yet written, as ``[key, value, timestamp, step]`` rows."""
+        return [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+
+    @rank_zero_only
+    def hold(self, rows: list[list[Any]]) -> None:
+        """Hold rows from :meth:`held` again (a resumed job: its checkpoint's), except those at
+        or before a step the run already has (:meth:`skip_recorded`)."""
+        for key, value, timestamp, step in rows:
+            if step > self.recorded.get(key, -1):
+                self.pending.append(Metric(key=key, value=value, timestamp=timestamp, step=step))
+        if self.pending and self.pending_since is None:
+            self.pending_since = time.time()
+
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if self._initialized:
+        if self.pending:
             self.flush()
         super().finalize(status)
 

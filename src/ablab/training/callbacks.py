@@ -14,8 +14,10 @@ from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.trainer.states import TrainerFn
 
 from ablab.data.base import ImageDataModule
+from ablab.tracking.mlflow import ResumableMLFlowLogger
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,27 +143,47 @@ class MonitorBest(Callback):
 
 
 class FlushMetrics(Callback):
-    """Write the logger's held metric values (:class:`ablab.tracking.mlflow.ResumableMLFlowLogger`)
-    wherever they must be in the store: before a checkpoint is written (a job resumed from it
-    never logs those steps again), at each epoch start (the previous epoch's training metrics are
-    logged after its checkpoint), at the end of every stage and on any exception."""
+    """Where the metrics the logger holds (:class:`ablab.tracking.mlflow.ResumableMLFlowLogger`)
+    are made durable, so that a killed job's run, once resumed, has every value exactly once:
 
-    def _flush(self, trainer: pl.Trainer, *args: Any) -> None:
-        for logger in trainer.loggers:
-            flush = getattr(logger, "flush", None)
-            if flush is not None:
-                flush()
+    - in every checkpoint (:meth:`state_dict`): a job resumed from it logs them again
+      (:meth:`load_state_dict`; values the store already has are dropped), and the steps after
+      it are trained, and logged, again;
+    - written to the store at each training epoch's start: the previous epoch's end-of-epoch
+      values (train metrics, logged after its checkpoint) are in no checkpoint and are never
+      trained again;
+    - written at the end of each stage (fit, a lone validate, test), on any exception and when
+      the run ends (the logger's ``finalize``).
 
-    on_save_checkpoint = on_train_epoch_start = on_train_end = _flush
-    on_validation_end = on_test_end = on_predict_end = _flush
+    One store write per epoch instead of one per logging call (two to four per epoch and one
+    per ``log_every_n_steps`` steps).
+    """
+
+    def __init__(self, logger: ResumableMLFlowLogger) -> None:
+        self.logger = logger
+
+    def _flush(self, *args: Any) -> None:
+        self.logger.flush()
+
+    on_train_epoch_start = on_train_end = on_test_end = on_predict_end = _flush
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # in fit, the next epoch start writes them
+            self.logger.flush()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         try:
-            self._flush(trainer)
+            self.logger.flush()
         except Exception as err:  # the store itself may be what failed; keep the first error
-            exception.add_note(f"ablab: metrics held since the last flush were lost: {err}")
+            exception.add_note(f"ablab: metrics held since the last write were lost: {err}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self.logger.held()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.logger.hold(state_dict["pending"])
 
 
 class RngState(Callback):

@@ -127,7 +127,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             except ConfigError as err:
                 raise ConfigError(f"logger.tracking_uri={uri}: {err}") from None
             logger = instantiate(cfg.logger, run_id=run_id)
-            callbacks.append(FlushMetrics())  # the logger holds metrics between these points
+            callbacks.append(FlushMetrics(logger))  # where the metrics the logger holds are written
         else:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer = build_trainer(
