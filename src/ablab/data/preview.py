@@ -6,32 +6,44 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: never open a window
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import Tensor
 
+#: Each image is shown at least this many pixels wide (nearest-neighbour), so 8x8 digits show.
+MIN_SIDE = 64
+#: Height of the strip above each image that holds its class name.
+LABEL_HEIGHT = 12
 
-def batch_grid(x: Tensor, y: Tensor, class_names: Sequence[str], max_images: int = 64) -> Figure:
-    """A figure of up to ``max_images`` images in [0, 1], each titled with its class name."""
+
+def batch_grid(
+    x: Tensor, y: Tensor, class_names: Sequence[str], max_images: int = 64
+) -> Image.Image:
+    """An image of up to ``max_images`` images in [0, 1], 8 per row, each under its class name.
+
+    Drawn with PIL, not matplotlib: about 10 ms instead of a second for 32 images (a run
+    draws one at its start, so every run paid that second).
+    """
     n = min(len(x), max_images)
+    images = x[:n].detach().float().cpu().clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    side = max(images.shape[-1], MIN_SIDE)
+    scale = math.ceil(side / images.shape[-1])
+    images = F.interpolate(images, scale_factor=scale, mode="nearest")
+    height, width = images.shape[-2:]
     cols = min(8, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = x[i].detach().float().cpu().clamp(0, 1)
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy())
-        ax.set_title(class_names[int(y[i])], fontsize=8)
-    fig.tight_layout()
-    return fig
+    cell_w, cell_h = width + 4, height + LABEL_HEIGHT + 4
+    canvas = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        left, top = (i % cols) * cell_w + 2, (i // cols) * cell_h + 2
+        draw.text((left, top), class_names[int(y[i])][: width // 6], fill="black")
+        canvas.paste(Image.fromarray(pixels[i]), (left, top + LABEL_HEIGHT))
+    return canvas
 
 
 def save_batch_grid(
@@ -40,7 +52,5 @@ def save_batch_grid(
     """Write :func:`batch_grid` to ``path`` as PNG and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = batch_grid(x, y, class_names, max_images)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    batch_grid(x, y, class_names, max_images).save(path)
     return path

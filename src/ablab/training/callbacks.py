@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ablab.data.base import ImageDataModule
+from ablab.data.preview import batch_grid
 from ablab.tracking.mlflow import ResumableMLFlowLogger
 
 
@@ -60,18 +61,13 @@ class LogBatchPreview(Callback):
             return
         if not isinstance(datamodule, ImageDataModule):  # a preview of images, and of nothing else
             return
-        import matplotlib.pyplot as plt  # here: the only callback that draws
-
-        from ablab.data.preview import batch_grid
-
         x, y = next(iter(datamodule.train_dataloader()))
         n = self.max_images
         with torch.no_grad():  # draw 0 without advancing the counter: training starts there too
             x, y = datamodule.augmentation.draw(x[:n], y[:n], index=0)
         labels = y.argmax(1) if y.dim() == 2 else y  # mixed targets: the dominant class
-        fig = batch_grid(x, labels, datamodule.class_names, self.max_images)
-        logger.experiment.log_figure(logger.run_id, fig, self.artifact_file)
-        plt.close(fig)
+        grid = batch_grid(x, labels, datamodule.class_names, self.max_images)
+        logger.experiment.log_image(logger.run_id, grid, artifact_file=self.artifact_file)
 
 
 class MonitorBest(Callback):
