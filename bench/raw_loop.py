@@ -22,7 +22,7 @@ last optimizer step, validation excluded; ``steps``; ``images``), ``step_s`` (se
 epochs >= 1: epoch 0 is warm-up, as ``bench/clock.py`` counts ablab's), ``images_per_s`` (the same
 epochs), ``start_time`` and ``first_step_time`` (``time.time()`` at process start, before the
 imports, and at the end of the first optimizer step), ``models_import_s`` (importing
-``ablab.models`` for the network class, inside that start-up) and ``test_acc``. On a GPU each epoch's start
+the network's family from ``ablab.models`` and building it, inside that start-up) and ``test_acc``. On a GPU each epoch's start
 and last step synchronise, so queued kernels count in their epoch.
 
     python bench/raw_loop.py --model lenet5 --epochs 10 --threads 1
@@ -83,10 +83,14 @@ def synthetic(
 
 
 def network(name: str, channels: int) -> nn.Module:
-    from ablab.models import LeNet5, ResNet
-
+    """The network class ablab trains (imported here: ablab.models loads one family at a time,
+    so LeNet-5 alone does not import ResNet's blocks and timm)."""
     if name == "lenet5":  # conf/model/lenet5.yaml
+        from ablab.models import LeNet5
+
         return LeNet5(in_channels=channels, num_classes=10, act="sigmoid", c1_padding=2)
+    from ablab.models import ResNet
+
     if name == "resnet18":  # conf/model/resnet18.yaml
         return ResNet(in_channels=channels, num_classes=10, block="basic", depths=[2, 2, 2, 2],
                       widths=[64, 128, 256, 512], stem="imagenet", stem_width=64, norm="bn",
@@ -128,13 +132,12 @@ def main() -> None:
     else:
         splits = synthetic(args.seed, args.channels, args.size, args.per_class)
     x_train = splits["train"][0]
-    tic = time.perf_counter()
-    import ablab.models  # noqa: F401  (the network classes; timed: part of the start-up)
-
-    models_import_s = time.perf_counter() - tic
     mean = x_train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
     std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1).to(device)
-    net = network(args.model, args.channels).to(device, memory_format=memory_format)
+    tic = time.perf_counter()
+    net = network(args.model, args.channels)  # timed: importing its family is start-up
+    models_import_s = time.perf_counter() - tic
+    net = net.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * e / args.epochs))

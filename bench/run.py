@@ -658,7 +658,7 @@ def report(results: dict[str, Any]) -> str:
         rows = [
             ["ablab default job: spawn to first `on_train_batch_end`", fmt(e["ablab_first_step_s"])],
             ["raw loop: spawn to end of first optimizer step", fmt(e["raw_first_step_s"])],
-            ["… of which the raw loop importing `ablab.models`", fmt(e["raw_models_import_s"])],
+            ["… of which the raw loop importing and building its network (`ablab.models`)", fmt(e["raw_models_import_s"])],
             ["ablab − raw", fmt(e["difference_s"])],
         ]  # fmt: skip
         if "import_stack_s" in e:
