@@ -142,7 +142,8 @@ class Bench:
             "spawn_time": spawn_time,
             "max_rss_mib": usage.ru_maxrss / 1024,  # KiB on Linux
             "cpu_s": usage.ru_utime + usage.ru_stime,
-            "log": str(log),
+            # the child's output, by name: the temporary root is removed after the run
+            "log": log.name,
         }
 
     def ablab(self, overrides: list[str], stem: str) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class Bench:
     def raw(self, args: list[str], stem: str) -> dict[str, Any]:
         """``bench/raw_loop.py``, one torch thread; its JSON line plus the parent's figures."""
         result = self.spawn([sys.executable, str(BENCH / "raw_loop.py"), *args], stem)
-        out = json.loads(Path(result["log"]).read_text().strip().splitlines()[-1])
+        out = json.loads((self.root / result["log"]).read_text().strip().splitlines()[-1])
         result.update(
             step_s=out["step_s"],
             images_per_s=out["images_per_s"],
