@@ -22,19 +22,31 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from barrier import meet
 
 
 class StepClock(pl.Callback):
     """Epoch starts and batch ends as ``time.time()``, plus the torch threads and process id."""
 
-    def __init__(self, path: str | None = None, folder: str | None = None) -> None:
+    def __init__(
+        self, path: str | None = None, folder: str | None = None, barrier: str | None = None
+    ) -> None:
         """Write to ``path``, or to a new ``clock-<pid>-<ns>.json`` in ``folder``: a sweep's jobs
-        share their overrides, and the sweep resolves them before any job has an output folder."""
+        share their overrides, and the sweep resolves them before any job has an output folder.
+
+        ``barrier``: a folder shared with one other process (a paired measurement): training
+        starts once both have arrived (:func:`meet`), and the wait is recorded."""
         if (path is None) == (folder is None):
             raise ValueError("StepClock takes a path or a folder")
         self.path = Path(path) if path else None
         self.folder = Path(folder) if folder else None
+        self.barrier = Path(barrier) if barrier else None
+        self.barrier_wait_s = 0.0
         self.epochs: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.barrier is not None:
+            self.barrier_wait_s = meet(self.barrier)
 
     def _sync(self, module: pl.LightningModule) -> None:
         if module.device.type == "cuda":
@@ -61,6 +73,7 @@ class StepClock(pl.Callback):
             "pid": os.getpid(),
             "device": str(pl_module.device),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "barrier_wait_s": self.barrier_wait_s,
         }
         path = self.path or self.folder / f"clock-{os.getpid()}-{time.time_ns()}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,12 +18,17 @@ end, as ablab tests its best checkpoint.
   data stays on the CPU and each batch is copied, as ablab's DataLoader batches are.
 
 Prints one JSON line: ``epochs`` (per epoch: ``train_s``, from the epoch's start to the end of its
-last optimizer step, validation excluded; ``steps``; ``images``), ``step_s`` (seconds per step over
+last optimizer step, validation excluded; ``start`` and ``batch_ends``, ``time.time()`` at the
+epoch's start and after each optimizer step, and ``images``, each step's batch size, as
+``bench/clock.py`` records ablab's; ``steps``), ``step_s`` (seconds per step over
 epochs >= 1: epoch 0 is warm-up, as ``bench/clock.py`` counts ablab's), ``images_per_s`` (the same
 epochs), ``start_time`` and ``first_step_time`` (``time.time()`` at process start, before the
 imports, and at the end of the first optimizer step), ``models_import_s`` (importing
 the network's family from ``ablab.models`` and building it, inside that start-up) and ``test_acc``. On a GPU each epoch's start
 and last step synchronise, so queued kernels count in their epoch.
+
+With ``--stop-file PATH`` it stops after the epoch during which PATH appears: ``bench/run.py``
+runs it beside an ablab job (a paired measurement) and creates the file when that job has ended.
 
     python bench/raw_loop.py --model lenet5 --epochs 10 --threads 1
 """
@@ -36,6 +41,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 START = time.time()  # before the imports: a process's start-up includes them
 
@@ -117,6 +123,12 @@ def main() -> None:
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--barrier", help="a folder: start training with the paired process")
+    parser.add_argument(
+        "--stop-file",
+        help="stop after the epoch during which this file appears (a paired run: the other "
+        "process is done); --epochs then only sets the cosine schedule's length",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -160,11 +172,16 @@ def main() -> None:
                 correct += int((model(xb).argmax(1) == yb).sum())
         return correct / len(y)
 
+    barrier_wait_s = 0.0
+    if args.barrier:  # a paired measurement: start training with the other process
+        from barrier import meet  # bench/barrier.py, beside this file
+
+        barrier_wait_s = meet(Path(args.barrier))
     epochs, first_step_time, best, best_state = [], None, -1.0, None
     for _ in range(args.epochs):
         model.train()
         sync()
-        tic = time.perf_counter()
+        tic, started, batch_ends, images = time.perf_counter(), time.time(), [], []
         x, y = splits["train"]
         perm = torch.randperm(len(y), generator=order)
         steps = 0
@@ -176,25 +193,35 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             steps += 1
+            if i + args.batch >= len(y):
+                sync()  # the epoch's queued kernels end inside its last step, as bench/clock.py
+            batch_ends.append(time.time())
+            images.append(len(yb))
             if first_step_time is None:
                 sync()
                 first_step_time = time.time()
         sync()
-        epochs.append({"train_s": time.perf_counter() - tic, "steps": steps, "images": len(y)})
+        epochs.append(
+            {"train_s": time.perf_counter() - tic, "start": started, "batch_ends": batch_ends,
+             "steps": steps, "images": images}
+        )  # fmt: skip
         schedule.step()
         acc = accuracy("val")
         if acc > best:
             best, best_state = acc, copy.deepcopy(net.state_dict())
+        if args.stop_file and os.path.exists(args.stop_file):
+            break
     net.load_state_dict(best_state)
     timed = epochs[1:] or epochs  # epoch 0 is warm-up (one-epoch runs keep it)
     seconds = sum(e["train_s"] for e in timed)
     result = {
         "epochs": epochs,
         "step_s": seconds / sum(e["steps"] for e in timed),
-        "images_per_s": sum(e["images"] for e in timed) / seconds,
+        "images_per_s": sum(sum(e["images"]) for e in timed) / seconds,
         "start_time": START,
         "first_step_time": first_step_time,
         "models_import_s": models_import_s,
+        "barrier_wait_s": barrier_wait_s,
         "test_acc": accuracy("test"),
         "threads": torch.get_num_threads(),
         "device": str(device),

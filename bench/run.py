@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +58,8 @@ TITLES = {
     "h": "h. GPU: ResNet-18 images/s (fp32, bf16-mixed, channels-last, compile)",
 }
 IMPORT_STACK = "import torch, pytorch_lightning, hydra, mlflow, torchmetrics"
+# A paired raw loop's --epochs: it stops when its ablab job has ended, long before these.
+RAW_EPOCHS = 1000
 AUG_BATCHED = "aug (a) batched kornia + ablab's DataLoader"
 AUG_PER_SAMPLE = "aug (b) per-sample torchvision v2,"
 
@@ -74,8 +78,8 @@ class Sizes:
 
 
 QUICK = Sizes(
-    lenet_epochs=2,
-    resnet20_epochs=2,
+    lenet_epochs=3,
+    resnet20_epochs=4,
     resnet20_per_class=20,
     sweep_epochs=1,
     aug_images=256,
@@ -104,6 +108,7 @@ class Bench:
     root: Path
     sizes: Sizes
     counter: int = 0
+    pairs: int = 0
     logs: list[str] = field(default_factory=list)
 
     def unique(self, stem: str) -> Path:
@@ -192,6 +197,119 @@ class Bench:
         shutil.rmtree(sweep_dir, ignore_errors=True)
         return result
 
+    def paired(self, left: list[str], right: list[str], stem: str) -> dict[str, Any]:
+        """Two commands at once, each pinned to its own core (swapped on every call): the
+        same host conditions for both, so their step times compare within one run.
+
+        ``left`` is an ablab command, ``right`` an ablab command or ``bench/raw_loop.py``
+        (which then runs until ``left`` has ended: its ``--stop-file`` is created then). Both
+        wait at a file barrier before their first step. Each side's step time is a full batch's
+        over the optimizer steps both sides ran at the same time (:func:`common_window`,
+        :func:`full_batch_step_s`), epoch 0 excluded on each side.
+        """
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise BenchError("a paired measurement needs two cores")
+        self.pairs += 1
+        pins = (cores[0], cores[1]) if self.pairs % 2 else (cores[1], cores[0])
+        stop = self.unique(stem).with_suffix(".stop")
+        barrier = self.unique(stem).with_suffix(".barrier")  # both start training together
+        sides = []
+        for cmd, pin, name in ((left, pins[0], "left"), (right, pins[1], "right")):
+            clock = self.unique(f"{stem}-{name}").with_suffix(".clock.json")
+            if cmd[1] == "-m":  # python -m ablab.train ...
+                cmd = [*cmd, f"hydra.run.dir={self.unique(f'{stem}-{name}')}",
+                       "+callbacks.bench_clock._target_=clock.StepClock",
+                       f"+callbacks.bench_clock.path={clock}",
+                       f"+callbacks.bench_clock.barrier={barrier}"]  # fmt: skip
+            else:
+                cmd = [*cmd, "--stop-file", str(stop), "--barrier", str(barrier)]
+            log = self.unique(f"{stem}-{name}").with_suffix(".log")
+            out = log.open("w")
+            proc = subprocess.Popen(
+                cmd, cwd=self.root, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=lambda pin=pin: os.sched_setaffinity(0, {pin}),
+            )  # fmt: skip
+            sides.append({"proc": proc, "out": out, "log": log, "clock": clock, "core": pin,
+                          "tic": time.perf_counter()})  # fmt: skip
+
+        def wait(side: dict[str, Any], other: dict[str, Any]) -> None:
+            _, status, usage = os.wait4(side["proc"].pid, 0)
+            side["wall_s"] = time.perf_counter() - side["tic"]  # its own spawn to exit
+            side["status"], side["max_rss_mib"] = status, usage.ru_maxrss / 1024
+            if side is sides[0]:
+                stop.touch()  # the raw loop stops after its current epoch
+            if os.waitstatus_to_exitcode(status) != 0 and other["proc"].poll() is None:
+                other["proc"].kill()  # it would wait at the barrier for ever
+
+        waiters = [
+            threading.Thread(target=wait, args=(sides[0], sides[1])),
+            threading.Thread(target=wait, args=(sides[1], sides[0])),
+        ]
+        for waiter in waiters:
+            waiter.start()
+        for waiter in waiters:
+            waiter.join()
+        for side in sides:
+            side["out"].close()
+            if os.waitstatus_to_exitcode(side["status"]) != 0:
+                tail = side["log"].read_text(errors="replace")[-3000:]
+                raise BenchError(f"{side['proc'].args} failed; {side['log']} ends:\n{tail}")
+        records = []
+        for side in sides:
+            if side["clock"].exists():
+                record = json.loads(side["clock"].read_text())
+            else:
+                record = json.loads(side["log"].read_text().strip().splitlines()[-1])
+            records.append(record["epochs"])
+            side["barrier_wait_s"] = record["barrier_wait_s"]
+        lo, hi = common_window(records)
+        steps = [window_steps(epochs, lo, hi) for epochs in records]
+        if min(len(s) for s in steps) < 1:
+            raise BenchError(f"{stem}: the two processes never trained at the same time")
+        return {
+            "left_step_s": full_batch_step_s(steps[0]),
+            "right_step_s": full_batch_step_s(steps[1]),
+            "left_steps": len(steps[0]),
+            "right_steps": len(steps[1]),
+            "window_s": hi - lo,
+            "cores": [side["core"] for side in sides],
+            "left_max_rss_mib": sides[0]["max_rss_mib"],
+            "right_max_rss_mib": sides[1]["max_rss_mib"],
+            # spawn to exit, less the wait for the other side at the barrier
+            "left_wall_s": sides[0]["wall_s"] - sides[0]["barrier_wait_s"],
+            "right_wall_s": sides[1]["wall_s"] - sides[1]["barrier_wait_s"],
+            "barrier_wait_s": [side["barrier_wait_s"] for side in sides],
+        }
+
+
+def common_window(records: list[list[dict[str, Any]]]) -> tuple[float, float]:
+    """From the latest start of a timed epoch (epoch 1) to the earliest last step, over sides."""
+    timed = [[e for e in epochs if e["batch_ends"]][1:] for epochs in records]
+    if not all(timed):
+        raise BenchError("a paired side trained fewer than two epochs")
+    return max(t[0]["start"] for t in timed), min(t[-1]["batch_ends"][-1] for t in timed)
+
+
+def window_steps(epochs: list[dict[str, Any]], lo: float, hi: float) -> list[tuple[float, int]]:
+    """(seconds, images) of each optimizer step inside [lo, hi], epoch 0 left out (warm-up);
+    a step's seconds run from the previous step's end, or from its epoch's start."""
+    steps = []
+    for epoch in [e for e in epochs if e["batch_ends"]][1:]:
+        marks = [epoch["start"], *epoch["batch_ends"]]
+        steps += [
+            (b - a, n)
+            for (a, b), n in zip(itertools.pairwise(marks), epoch["images"], strict=True)
+            if a >= lo and b <= hi
+        ]
+    return steps
+
+
+def full_batch_step_s(steps: list[tuple[float, int]]) -> float:
+    """Seconds per image × the largest batch: the step time of a full batch, so that a window
+    holding an epoch's short last batch on one side only does not bias the comparison."""
+    return sum(s for s, _ in steps) / sum(n for _, n in steps) * max(n for _, n in steps)
+
 
 def clock_figures(record: dict[str, Any]) -> dict[str, Any]:
     """Per-step seconds = sum over epochs >= 1 of (last batch end − epoch start) / their steps."""
@@ -215,15 +333,17 @@ def clock_figures(record: dict[str, Any]) -> dict[str, Any]:
 
 def lenet_arms(bench: Bench) -> list[Arm]:
     epochs = bench.sizes.lenet_epochs
+    train = [sys.executable, "-m", "ablab.train", f"trainer.max_epochs={epochs}"]
+    raw = [sys.executable, str(BENCH / "raw_loop.py"), "--threads", "1"]
     return [
-        Arm("ablab", "aceg", lambda: bench.ablab([f"trainer.max_epochs={epochs}"], "ablab")),
-        Arm(
-            "ablab logger=null",
-            "cg",
-            lambda: bench.ablab([f"trainer.max_epochs={epochs}", "logger=null"], "nolog"),
-        ),
+        Arm("ablab", "aeg", lambda: bench.ablab([f"trainer.max_epochs={epochs}"], "ablab")),
         Arm("raw", "aeg", lambda: bench.raw(["--epochs", str(epochs), "--threads", "1"], "raw")),
-    ]
+        # The raw loop runs until ablab has ended: --epochs only sets its schedule's length.
+        Arm("paired: ablab | raw", "ag",
+            lambda: bench.paired(train, [*raw, "--epochs", str(RAW_EPOCHS)], "pair-raw")),
+        Arm("paired: ablab | ablab logger=null", "cg",
+            lambda: bench.paired(train, [*train, "logger=null"], "pair-nolog")),
+    ]  # fmt: skip
 
 
 def import_arms(bench: Bench) -> list[Arm]:
@@ -238,15 +358,20 @@ def import_arms(bench: Bench) -> list[Arm]:
 
 def resnet20_arms(bench: Bench) -> list[Arm]:
     s = bench.sizes
-    overrides = ["model=resnet20", "data=synthetic", "data.image_size=32", "data.in_channels=3",
-                 "data.batch_size=128", f"data.samples_per_class={s.resnet20_per_class}",
-                 f"trainer.max_epochs={s.resnet20_epochs}"]  # fmt: skip
-    raw = ["--model", "resnet20", "--data", "synthetic", "--channels", "3", "--size", "32",
-           "--batch", "128", "--per-class", str(s.resnet20_per_class),
-           "--epochs", str(s.resnet20_epochs), "--threads", "1"]  # fmt: skip
+    train = [sys.executable, "-m", "ablab.train", "model=resnet20", "data=synthetic",
+             "data.image_size=32", "data.in_channels=3", "data.batch_size=128",
+             f"data.samples_per_class={s.resnet20_per_class}",
+             f"trainer.max_epochs={s.resnet20_epochs}"]  # fmt: skip
+    raw = [sys.executable, str(BENCH / "raw_loop.py"), "--model", "resnet20",
+           "--data", "synthetic", "--channels", "3", "--size", "32", "--batch", "128",
+           "--per-class", str(s.resnet20_per_class), "--epochs", str(RAW_EPOCHS),
+           "--threads", "1"]  # fmt: skip
     return [
-        Arm("ablab resnet20", "bg", lambda: bench.ablab(overrides, "ablab-resnet20")),
-        Arm("raw resnet20", "bg", lambda: bench.raw(raw, "raw-resnet20")),
+        Arm(
+            "paired: ablab resnet20 | raw resnet20",
+            "bg",
+            lambda: bench.paired(train, raw, "pair-r20"),
+        )
     ]
 
 
@@ -345,38 +470,67 @@ def summarise(repeats: list[dict], cores: int) -> dict[str, Any]:
     have = set(repeats[0]) if repeats else set()
     out: dict[str, Any] = {}
 
-    def ratio(num: str, den: str, key: str) -> dict[str, Any]:
-        return per_repeat(repeats, lambda r: r[num][key] / r[den][key])
+    def ratio(num: str, den: str, key: str, den_key: str | None = None) -> dict[str, Any]:
+        return per_repeat(repeats, lambda r: r[num][key] / r[den][den_key or key])
 
-    for group, ablab, raw in (("a", "ablab", "raw"), ("b", "ablab resnet20", "raw resnet20")):
-        if {ablab, raw} <= have:
-            out[group] = {
-                "ablab_step_s": arm_values(repeats, ablab, "step_s"),
-                "raw_step_s": arm_values(repeats, raw, "step_s"),
-                "throughput_ratio": ratio(raw, ablab, "step_s"),  # raw step / ablab step
-                "ablab_wall_s": arm_values(repeats, ablab, "wall_s"),
-                "raw_wall_s": arm_values(repeats, raw, "wall_s"),
-                "wall_ratio": ratio(ablab, raw, "wall_s"),
-                "ablab_rss_mib": arm_values(repeats, ablab, "max_rss_mib"),
-                "raw_rss_mib": arm_values(repeats, raw, "max_rss_mib"),
-                "rss_ratio": ratio(ablab, raw, "max_rss_mib"),
-                "ablab_cpu_s": arm_values(repeats, ablab, "cpu_s"),
-                "raw_cpu_s": arm_values(repeats, raw, "cpu_s"),
-                "cpu_ratio": ratio(ablab, raw, "cpu_s"),
+    pair_a = "paired: ablab | raw"
+    pair_b = "paired: ablab resnet20 | raw resnet20"
+    pair_c = "paired: ablab | ablab logger=null"
+    if {"ablab", "raw"} <= have:
+        out["a"] = {"sequential_throughput_ratio": ratio("raw", "ablab", "step_s")}
+        # judged: both processes at once, one core each (Bench.paired); else one at a time
+        out["a"]["throughput_ratio"] = (
+            ratio(pair_a, pair_a, "right_step_s", "left_step_s")
+            if pair_a in have
+            else out["a"]["sequential_throughput_ratio"]
+        )
+        if pair_a in have:
+            out["a"] |= {
+                "paired_ablab_step_s": arm_values(repeats, pair_a, "left_step_s"),
+                "paired_raw_step_s": arm_values(repeats, pair_a, "right_step_s"),
+                "paired_steps": arm_values(repeats, pair_a, "left_steps"),
             }
-    if {"ablab", "ablab logger=null"} <= have:
-        on, off = "ablab", "ablab logger=null"
+        out["a"] |= {
+            # one process at a time
+            "ablab_step_s": arm_values(repeats, "ablab", "step_s"),
+            "raw_step_s": arm_values(repeats, "raw", "step_s"),
+            "ablab_wall_s": arm_values(repeats, "ablab", "wall_s"),
+            "raw_wall_s": arm_values(repeats, "raw", "wall_s"),
+            "wall_ratio": ratio("ablab", "raw", "wall_s"),
+            "ablab_rss_mib": arm_values(repeats, "ablab", "max_rss_mib"),
+            "raw_rss_mib": arm_values(repeats, "raw", "max_rss_mib"),
+            "rss_ratio": ratio("ablab", "raw", "max_rss_mib"),
+            "ablab_cpu_s": arm_values(repeats, "ablab", "cpu_s"),
+            "raw_cpu_s": arm_values(repeats, "raw", "cpu_s"),
+            "cpu_ratio": ratio("ablab", "raw", "cpu_s"),
+        }
+    if pair_b in have:
+        out["b"] = {
+            "throughput_ratio": ratio(pair_b, pair_b, "right_step_s", "left_step_s"),
+            "ablab_step_s": arm_values(repeats, pair_b, "left_step_s"),
+            "raw_step_s": arm_values(repeats, pair_b, "right_step_s"),
+            "paired_steps": arm_values(repeats, pair_b, "left_steps"),
+            "ablab_wall_s": arm_values(repeats, pair_b, "left_wall_s"),
+            "ablab_rss_mib": arm_values(repeats, pair_b, "left_max_rss_mib"),
+            "raw_rss_mib": arm_values(repeats, pair_b, "right_max_rss_mib"),
+        }
+    if pair_c in have:
         out["c"] = {
-            "mlflow_step_s": arm_values(repeats, on, "step_s"),
-            "null_step_s": arm_values(repeats, off, "step_s"),
+            "mlflow_step_s": arm_values(repeats, pair_c, "left_step_s"),
+            "null_step_s": arm_values(repeats, pair_c, "right_step_s"),
             "step_overhead_pct": per_repeat(
-                repeats, lambda r: 100 * (r[on]["step_s"] / r[off]["step_s"] - 1)
+                repeats,
+                lambda r: 100 * (r[pair_c]["left_step_s"] / r[pair_c]["right_step_s"] - 1),
             ),
-            "mlflow_wall_s": arm_values(repeats, on, "wall_s"),
-            "null_wall_s": arm_values(repeats, off, "wall_s"),
-            "wall_difference_s": per_repeat(repeats, lambda r: r[on]["wall_s"] - r[off]["wall_s"]),
+            "paired_steps": arm_values(repeats, pair_c, "left_steps"),
+            "mlflow_wall_s": arm_values(repeats, pair_c, "left_wall_s"),
+            "null_wall_s": arm_values(repeats, pair_c, "right_wall_s"),
+            "wall_difference_s": per_repeat(
+                repeats, lambda r: r[pair_c]["left_wall_s"] - r[pair_c]["right_wall_s"]
+            ),
             "rss_difference_mib": per_repeat(
-                repeats, lambda r: r[on]["max_rss_mib"] - r[off]["max_rss_mib"]
+                repeats,
+                lambda r: r[pair_c]["left_max_rss_mib"] - r[pair_c]["right_max_rss_mib"],
             ),
         }
     if {"ablab", "raw"} <= have:
@@ -433,11 +587,16 @@ def summarise(repeats: list[dict], cores: int) -> dict[str, Any]:
             }
             for name in gpu
         }
-    out["g"] = {
-        arm: arm_values(repeats, arm, "max_rss_mib")
-        for arm in (repeats[0] if repeats else {})
-        if "max_rss_mib" in repeats[0][arm]
-    }
+    rss = {}
+    for arm, values in (repeats[0] if repeats else {}).items():
+        if "max_rss_mib" in values:
+            rss[arm] = arm_values(repeats, arm, "max_rss_mib")
+        if "left_max_rss_mib" in values:  # "paired: left | right"
+            for side, name in zip(
+                ("left", "right"), arm.split(": ", 1)[1].split(" | "), strict=True
+            ):
+                rss[f"{name} (paired)"] = arm_values(repeats, arm, f"{side}_max_rss_mib")
+    out["g"] = rss
     return out
 
 
@@ -570,60 +729,74 @@ def report(results: dict[str, Any]) -> str:
             ),
             "",
         ]
-    for group, model, epochs in (
-        ("a", "LeNet-5 on digits, batch 64, Adam 0.01, cosine", sz["lenet_epochs"]),
-        ("b", "ResNet-20 on synthetic 3x32x32, batch 128", sz["resnet20_epochs"]),
-    ):
-        if group not in s:
-            continue
-        g = s[group]
-        arm_names = ("ablab", "raw") if group == "a" else ("ablab resnet20", "raw resnet20")
-        threads = [sorted({r[arm]["threads"] for r in results["repeats"]}) for arm in arm_names]
+    paired_note = (
+        "Paired: both processes at once, each pinned to its own core (swapped every repeat), "
+        "starting their first step together (a file barrier), so host speed drift hits both "
+        "alike; each side's step time is a full batch's, from its seconds per image over the "
+        "steps both trained at the same time (epoch 0 left out); the raw loop runs until the "
+        "ablab job has ended. Sequential: one process at a time, as the other arms."
+    )
+    if "a" in s:
+        a = s["a"]
+        threads = [
+            sorted({r[arm]["threads"] for r in results["repeats"]}) for arm in ("ablab", "raw")
+        ]
         lines += [
-            f"## {TITLES[group]}",
+            f"## {TITLES['a']}",
             "",
-            f"{model}, {epochs} epochs (step time over epochs 1..{epochs - 1}); `python -m "
-            "ablab.train` with every default (MLflow, checkpoints, progress bar, metrics) vs "
-            "`bench/raw_loop.py`.",
+            f"LeNet-5 on digits, batch 64, Adam 0.01, cosine, {sz['lenet_epochs']} epochs; "
+            "`python -m ablab.train` with every default (MLflow, checkpoints, progress bar, "
+            f"metrics) vs `bench/raw_loop.py`. {paired_note}",
+            "",
+            *table(
+                ["quantity", "ablab", "raw loop", "ratio"],
+                ([["step time, paired (ms)", fmt(a["paired_ablab_step_s"], 2, 1e3),
+                   fmt(a["paired_raw_step_s"], 2, 1e3), f"raw/ablab {fmt(a['throughput_ratio'], 3)}"]]
+                 if "paired_ablab_step_s" in a else []) + [
+                    ["step time, sequential (ms)", fmt(a["ablab_step_s"], 1, 1e3),
+                     fmt(a["raw_step_s"], 1, 1e3), f"raw/ablab {fmt(a['sequential_throughput_ratio'])}"],
+                    ["whole wall, sequential (s)", fmt(a["ablab_wall_s"], 1), fmt(a["raw_wall_s"], 1),
+                     f"ablab/raw {fmt(a['wall_ratio'])}"],
+                    ["max RSS (MiB)", fmt(a["ablab_rss_mib"], 0), fmt(a["raw_rss_mib"], 0),
+                     f"ablab/raw {fmt(a['rss_ratio'])}"],
+                    ["torch threads", str(threads[0]), str(threads[1]), ""],
+                    ["CPU time, sequential (s)", fmt(a["ablab_cpu_s"], 1), fmt(a["raw_cpu_s"], 1),
+                     f"ablab/raw {fmt(a['cpu_ratio'])}"],
+                ],
+            ),
+            (f"Steps timed together per paired repeat: {fmt(a['paired_steps'], 0)}."
+             if "paired_steps" in a else f"Not paired: {results['skipped'].get('paired')}."),
+            "",
+        ]  # fmt: skip
+    if "b" in s:
+        b = s["b"]
+        lines += [
+            f"## {TITLES['b']}",
+            "",
+            f"ResNet-20 on synthetic 3x32x32, batch 128, {sz['resnet20_epochs']} epochs, paired "
+            f"only (the per-step target is this measurement's one). {paired_note}",
             "",
             *table(
                 ["quantity", "ablab", "raw loop", "ratio"],
                 [
-                    [
-                        "step time (ms)",
-                        fmt(g["ablab_step_s"], 1, 1e3),
-                        fmt(g["raw_step_s"], 1, 1e3),
-                        f"raw/ablab {fmt(g['throughput_ratio'])}",
-                    ],
-                    [
-                        "whole wall (s)",
-                        fmt(g["ablab_wall_s"], 1),
-                        fmt(g["raw_wall_s"], 1),
-                        f"ablab/raw {fmt(g['wall_ratio'])}",
-                    ],
-                    [
-                        "max RSS (MiB)",
-                        fmt(g["ablab_rss_mib"], 0),
-                        fmt(g["raw_rss_mib"], 0),
-                        f"ablab/raw {fmt(g['rss_ratio'])}",
-                    ],
-                    ["torch threads", str(threads[0]), str(threads[1]), ""],
-                    [
-                        "CPU time (s)",
-                        fmt(g["ablab_cpu_s"], 1),
-                        fmt(g["raw_cpu_s"], 1),
-                        f"ablab/raw {fmt(g['cpu_ratio'])}",
-                    ],
+                    ["step time, paired (ms)", fmt(b["ablab_step_s"], 1, 1e3),
+                     fmt(b["raw_step_s"], 1, 1e3), f"raw/ablab {fmt(b['throughput_ratio'], 3)}"],
+                    ["max RSS (MiB)", fmt(b["ablab_rss_mib"], 0), fmt(b["raw_rss_mib"], 0), ""],
+                    ["whole wall, paired (s)", fmt(b["ablab_wall_s"], 1), "", ""],
                 ],
             ),
-        ]
+            f"Steps timed together per repeat: {fmt(b['paired_steps'], 0)}.",
+            "",
+        ]  # fmt: skip
     if "c" in s:
         c = s["c"]
         lines += [
             f"## {TITLES['c']}",
             "",
-            "The default job (the `ablab` arm of a: MLflow every `trainer.log_every_n_steps`, "
-            "system metrics, checkpoint artifacts) against the same command with `logger=null`.",
+            "The default job (MLflow every `trainer.log_every_n_steps`, system metrics, "
+            "checkpoint artifacts) against the same command with `logger=null`, paired: both at "
+            "once, one core each (swapped every repeat); step times over the steps both trained "
+            "at the same time. Whole wall: each process's spawn to exit, run side by side.",
             "",
             *table(
                 ["quantity", "MLflow", "logger=null", "difference"],
@@ -753,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     arms = lenet_arms(bench) + import_arms(bench) + resnet20_arms(bench) + sweep_arms(bench)
+    if len(os.sched_getaffinity(0)) < 2:  # a and c fall back to their sequential figures
+        arms = [arm for arm in arms if not arm.name.startswith("paired:")]
+        results["skipped"]["paired"] = "one core: paired measurements need two"
     pipelines: list = []
     if "d" in only:
         import augmentation

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
 from mlflow import MlflowClient
+from torch.utils.data import DataLoader, TensorDataset
 
 from ablab.tracking import mlflow_logger
 from ablab.training.callbacks import FlushMetrics
@@ -95,3 +98,50 @@ def test_a_checkpoint_value_the_store_already_has_is_not_written_twice(root) -> 
     FlushMetrics(resumed).load_state_dict(checkpoint)
     resumed.flush()
     assert history(client, first.run_id, "val/acc") == [(4, 0.5)]
+
+
+class EpochEndValue(pl.LightningModule):
+    """One weight; logs ``train/epoch_value`` = the epoch number in ``on_train_epoch_end``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - batch[0]).pow(2).mean()
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_value", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=2)
+
+
+class StoreAtEpochStart(pl.Callback):
+    """What the store holds of ``key`` as each training epoch starts, before FlushMetrics'
+    own epoch-start hook runs (it comes after this one in the callback list)."""
+
+    def __init__(self, client: MlflowClient, key: str) -> None:
+        self.client, self.key, self.seen = client, key, []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen.append(history(self.client, trainer.logger.run_id, self.key))
+
+
+def test_an_epochs_end_values_are_written_at_its_end_not_at_the_next_start(root) -> None:
+    """Lightning logs end-of-epoch values after every on_train_epoch_end hook; they are written
+    then (one store write closing the epoch), so the next epoch's first step pays nothing."""
+    logger = logger_on(root)
+    client = MlflowClient(tracking_uri(root))
+    probe = StoreAtEpochStart(client, "train/epoch_value")
+    trainer = pl.Trainer(
+        max_epochs=3, logger=logger, callbacks=[probe, FlushMetrics(logger)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=1,
+    )  # fmt: skip
+    trainer.fit(EpochEndValue())
+    assert [[v for _, v in seen] for seen in probe.seen] == [[], [0.0], [0.0, 1.0]]
+    assert logger.held() == []

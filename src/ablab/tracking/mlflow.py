@@ -87,6 +87,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
         self.flush_every_s = flush_every_s
         self.pending: list[Metric] = []
         self.pending_since: float | None = None
+        self.flush_on_log = False
 
     def skip_recorded(self, recorded: Mapping[str, int]) -> None:
         """Drop values at or before ``recorded[key]`` (each metric's last step in the run)."""
@@ -109,13 +110,22 @@ class ResumableMLFlowLogger(MLFlowLogger):
             )
         if self.pending and self.pending_since is None:
             self.pending_since = now
-        if self.pending_since is not None and now - self.pending_since >= self.flush_every_s:
+        if self.pending_since is not None and (
+            self.flush_on_log or now - self.pending_since >= self.flush_every_s
+        ):
             self.flush()
+
+    def flush_after_next_log(self) -> None:
+        """Write what is held at the end of the next :meth:`log_metrics` call: Lightning logs a
+        training epoch's end-of-epoch values after every ``on_train_epoch_end`` hook, so a hook
+        that wants them written can only ask for it."""
+        self.flush_on_log = True
 
     @rank_zero_only
     def flush(self) -> None:
         """Write every held value to the store (one ``log_batch`` per 1,000)."""
         pending, self.pending, self.pending_since = self.pending, [], None
+        self.flush_on_log = False
         for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
             chunk = pending[start : start + MAX_METRICS_PER_BATCH]
             self.experiment.log_batch(run_id=self.run_id, metrics=chunk, **self._log_batch_kwargs)

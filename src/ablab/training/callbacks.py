@@ -145,9 +145,11 @@ class FlushMetrics(Callback):
     - in every checkpoint (:meth:`state_dict`): a job resumed from it logs them again
       (:meth:`load_state_dict`; values the store already has are dropped), and the steps after
       it are trained, and logged, again;
-    - written to the store at each training epoch's start: the previous epoch's end-of-epoch
-      values (train metrics, logged after its checkpoint) are in no checkpoint and are never
-      trained again;
+    - written to the store as a training epoch's end-of-epoch values are logged (Lightning logs
+      them after every ``on_train_epoch_end`` hook): they come after the epoch's checkpoint, so
+      they are in none and are never trained again; at the next epoch's start, anything still
+      held (nothing, unless the epoch logged no end-of-epoch value) is written. The write is
+      then part of the epoch's end, like validation, not of the next epoch's first step;
     - written at the end of each stage (fit, a lone validate, test), on any exception and when
       the run ends (the logger's ``finalize``).
 
@@ -162,6 +164,9 @@ class FlushMetrics(Callback):
         self.logger.flush()
 
     on_train_epoch_start = on_train_end = on_test_end = on_predict_end = _flush
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.logger.flush_after_next_log()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING:  # in fit, the next epoch start writes them

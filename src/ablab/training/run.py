@@ -37,6 +37,7 @@ from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
 from ablab.training.callbacks import FlushMetrics, MonitorBest
+from ablab.training.cuda_probe import skip_nvml_probe_without_driver
 from ablab.training.precision import warn_emulated_bf16
 from ablab.training.threads import ThreadBudget, apply_threads
 from ablab.training.types import check_types
@@ -75,6 +76,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     """
     check_types(cfg)  # a wrong type names its key before anything is built
     threads = apply_threads(cfg)  # this process's share of the cores, before any network
+    skip_nvml_probe_without_driver()  # a per-step NVML load attempt on GPU-less hosts
     pl.seed_everything(cfg.seed, workers=True)
     try:
         task_class = component_class(cfg, "task", Task)
