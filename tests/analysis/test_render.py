@@ -92,7 +92,21 @@ def make_report(**changes) -> StudyReport:
         for name in VARIANTS
     ]
     comparisons = [
-        Comparison("no_bn", QUANTITIES[0], SEEDS, -0.0583, -0.09, -0.027, 0.0032, -4.1, 0.0064),
+        Comparison(
+            "no_bn",
+            QUANTITIES[0],
+            SEEDS,
+            -0.0583,
+            -0.09,
+            -0.027,
+            0.0032,
+            -4.1,
+            0.0064,
+            prob_improvement=0.0,
+            normality_p=0.42,
+            mde=0.061,
+            seeds_for_power=3,
+        ),
         Comparison("no_bn", QUANTITIES[2], SEEDS, NAN, NAN, NAN, NAN, NAN),
         Comparison("bn_lr0.5", QUANTITIES[0], SEEDS, -0.02, -0.05, 0.01, 3e-6, -math.inf),
     ]
@@ -255,14 +269,17 @@ def test_markdown_content() -> None:
     assert steps[3][1].startswith("12120 ± ")  # mean 12115.3 of 12346, 11000, 13000
     assert steps[1][0] == "bn (baseline)"
     comparisons = tables[
-        headers.index(["variant", "quantity", "diff", "CI", "p", "p Holm", "d_z", "seeds"])
-    ]
-    assert comparisons[1] == [
-        "no_bn", "final val/acc", "-0.0583", "[-0.09, -0.027]", "0.0032", "0.0064", "-4.1",
-        "0, 1, 2",
+        headers.index(
+            ["variant", "quantity", "diff", "CI", "p", "p Holm", "test", "d_z", "P(v > b)",
+             "normality p", "MDE 80%", "seeds for 80%", "seeds"]
+        )
     ]  # fmt: skip
-    assert comparisons[2][2:7] == [DASH] * 5
-    assert comparisons[3][4:7] == ["<1e-4", DASH, "-∞"]
+    assert comparisons[1] == [
+        "no_bn", "final val/acc", "-0.0583", "[-0.09, -0.027]", "0.0032", "0.0064", "t", "-4.1",
+        "0", "0.42", "0.061", "3", "0, 1, 2",
+    ]  # fmt: skip
+    assert comparisons[2][2:6] == [DASH] * 4 and comparisons[2][7:12] == [DASH] * 5
+    assert comparisons[3][4:6] == ["<1e-4", DASH] and comparisons[3][7] == "-∞"
     measured = tables[headers.index(["variant", "images/s", "note"])]
     assert measured[1] == ["bn", "1234", DASH]
     for name, path in images.items():

@@ -130,7 +130,7 @@ def test_paired_bootstrap_uses_scipy_and_exact_sign_flip_p() -> None:
 
 
 def test_paired_rejects_an_unknown_method() -> None:
-    with pytest.raises(ValueError, match="method 'perm'; valid: t, bootstrap"):
+    with pytest.raises(ValueError, match="method 'perm'; valid: auto, t, bootstrap"):
         paired("v", "q", {0: 1.0}, {0: 1.0}, method="perm")  # type: ignore[arg-type]
 
 
@@ -295,3 +295,110 @@ def test_equivalence_claims_hold_inside_the_margin_and_fail_beyond_it() -> None:
     assert outcome == {"close": "holds", "far": "does not hold", "noisy": "inconclusive"}
     with pytest.raises(ValueError, match="needs a margin"):
         verdict("c", paired("x", "q", base, close), "same")
+
+
+# --- power, robust tests, TOST (issue 16) ------------------------------------------------
+
+
+def test_the_minimum_detectable_difference_has_80_percent_power_in_simulation() -> None:
+    """Differences drawn with mean = the reported MDE are detected by the paired t-test at
+    alpha 0.05 in 80% of 4,000 simulated studies of the same n (within sampling error)."""
+    rng = np.random.default_rng(0)
+    for n, sd in ((3, 0.02), (5, 1.0), (10, 0.3)):
+        base = dict(enumerate(rng.normal(0.8, 0.02, n)))
+        noise = rng.normal(0, 1, n)
+        noise = (noise - noise.mean()) / noise.std(ddof=1) * sd  # sd of the differences: sd
+        c = paired("v", "q", base, {s: base[s] + 0.01 + noise[s] for s in base})
+        assert c.mde > 0
+        draws = rng.normal(c.mde, sd, size=(4000, n))
+        power = float(np.mean(stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05))
+        assert power == pytest.approx(0.8, abs=0.025), (n, power)
+
+
+def test_the_seeds_needed_reach_80_percent_power_and_one_fewer_does_not() -> None:
+    base, other = shifted(0.004, seed=3, noise=0.01)
+    c = paired("v", "q", base, other)
+    n = int(c.seeds_for_power)
+    assert n > len(SEEDS)  # an inconclusive-sized effect needs more seeds than it had
+    rng = np.random.default_rng(1)
+
+    def power(k: int) -> float:
+        draws = rng.normal(c.effect_size, 1.0, size=(6000, k))  # d_z in units of sd
+        return float(np.mean(stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05))
+
+    assert power(n) >= 0.8 - 0.02
+    assert power(n - 1) < 0.8 + 0.02
+
+
+def test_no_effect_needs_no_finite_number_of_seeds() -> None:
+    c = paired("v", "q", {0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 1.5, 2: 3.0})  # mean diff 0
+    assert c.diff_mean == 0 and math.isnan(c.seeds_for_power)
+
+
+def test_non_normal_differences_with_enough_seeds_are_decided_by_the_robust_tests() -> None:
+    """Eight seeds, one far outlier: Shapiro–Wilk rejects normality, so the sign-flip
+    permutation test and the BCa interval decide, with scipy's own values; the t-test's stay
+    recorded beside them."""
+    d = np.array([0.011, 0.012, 0.010, 0.013, 0.009, 0.012, 0.011, 0.30])
+    base = {s: 0.5 for s in range(8)}
+    c = paired("v", "q", base, {s: 0.5 + d[s] for s in range(8)})
+    assert c.normality_p == pytest.approx(stats.shapiro(c.diffs).pvalue) and c.normality_p < 0.05
+    assert c.test.startswith("sign-flip permutation test")
+    assert "Shapiro–Wilk rejects" in c.test_reason
+    d = np.asarray(c.diffs)  # b − a as floats: the values scipy sees
+    perm = stats.permutation_test(
+        (d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+        n_resamples=np.inf, vectorized=True,
+    )  # fmt: skip
+    assert c.p_value == c.permutation_p == pytest.approx(perm.pvalue)
+    assert c.p_value == pytest.approx(2 / 2**8)  # every difference positive: 2 of 256 patterns
+    boot = stats.bootstrap((d,), np.mean, method="BCa", rng=0).confidence_interval
+    assert (c.ci_low, c.ci_high) == pytest.approx((boot.low, boot.high))
+    t = stats.ttest_rel([0.5 + x for x in d], [0.5] * 8)
+    assert c.t_p == pytest.approx(t.pvalue)
+
+
+def test_normal_differences_keep_the_t_test_and_few_seeds_cannot_use_the_robust_ones() -> None:
+    base, other = shifted(0.02, seed=5, seeds=list(range(8)))
+    c = paired("v", "q", base, other)
+    assert c.normality_p >= 0.05 and c.test == "paired t-test"
+    assert not math.isnan(c.permutation_p)  # computed all the same, and shown
+    few = paired("v", "q", *shifted(0.02, seed=5))
+    assert few.test == "paired t-test" and "too few seeds" in few.test_reason
+    assert math.isnan(few.permutation_p)
+
+
+def test_probability_of_improvement_counts_ties_as_half() -> None:
+    c = paired("v", "q", {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, {0: 2.0, 1: 3.0, 2: 0.0, 3: 1.0})
+    assert c.prob_improvement == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+
+
+def test_tost_says_equivalent_only_when_both_one_sided_tests_reject() -> None:
+    from statsmodels.stats.weightstats import ttost_paired
+
+    margin = 0.05
+    base = {s: 0.7 for s in range(6)}
+    # tight around 0: both one-sided tests reject -> equivalent
+    near = np.array([0.004, -0.003, 0.001, 0.0, -0.002, 0.003])
+    # around +0.045 with spread: the upper test cannot reject -> not shown equivalent, even
+    # though the lower one rejects
+    edge = np.array([0.03, 0.06, 0.04, 0.05, 0.035, 0.055])
+    for d, equivalent in ((near, True), (edge, False)):
+        c = paired("v", "q", base, {s: 0.7 + d[s] for s in range(6)})
+        diffs = np.asarray(c.diffs)
+        _, (_, p_low, _), (_, p_high, _) = ttost_paired(diffs, np.zeros(6), -margin, margin)
+        assert (p_low < 0.05 and p_high < 0.05) == equivalent
+        v = verdict(CLAIM, c, "same", margin=margin)
+        assert (v.outcome == "holds") == equivalent, v.reason
+        assert "TOST" in v.reason
+        if equivalent:
+            assert f"equivalent within ±{margin:g}" in v.reason
+    assert p_low < 0.05 <= p_high  # the edge case: exactly one of the two rejected
+
+
+def test_an_inconclusive_verdict_says_what_more_seeds_would_detect() -> None:
+    c = paired("v", "q", *shifted(0.002, seed=2))
+    v = verdict(CLAIM, c, "higher")
+    assert v.outcome == "inconclusive"
+    assert f"detects |diff| >= {c.mde:.3g} with 80% power" in v.reason
+    assert f"about {c.seeds_for_power:.0f} seeds" in v.reason

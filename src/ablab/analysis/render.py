@@ -328,7 +328,21 @@ def report_tables(report: StudyReport) -> ReportTables:
     tests = sorted({c.test for c in report.comparisons})
     comparisons = Table(
         "comparisons",
-        ("variant", "quantity", "diff", "CI", "p", "p Holm", "d_z", "seeds"),
+        (
+            "variant",
+            "quantity",
+            "diff",
+            "CI",
+            "p",
+            "p Holm",
+            "test",
+            "d_z",
+            "P(v > b)",
+            "normality p",
+            "MDE 80%",
+            "seeds for 80%",
+            "seeds",
+        ),
         tuple(
             (
                 f"{c.variant} vs {c.against}" if c.against else c.variant,
@@ -337,7 +351,12 @@ def report_tables(report: StudyReport) -> ReportTables:
                 fmt_interval(c.ci_low, c.ci_high),
                 fmt_p(c.p_value),
                 fmt_p(c.p_holm),
+                "permutation, BCa" if c.test.startswith("sign-flip") else "t",
                 fmt(c.effect_size),
+                fmt(c.prob_improvement),
+                fmt_p(c.normality_p),
+                fmt(c.mde),
+                fmt(c.seeds_for_power),
                 ", ".join(map(str, c.seeds)) or DASH,
             )
             for c in report.comparisons
@@ -345,10 +364,15 @@ def report_tables(report: StudyReport) -> ReportTables:
         note=(
             f"diff = variant − {base} (or − the variant after 'vs'), paired by seed; CI of the mean difference; "
             f"p: {', '.join(tests) or 'paired test'}, two-sided; p Holm: Holm-corrected over "
-            "the claimed comparisons (— outside that family); d_z = mean difference / std of "
-            "the differences."
+            "the claimed comparisons (— outside that family); test: the paired t-test (t), or "
+            "from 6 seeds on, when Shapiro–Wilk rejects normal differences (normality p < "
+            "0.05), the sign-flip permutation test with a BCa bootstrap CI; d_z = mean "
+            "difference / std of the differences; P(v > b): share of seeds where the variant "
+            "beats the baseline (ties ½); MDE 80%: the smallest |diff| the paired t-test "
+            "detects with 80% power at these seeds; seeds for 80%: seeds it needs to detect the "
+            "observed d_z."
         ),
-        numeric=frozenset({2, 3, 4, 5, 6}),
+        numeric=frozenset({2, 3, 4, 5, 7, 8, 9, 10, 11}),
     )
     measured = []
     for title, rows in report.tables.items():

@@ -55,6 +55,24 @@ class Comparison:
     test: str = "paired t-test"
     #: the variant compared against, when it is not the study's baseline
     against: str = ""
+    #: the paired differences, in seed order
+    diffs: list[float] = field(default_factory=list)
+    #: Shapiro–Wilk p of the differences (NaN below 3 seeds or for identical differences)
+    normality_p: float = float("nan")
+    #: P(variant > baseline) over the paired seeds (a tie counts one half)
+    prob_improvement: float = float("nan")
+    #: smallest |mean difference| the paired t-test detects with 80% power at these seeds
+    mde: float = float("nan")
+    #: seeds the paired t-test needs for 80% power at the observed d_z (NaN when d_z is 0)
+    seeds_for_power: float = float("nan")
+    #: the t-test's p and interval, and the sign-flip permutation p and BCa interval (NaN below
+    #: the seeds a permutation test needs); ``p_value``/``ci_*`` are those of ``test``
+    t_p: float = float("nan")
+    t_ci: tuple[float, float] = (float("nan"), float("nan"))
+    permutation_p: float = float("nan")
+    bootstrap_ci: tuple[float, float] = (float("nan"), float("nan"))
+    #: why ``test`` decided (the normality check, or too few seeds for the robust tests)
+    test_reason: str = ""
 
 
 @dataclass

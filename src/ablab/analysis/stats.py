@@ -20,6 +20,7 @@ the runs that survived.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
@@ -27,6 +28,9 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ablab.analysis.results import Band, Comparison, Direction, Outcome, Summary, Verdict
 
@@ -69,6 +73,13 @@ def _identical(d: np.ndarray, scale: float) -> bool:
     return float(np.ptp(d)) <= _ROUNDING_ULPS * np.finfo(float).eps * scale
 
 
+#: Seeds from which the sign-flip permutation test can reach p < 0.05 (its smallest two-sided p
+#: is 2 / 2**n: 0.0625 at 5 seeds, 0.031 at 6), so the robust tests are run from here on.
+ROBUST_MIN_SEEDS = 6
+#: Power the minimum detectable difference and the seeds needed are given for (Cohen 1988).
+POWER = 0.8
+
+
 def paired(
     variant: str,
     quantity: str,
@@ -76,18 +87,28 @@ def paired(
     other: Mapping[int, float],
     confidence: float = 0.95,
     *,
-    method: Literal["t", "bootstrap"] = "t",
+    method: Literal["auto", "t", "bootstrap"] = "auto",
     rng: int | np.random.Generator = 0,
+    alpha: float = 0.05,
 ) -> Comparison:
     """``other − baseline`` paired by seed (only seeds present in both, recorded in ``seeds``).
 
-    ``method="t"`` (default): mean difference, its t-interval and the two-sided p of the
-    paired t-test, ``scipy.stats.ttest_rel`` (Student 1908). ``method="bootstrap"``: the BCa
-    bootstrap interval of the mean difference (``scipy.stats.bootstrap``, Efron & Tibshirani
-    1993) and the exact two-sided sign-flip permutation p (``scipy.stats.permutation_test``);
-    it makes no normality assumption but with n seeds its smallest p is 2/2**n, so it needs
-    n ≥ 6 to reach p < 0.05 (5 seeds: 0.0625), and a bootstrap of 3–5 values undercovers.
-    ``effect_size`` is Cohen's d_z = mean(d) / sd(d, ddof=1) (Cohen 1988).
+    Always: the mean difference d̄, the paired t-test (``scipy.stats.ttest_rel``, Student 1908)
+    with its t-interval, Cohen's d_z = d̄ / sd(d) (Cohen 1988), the Shapiro–Wilk p of the
+    differences (``scipy.stats.shapiro``; Shapiro & Wilk 1965, Biometrika 52), the probability
+    of improvement P(d > 0) + ½·P(d = 0) over the seeds (the paired form of rliable's, Agarwal
+    et al. 2021), the minimum detectable difference MDE = d_z* · sd(d), where d_z* is the
+    effect the two-sided paired t-test at ``alpha`` detects with 80% power at these n seeds,
+    and the seeds that test needs for 80% power at the observed d_z (``statsmodels``
+    ``TTestPower.solve_power``: the noncentral t distribution). From ``ROBUST_MIN_SEEDS``
+    seeds on: the exact sign-flip permutation p (``scipy.stats.permutation_test``, Fisher
+    1935) and the BCa bootstrap interval (``scipy.stats.bootstrap``, Efron & Tibshirani 1993).
+
+    Which test decides (``test``, with ``test_reason``): ``method="t"`` or ``"bootstrap"``
+    force one; ``"auto"`` takes the t-test unless there are enough seeds for the robust tests
+    and Shapiro–Wilk rejects normal differences at ``alpha`` (autorank's rule; Herbold 2020,
+    JOSS 5:2173). Below ``ROBUST_MIN_SEEDS`` a forced bootstrap still runs (its smallest p
+    cannot reach 0.05 and a bootstrap of 3–5 values undercovers).
 
     Degenerate cases, decided here rather than left to scipy's NaN/inf and warnings:
     fewer than 2 pairs → NaN interval, p and d_z; a non-finite difference (a diverged run)
@@ -100,45 +121,118 @@ def paired(
     b = np.array([other[s] for s in seeds], dtype=float)
     d = b - a
     n = d.size
-    if method not in ("t", "bootstrap"):
-        raise ValueError(f"paired: method '{method}'; valid: t, bootstrap")
-    test = "paired t-test" if method == "t" else "sign-flip permutation test, BCa bootstrap CI"
+    if method not in ("auto", "t", "bootstrap"):
+        raise ValueError(f"paired: method '{method}'; valid: auto, t, bootstrap")
     mean = float(d.mean()) if n else NAN
+    base = Comparison(variant, quantity, seeds, mean, NAN, NAN, NAN, NAN, diffs=d.tolist())
     if n < 2 or not np.isfinite(d).all():
-        return Comparison(variant, quantity, seeds, mean, NAN, NAN, NAN, NAN, test=test)
+        test = "sign-flip permutation test, BCa bootstrap CI" if method == "bootstrap" else None
+        return replace(base, test=test or "paired t-test")
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
+    tie = _ROUNDING_ULPS * np.finfo(float).eps * scale
     identical = _identical(d, scale)
-    zero = identical and abs(mean) <= _ROUNDING_ULPS * np.finfo(float).eps * scale
+    zero = identical and abs(mean) <= tie
+    improvement = float(np.mean(np.where(np.abs(d) <= tie, 0.5, d > 0)))
     if identical:
         effect = 0.0 if zero else math.copysign(math.inf, mean)
-        low = high = 0.0 if zero else mean
+        t_p = 1.0 if zero else 0.0
+        t_ci = (0.0, 0.0) if zero else (mean, mean)
+        normality, mde, needed = NAN, NAN, NAN
     else:
-        effect = mean / float(d.std(ddof=1))
+        sd = float(d.std(ddof=1))
+        effect = mean / sd
+        res = stats.ttest_rel(b, a)
+        ci = res.confidence_interval(confidence_level=confidence)
+        t_p, t_ci = float(res.pvalue), (float(ci.low), float(ci.high))
+        normality = float(stats.shapiro(d).pvalue) if n >= 3 else NAN
+        mde = _detectable_effect(n, alpha) * sd
+        needed = _seeds_for_power(abs(effect), alpha)
 
-    if method == "t":
-        if identical:
-            p = 1.0 if zero else 0.0
-        else:
-            res = stats.ttest_rel(b, a)
-            ci = res.confidence_interval(confidence_level=confidence)
-            p, low, high = float(res.pvalue), float(ci.low), float(ci.high)
-    else:
+    robust = method == "bootstrap" or n >= ROBUST_MIN_SEEDS
+    perm_p, boot_ci = NAN, (NAN, NAN)
+    if robust:
         # Exact: all 2**n sign patterns of the differences (n is a handful of seeds).
-        p = float(
+        perm_p = float(
             stats.permutation_test(
                 (d,),
                 lambda x, axis: np.mean(x, axis=axis),
                 permutation_type="samples",
-                n_resamples=np.inf,
+                n_resamples=np.inf if n <= 16 else 100_000,
                 vectorized=True,
+                rng=rng,
             ).pvalue
         )
-        if not identical:  # a bootstrap of constant data is degenerate (scipy warns, NaN)
-            ci = stats.bootstrap(
+        if identical:  # a bootstrap of constant data is degenerate (scipy warns, NaN)
+            boot_ci = t_ci
+        else:
+            bci = stats.bootstrap(
                 (d,), np.mean, confidence_level=confidence, method="BCa", rng=rng
             ).confidence_interval
-            low, high = float(ci.low), float(ci.high)
-    return Comparison(variant, quantity, seeds, mean, low, high, p, effect, test=test)
+            boot_ci = (float(bci.low), float(bci.high))
+
+    if method == "bootstrap":
+        use_robust, reason = True, "the robust tests were asked for"
+    elif method == "t":
+        use_robust, reason = False, "the t-test was asked for"
+    elif not robust:
+        use_robust = False
+        reason = f"n = {n} < {ROBUST_MIN_SEEDS}: too few seeds for a permutation test"
+    elif not math.isnan(normality) and normality < alpha:
+        use_robust = True
+        reason = f"Shapiro–Wilk rejects normal differences (p = {normality:.3g} < {alpha:g})"
+    else:
+        use_robust = False
+        reason = (
+            "identical differences (no spread to test)"
+            if identical
+            else f"differences consistent with normal (Shapiro–Wilk p = {normality:.3g})"
+        )
+    if use_robust:
+        test, p, (low, high) = "sign-flip permutation test, BCa bootstrap CI", perm_p, boot_ci
+    else:
+        test, p, (low, high) = "paired t-test", t_p, t_ci
+    return replace(
+        base,
+        ci_low=low,
+        ci_high=high,
+        p_value=p,
+        effect_size=effect,
+        test=test,
+        normality_p=normality,
+        prob_improvement=improvement,
+        mde=mde,
+        seeds_for_power=needed,
+        t_p=t_p,
+        t_ci=t_ci,
+        permutation_p=perm_p,
+        bootstrap_ci=boot_ci,
+        test_reason=reason,
+    )
+
+
+def _solve_power(**kw: float | None) -> float:
+    """``TTestPower().solve_power`` (two-sided), NaN where its root finder does not converge
+    (two pairs: one degree of freedom)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            return float(TTestPower().solve_power(alternative="two-sided", **kw))
+        except (ConvergenceWarning, ValueError):
+            return NAN
+
+
+def _detectable_effect(n: int, alpha: float, power: float = POWER) -> float:
+    """d_z* the two-sided paired t-test at ``alpha`` detects with ``power`` at n pairs."""
+    return _solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
+
+
+def _seeds_for_power(effect: float, alpha: float, power: float = POWER) -> float:
+    """Pairs the two-sided paired t-test needs to detect |d_z| = ``effect`` with ``power``,
+    rounded up; NaN for no effect (no number of seeds detects it) or a non-finite one."""
+    if not math.isfinite(effect) or effect <= 0:
+        return NAN
+    n = _solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power)
+    return float(math.ceil(n)) if math.isfinite(n) else NAN
 
 
 def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
@@ -197,6 +291,8 @@ def verdict(
         f"diff {c.diff_mean:+.4g}, {c.test} CI [{c.ci_low:.4g}, {c.ci_high:.4g}], "
         f"{_p_text(c)}, d_z = {c.effect_size:.3g}, n = {n}"
     )
+    if c.test_reason:
+        numbers += f"; {c.test} because {c.test_reason}"
 
     def out(outcome: Outcome, reason: str) -> Verdict:
         return Verdict(claim, c.variant, c.quantity, expected, outcome, reason)
@@ -225,28 +321,64 @@ def verdict(
     if c.ci_low > 0 or c.ci_high < 0:  # the seed CI excludes 0, the corrected p does not
         return out(
             "inconclusive",
-            f"not significant after Holm's correction: p_holm = {p:.3g} >= {alpha:g} ({numbers}).",
+            f"not significant after Holm's correction: p_holm = {p:.3g} >= {alpha:g} "
+            f"({numbers}).{_power_text(c)}",
         )
-    return out("inconclusive", f"CI [{c.ci_low:.4g}, {c.ci_high:.4g}] spans 0 ({numbers}).")
+    return out(
+        "inconclusive",
+        f"CI [{c.ci_low:.4g}, {c.ci_high:.4g}] spans 0 ({numbers}).{_power_text(c)}",
+    )
+
+
+def _power_text(c: Comparison) -> str:
+    """What more seeds would do: the smallest difference these seeds detect with 80% power
+    and the seeds that would detect the observed one (both for the paired t-test)."""
+    if math.isnan(c.mde):
+        return ""
+    text = (
+        f" With n = {len(c.seeds)} the paired t-test detects |diff| >= {c.mde:.3g} with 80% power"
+    )
+    if math.isnan(c.seeds_for_power):
+        return text + "."
+    return text + f"; the observed d_z needs about {c.seeds_for_power:.0f} seeds."
 
 
 def _equivalence(
     c: Comparison, margin: float, p: float, alpha: float, numbers: str, out
 ) -> Verdict:
-    """An equivalence claim ("the same"): *holds* when the whole interval lies inside
-    (−margin, +margin); *does not hold* when the difference is significant and the interval
-    reaches beyond the margin; otherwise *inconclusive* (too wide an interval to tell)."""
-    if -margin < c.ci_low and c.ci_high < margin:
-        return out("holds", f"the same within the margin {margin:g}, as claimed ({numbers}).")
+    """An equivalence claim ("the same"), decided by TOST, two one-sided paired t-tests of
+    H0: diff <= −margin and H0: diff >= +margin (Schuirmann 1987, J. Pharmacokin. Biopharm.
+    15; ``statsmodels.stats.weightstats.ttost_paired``): *holds* ("equivalent within ±m") only
+    when both reject at ``alpha``; *does not hold* when the difference is significant and its
+    interval reaches beyond the margin; otherwise *inconclusive*. Identical differences (no
+    spread, a deterministic quantity) are equivalent exactly when |diff| < margin."""
+    d = np.asarray(c.diffs, dtype=float)
+    if d.size >= 2 and not _identical(d, max(float(np.abs(d).max()), margin)):
+        tost_p, (_, p_low, _), (_, p_high, _) = ttost_paired(d, np.zeros_like(d), -margin, margin)
+        tost = (
+            f"TOST ±{margin:g}: p = {float(p_low):.3g} (diff > −{margin:g}), "
+            f"{float(p_high):.3g} (diff < +{margin:g})"
+        )
+        equivalent = float(tost_p) < alpha
+    else:
+        tost, equivalent = (
+            f"identical differences, |diff| vs ±{margin:g}",
+            abs(c.diff_mean) < margin,
+        )
+    if equivalent:
+        return out("holds", f"equivalent within ±{margin:g}, as claimed ({tost}; {numbers}).")
     if (
         p < alpha
         and (c.ci_low > 0 or c.ci_high < 0)
         and (c.ci_low <= -margin or c.ci_high >= margin)
     ):
-        return out("does not hold", f"differs by more than the margin {margin:g} ({numbers}).")
+        return out(
+            "does not hold", f"differs by more than the margin {margin:g} ({tost}; {numbers})."
+        )
     return out(
         "inconclusive",
-        f"the interval is too wide to show a difference within ±{margin:g} ({numbers}).",
+        f"not shown equivalent within ±{margin:g}: both one-sided tests must reject ({tost}; "
+        f"{numbers}).",
     )
 
 
