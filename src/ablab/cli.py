@@ -7,6 +7,8 @@ Sub-commands take the same Hydra overrides as training, composed from the same `
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from typing import TYPE_CHECKING
 
@@ -236,7 +238,10 @@ def study(argv: list[str]) -> None:
     command = [sys.executable, "-m", "ablab.train", "-m", "hydra/sweeper=study",
                f"hydra.sweeper.study={ref}", f"hydra.sweeper.size={args.size}",
                *args.overrides]  # fmt: skip
-    code = subprocess.call(command)
+    from ablab.tracking.sweep import USER_COMMAND_ENV
+
+    typed = shlex.join(["ablab", "study", args.name, "--size", args.size, *args.overrides])
+    code = subprocess.call(command, env={**os.environ, USER_COMMAND_ENV: typed})
     if code not in (0, 1):  # 1: some jobs failed, which the report shows
         raise SystemExit(code)
     if not args.no_report:

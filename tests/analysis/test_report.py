@@ -175,6 +175,7 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     command again finishes the study under the same parent and reports every claim."""
     import os
     import signal
+    import socket
     import subprocess
     import sys
 
@@ -230,11 +231,14 @@ def test_a_study_killed_midway_is_reported_then_finished_by_its_command(root: Pa
     assert code == 0, output[-3000:]
     # two seeds are too few for a verdict, whatever the numbers: the tool says so
     assert "inconclusive (too few seeds: n=2 < 3" in output
-    # the recorded command, portable: no interpreter path of this machine
-    assert (
-        f"\npython -m ablab.train -m hydra/sweeper=study hydra.sweeper.study={folder}"
-        in (folder / "RESULTS.md").read_text()
-    )
+    # the command the user typed, portable: no interpreter path of this machine; the
+    # machine by its hardware and libraries, not its name
+    results = (folder / "RESULTS.md").read_text()
+    assert f"\nablab study {folder} --size quick " in results
+    assert "/bin/python" not in results and socket.gethostname() not in results
+    machine = next(line for line in results.splitlines() if line.startswith("- **Machine:**"))
+    assert " cores, " in machine and " torch thread(s) per run; GPU: " in machine
+    assert "torch 2." in machine and "Lightning " in machine and "git " in machine
     runs = find_study_runs(client, str(folder))
     assert runs.parent.info.run_id == parent.info.run_id
     assert len(runs.children) == 4 and {r.info.status for r in runs.children} == {"FINISHED"}

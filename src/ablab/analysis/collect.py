@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -311,8 +311,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         study=study.name,
         claim=study.claim,
         question=study.question,
-        command=study_command(client, parent),
-        machine=f"{tags.get('host', '?')} (git {tags.get('git_commit', '?')[:10]})",
+        command=tags.get("user_command") or study_command(client, parent),
+        machine=machine_text(tags, runs.children),
         baseline=study.baseline,
         seeds=sorted({s for seeded in by_variant.values() for s in seeded}),
         variants=variants,
@@ -508,6 +508,32 @@ def metric_curve(client: MlflowClient, run: Run, metric: str) -> tuple[list[int]
 
 def study_overrides(study: Study, variant: str) -> dict[str, str]:
     return {k: str(v) for k, v in study.variants[variant].items()}
+
+
+def machine_text(tags: Mapping[str, str], children: Sequence[Run]) -> str:
+    """What the study ran on, from the parent's tags and its runs' thread params: CPU model and
+    cores, torch threads per run, GPU, Python and library versions, git commit; no host name.
+    A parent older than these tags gives its commit alone."""
+    commit = f"git {tags.get('git_commit', '?')[:10]}"
+    if "hw.cpu" not in tags:
+        return commit
+    threads = sorted(
+        {r.data.params["runtime.torch_threads"] for r in children
+         if "runtime.torch_threads" in r.data.params},
+        key=int,
+    )  # fmt: skip
+    libraries = ", ".join(
+        f"{name} {tags[f'lib.{dist}']}"
+        for dist, name in (("torch", "torch"), ("pytorch-lightning", "Lightning"),
+                           ("torchmetrics", "torchmetrics"), ("mlflow", "MLflow"))
+        if f"lib.{dist}" in tags
+    )  # fmt: skip
+    return (
+        f"{tags['hw.cpu']}, {tags.get('hw.cores', '?')} cores"
+        + (f", {'/'.join(threads)} torch thread(s) per run" if threads else "")
+        + f"; GPU: {tags.get('hw.gpu', 'none')}; Python {tags.get('python', '?')}, {libraries}; "
+        + commit
+    )
 
 
 def study_command(client: MlflowClient, parent: Run) -> str:

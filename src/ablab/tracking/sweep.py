@@ -47,6 +47,9 @@ PARENT_ENV = "ABLAB_PARENT_RUN_ID"
 #: ``hydra.sweep.dir`` again from its own overrides, so it takes the folder from here.
 SWEEP_DIR_ENV = "ABLAB_SWEEP_DIR"
 SWEEP_FILE = "sweep.json"
+#: Set by ``ablab study`` for its sweep: the command the user typed, which a report shows (the
+#: sweep's own ``python -m ablab.train -m ...`` is what that command runs).
+USER_COMMAND_ENV = "ABLAB_USER_COMMAND"
 JOB_FILE = "job_status.json"
 RERUN_FILE = "rerun_failed.sh"
 #: The lock file the launching process holds in the sweep folder while the sweep runs.
@@ -275,6 +278,8 @@ class SweepTracker(Callback):
                 self.parent_run_id, "factors", ",".join(self.plan.factors) or "none"
             )
         self.client.log_text(self.parent_run_id, command, f"sweep/command-{self.attempt}.txt")
+        if user_command := os.environ.get(USER_COMMAND_ENV):  # `ablab study ...`, as typed
+            self.client.set_tag(self.parent_run_id, "user_command", user_command)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.sweep_dir = sweep_dir
         info = {"parent_run_id": self.parent_run_id, "factors": self.plan.factors,
