@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ablab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from ablab.analysis.results import StudyReport
     from ablab.complexity import Complexity
 
 
@@ -175,7 +176,7 @@ def report_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report(argv: list[str]) -> None:
+def report(argv: list[str]) -> StudyReport:
     """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
     args = report_parser().parse_intermixed_args(argv)  # overrides before or after options
 
@@ -203,6 +204,7 @@ def report(argv: list[str]) -> None:
     if (line := left_out_line(result)) is not None:
         print(line)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return result
 
 
 def study_parser() -> argparse.ArgumentParser:
@@ -245,7 +247,16 @@ def study(argv: list[str]) -> None:
     if code not in (0, 1):  # 1: some jobs failed, which the report shows
         raise SystemExit(code)
     if not args.no_report:
-        report([str(spec.folder), *(o for o in task if o.startswith(("logger.", "paths.")))])
+        result = report(
+            [str(spec.folder), *(o for o in task if o.startswith(("logger.", "paths.")))]
+        )
+        # The study fails only when runs gave no value: a run that diverged, as the study
+        # expects and counts (its diverged_value, its "diverged" quantity), is a result.
+        missing = [e for e in result.left_out if not e.used_instead]
+        if code == 1 and not missing:
+            print("ablab: every run produced its quantities (a run stopped by the non-finite "
+                  "loss guard is one of the study's results): nothing to rerun")  # fmt: skip
+        code = 1 if missing else 0
     raise SystemExit(code)
 
 

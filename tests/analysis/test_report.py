@@ -435,3 +435,39 @@ def test_stated_values_are_marked_in_the_report(root: Path) -> None:
     assert verdicts_of(report)[("blowup", "final val/acc")] == "holds"  # 0.1 vs 0.85
     markdown = to_markdown(report, {})
     assert "0.1†, 0.1†" in markdown and "† a diverged run" in markdown
+
+
+DIVERGING = """
+claim: "0. A huge learning rate diverges."
+question: Does a study whose runs diverge as expected succeed?
+common: {trainer: smoke, callbacks.batch_preview: null, logger.log_model: false,
+         optimizer: sgd, model.act: relu}
+baseline: {name: small, overrides: {optimizer.lr: 0.01}}
+variants:
+  huge: {optimizer.lr: 1.0e38}
+seeds: [0, 1]
+sizes: {quick: {}}
+quantities:
+  - {metric: val/acc, stat: final, diverged_value: 0.1}
+  - {metric: train/loss, stat: diverged}
+expect:
+  - {variant: huge, quantity: diverged, direction: higher}
+"""
+
+
+@pytest.mark.slow
+def test_a_study_whose_runs_diverge_as_it_expects_succeeds(root: Path) -> None:
+    """The non-finite loss guard stops both `huge` runs (the sweep counts them as failed jobs),
+    but the study counts divergence: every run produced its quantities, so `ablab study`
+    exits 0 and says there is nothing to rerun."""
+    from conftest import run_module
+
+    folder = root / "diverging"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(DIVERGING)
+    proc = run_module(["ablab.cli", "study", str(folder)], root, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 of 4 sweep jobs did not finish" in out  # the sweep's own count stands
+    assert "every run produced its quantities" in out and "nothing to rerun" in out
+    assert "left out" not in (folder / "RESULTS.md").read_text().lower()
