@@ -16,6 +16,7 @@ import pytest
 
 from ablab.analysis.render import (
     DASH,
+    OUTCOME_COLOURS,
     PNG_SIGNATURE,
     figure_refs,
     figures,
@@ -193,7 +194,9 @@ def test_figures_one_per_metric_with_file_safe_names() -> None:
     before = plt.get_fignums()
     figs = figures(report)
     assert plt.get_fignums() == before  # object API: nothing registered with pyplot
-    assert list(figs) == ["curve_val_acc", "curve_train_loss_epoch", "diag_grad_norm_stem.conv"]
+    assert list(figs) == [
+        "forest", "curve_val_acc", "curve_train_loss_epoch", "diag_grad_norm_stem.conv"
+    ]  # fmt: skip
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in figs)
     assert [r.name for r in figure_refs(report)] == list(figs)
 
@@ -211,6 +214,36 @@ def test_figures_one_per_metric_with_file_safe_names() -> None:
     assert figs["diag_grad_norm_stem.conv"].axes[0].get_yscale() == "log"
 
 
+def test_forest_plot_shows_every_claim_on_its_quantitys_axis_coloured_by_verdict() -> None:
+    report = make_report()
+    fig = figures(report)["forest"]
+    quantities = list(dict.fromkeys(v.quantity for v in report.verdicts))
+    assert len(fig.axes) == len(quantities)
+    by_key = {(c.variant, c.quantity): c for c in report.comparisons}
+    for ax, q in zip(fig.axes, quantities, strict=True):
+        claims = [v for v in report.verdicts if v.quantity == q]
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == [f"{v.variant} ({v.expected})" for v in reversed(claims)]
+        points = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        defined = [v for v in claims if math.isfinite(by_key[(v.variant, q)].diff_mean)]
+        assert len(points) == len(defined)
+        for line in points:  # each point sits at its claim's mean difference, in its colour
+            y = int(line.get_ydata()[0])
+            v = list(reversed(claims))[y]
+            assert line.get_xdata()[0] == by_key[(v.variant, q)].diff_mean
+            assert line.get_color() == OUTCOME_COLOURS[v.outcome]
+        assert ax.get_xlabel().startswith(f"difference in {q}")
+
+
+def test_the_forest_plot_sits_under_the_verdicts() -> None:
+    report = make_report()
+    images = {r.name: f"RESULTS_files/{r.name}.png" for r in figure_refs(report)}
+    text = to_markdown(report, images)
+    verdicts_at, forest_at = text.index("## Verdicts"), text.index("RESULTS_files/forest.png")
+    assert verdicts_at < forest_at < text.index("## Variants")
+    assert text.count("forest.png") == 1
+
+
 def test_variant_keeps_its_colour_across_figures() -> None:
     bands = make_report().curves["val/acc"]
     full = plot_curves(bands, "val/acc", "bn", variants=VARIANTS)
@@ -222,7 +255,8 @@ def test_variant_keeps_its_colour_across_figures() -> None:
 def test_clashing_metric_names_get_distinct_figure_names() -> None:
     bands = make_report().curves["val/acc"]
     report = make_report(curves={"val/acc": bands, "val_acc": bands}, diagnostics={})
-    assert [r.name for r in figure_refs(report)] == ["curve_val_acc", "curve_val_acc_2"]
+    names = [r.name for r in figure_refs(report)]
+    assert names == ["forest", "curve_val_acc", "curve_val_acc_2"]
 
 
 def test_mixed_seed_counts_and_no_data() -> None:
@@ -445,11 +479,13 @@ def test_write_report_writes_pages_and_figures(tmp_path: Path) -> None:
     # A later report with fewer curves leaves no stale figure behind.
     fewer = make_report(curves={"val/acc": report.curves["val/acc"]}, diagnostics={})
     again = write_report(fewer, folder)
-    assert [p.name for p in again["figures"].iterdir()] == ["curve_val_acc.png"]
+    assert sorted(p.name for p in again["figures"].iterdir()) == ["curve_val_acc.png", "forest.png"]
 
 
 def test_write_report_without_curves_and_bad_stem(tmp_path: Path) -> None:
-    paths = write_report(make_report(curves={}, diagnostics={}), tmp_path, stem="REPORT")
+    paths = write_report(
+        make_report(curves={}, diagnostics={}, verdicts=[]), tmp_path, stem="REPORT"
+    )
     assert set(paths) == {"markdown", "html"} and paths["html"].name == "REPORT.html"
     assert not (tmp_path / "REPORT_files").exists()
     with pytest.raises(ValueError, match="stem"):

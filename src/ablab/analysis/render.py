@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import jinja2
 from markupsafe import Markup
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ablab.analysis.results import Band, StudyReport
 
@@ -84,7 +85,7 @@ class FigureRef:
     """One figure of a report: its file-safe name, which section it is in and what it plots."""
 
     name: str
-    section: str  # "curves" | "diagnostics"
+    section: str  # "forest" | "curves" | "diagnostics"
     metric: str
     alt: str
 
@@ -94,7 +95,13 @@ def figure_refs(report: StudyReport) -> list[FigureRef]:
     ``diag_<metric>`` per diagnostic (``diag/act_std/stem.conv`` -> ``diag_act_std_stem.conv``).
     Names keep only ``[A-Za-z0-9._-]`` and are unique (a clash gets ``_2``, ``_3``…)."""
     refs: list[FigureRef] = []
-    taken: set[str] = set()
+    taken: set[str] = {"forest"}
+    if report.verdicts:
+        quantities = list(dict.fromkeys(v.quantity for v in report.verdicts))
+        refs.append(FigureRef("forest", "forest", "", (
+            f"forest plot: each claim's mean paired difference with its CI, one axis per "
+            f"quantity ({', '.join(quantities)}), coloured by verdict"
+        )))  # fmt: skip
     for section, prefix, metrics in (
         ("curves", "curve", report.curves),
         ("diagnostics", "diag", report.diagnostics),
@@ -179,6 +186,48 @@ def plot_curves(
     return fig
 
 
+#: Verdict colours of the forest plot.
+OUTCOME_COLOURS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:gray"}
+
+
+def plot_forest(report: StudyReport) -> Figure:
+    """Every claim's comparison on one axis per quantity: the mean paired difference (variant −
+    baseline, or − the variant it is claimed against) as a point, its CI as a bar, coloured by
+    the verdict, with the claimed direction beside the name and a line at zero. A comparison
+    whose difference is undefined (a run diverged, too few seeds) is listed without a point."""
+    quantities = list(dict.fromkeys(v.quantity for v in report.verdicts))
+    by_key = {(c.variant, c.quantity, c.against): c for c in report.comparisons}
+    rows = {q: [v for v in report.verdicts if v.quantity == q] for q in quantities}
+    height = 0.9 + sum(0.45 * len(r) + 0.6 for r in rows.values())
+    fig = Figure(figsize=(7.0, height), layout="constrained")
+    axes = fig.subplots(len(quantities), 1, squeeze=False)[:, 0]
+    for ax, q in zip(axes, quantities, strict=True):
+        labels = []
+        for y, v in enumerate(reversed(rows[q])):
+            c = by_key.get((v.variant, v.quantity, v.against))
+            name = f"{v.variant} vs {v.against}" if v.against else v.variant
+            labels.append(f"{name} ({v.expected})")
+            colour = OUTCOME_COLOURS[v.outcome]
+            if c is None or not math.isfinite(c.diff_mean):
+                ax.text(0, y, "  undefined", va="center", color=colour, fontsize="small")
+                continue
+            low, high = c.ci_low, c.ci_high
+            if math.isfinite(low) and math.isfinite(high):
+                ax.plot([low, high], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
+            ax.plot([c.diff_mean], [y], "o", color=colour, markersize=6)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.set_xlabel(f"difference in {q} (vs {report.baseline} unless named)")
+        ax.grid(axis="x", alpha=0.3)
+    handles = [
+        Line2D([], [], color=c, marker="o", linewidth=2.5, label=o)
+        for o, c in OUTCOME_COLOURS.items()
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncols=3, fontsize="small")
+    return fig
+
+
 #: x axis of the diagnostics figures: per-layer profiles (ablab.analysis.collect).
 PROFILE_X = "layer (input to output)"
 
@@ -189,6 +238,9 @@ def figures(report: StudyReport) -> dict[str, Figure]:
     order = [v.name for v in report.variants]
     out: dict[str, Figure] = {}
     for ref in figure_refs(report):
+        if ref.section == "forest":
+            out[ref.name] = plot_forest(report)
+            continue
         bands = (report.curves if ref.section == "curves" else report.diagnostics)[ref.metric]
         # Study order, so the baseline and every variant keep their colour across figures.
         ranked = dict(sorted(bands.items(), key=lambda kv: _rank(order, kv[0])))
@@ -483,6 +535,9 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     fence = _fence(report.command)
     out += [f"{fence}bash", report.command or "# not recorded", fence, ""]
     out += ["## Verdicts", "", *_md_table(t.verdicts)]
+    for ref in _forest(report, images):  # the verdicts at a glance, right under them
+        alt = ref.alt.replace("[", "(").replace("]", ")")
+        out += [f"![{alt}]({quote(images[ref.name])})", ""]
     if t.left_out.rows:
         out += ["## Runs left out", "", _md_note(t.left_out), "", *_md_table(t.left_out)]
     out += ["## Variants", "", *_md_table(t.variants)]
@@ -509,12 +564,18 @@ def _md_note(table: Table) -> str:
     return f"_{table.note}_" if table.note else ""
 
 
+def _forest(report: StudyReport, images: Mapping[str, object]) -> list[FigureRef]:
+    """The forest plot's ref, when there is one and an image for it (shown under the verdicts,
+    not among the figure sections)."""
+    return [r for r in figure_refs(report) if r.section == "forest" and r.name in images]
+
+
 def _figure_sections(
     report: StudyReport, images: Mapping[str, object]
 ) -> list[tuple[str, list[FigureRef]]]:
     refs = [r for r in figure_refs(report) if r.name in images]
     known = {r.name for r in refs}
-    extra = [FigureRef(n, "other", n, n) for n in images if n not in known]
+    extra = [FigureRef(n, "other", n, n) for n in images if n not in known and n != "forest"]
     sections = [
         ("Learning curves", [r for r in refs if r.section == "curves"]),
         ("Diagnostics", [r for r in refs if r.section == "diagnostics"]),
@@ -599,6 +660,9 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <section>
 <h2>Verdicts</h2>
 {{ render_table(tables.verdicts, "verdicts") }}
+{% for ref, uri in forest %}
+<figure id="fig-{{ ref.name }}"><img src="{{ uri }}" alt="{{ ref.alt }}"></figure>
+{% endfor %}
 </section>
 {% if tables.left_out.rows %}
 <section>
@@ -679,6 +743,7 @@ def to_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
         report=report,
         tables=report_tables(report),
         sections=sections,
+        forest=[(r, _data_uri(images[r.name])) for r in _forest(report, images)],
         generated=footer + ".",
         dash=DASH,
     )
