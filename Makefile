@@ -17,7 +17,7 @@ TEST_WORKERS ?= 3
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install train study report test lint format ui zoo bench clean
+.PHONY: help install train study report test lint format ui zoo bench clean claims
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-9s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ study: install ## Run a study and write its report: make study name=bn_vs_nobn s
 report: install ## Rewrite a study's report from its latest runs: make report name=<study>
 	@test -n "$(name)" || { echo "usage: make report name=<study>"; exit 2; }
 	$(BIN)/ablab report $(name) $(ARGS)
+
+claims: install ## Rewrite experiments/README.md: every claim of the notes with its verdicts
+	$(BIN)/ablab report --all
 
 test: install ## Run the test suite in TEST_WORKERS processes (pytest options: ARGS="-k data")
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(ARGS)

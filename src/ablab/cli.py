@@ -168,7 +168,14 @@ def report_parser() -> argparse.ArgumentParser:
         "baseline seed by seed, and write RESULTS.md / RESULTS.html (with plots) into the study "
         "folder; also logged on the study's parent run.",
     )
-    parser.add_argument("study", help="a study name (experiments/<name>) or a parent run id")
+    parser.add_argument(
+        "study", nargs="?", help="a study name (experiments/<name>) or a parent run id"
+    )
+    parser.add_argument(
+        "--all", action="store_true",
+        help="instead: write experiments/README.md (+ .html), every claim of the notes with the "
+        "verdicts of the studies' RESULTS.json",
+    )  # fmt: skip
     parser.add_argument("--out", help="folder to write into (default: the study's folder)")
     parser.add_argument("--stem", default="RESULTS", help="file name stem (default: RESULTS)")
     parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
@@ -176,9 +183,23 @@ def report_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report(argv: list[str]) -> StudyReport:
+def report(argv: list[str]) -> StudyReport | None:
     """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
-    args = report_parser().parse_intermixed_args(argv)  # overrides before or after options
+    parser = report_parser()
+    args = parser.parse_intermixed_args(argv)  # overrides before or after options
+    if args.all:
+        from pathlib import Path
+
+        from ablab.analysis.claims import write_claims_page
+        from ablab.study import STUDIES_DIR
+
+        if args.study:
+            parser.error("--all takes no study")
+        paths = write_claims_page(Path(args.out) if args.out else STUDIES_DIR)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return None
+    if not args.study:
+        parser.error("name a study (experiments/<name>) or a parent run id, or give --all")
 
     from pathlib import Path
 

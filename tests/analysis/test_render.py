@@ -465,6 +465,7 @@ def test_write_report_writes_pages_and_figures(tmp_path: Path) -> None:
     assert paths == {
         "markdown": folder / "RESULTS.md",
         "html": folder / "RESULTS.html",
+        "json": folder / "RESULTS.json",
         "figures": folder / "RESULTS_files",
     }
     pngs = sorted(p.name for p in paths["figures"].iterdir())
@@ -486,7 +487,7 @@ def test_write_report_without_curves_and_bad_stem(tmp_path: Path) -> None:
     paths = write_report(
         make_report(curves={}, diagnostics={}, verdicts=[]), tmp_path, stem="REPORT"
     )
-    assert set(paths) == {"markdown", "html"} and paths["html"].name == "REPORT.html"
+    assert set(paths) == {"markdown", "html", "json"} and paths["html"].name == "REPORT.html"
     assert not (tmp_path / "REPORT_files").exists()
     with pytest.raises(ValueError, match="stem"):
         write_report(make_report(), tmp_path, stem="../x")

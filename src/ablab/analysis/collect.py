@@ -324,6 +324,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         tracking_uri=str(client.tracking_uri),
         tables={CHECKS_TITLE: check_rows(study.checks)} if study.checks else {},
         left_out=sorted(left_out, key=lambda e: (_rank(study, e.variant), e.seed, e.run_id)),
+        size=tags.get("study_size", ""),
+        commit=tags.get("git_commit", "")[:10],
     )
 
 

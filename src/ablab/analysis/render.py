@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import jinja2
@@ -756,9 +758,37 @@ def _data_uri(png: bytes) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
+def to_json(report: StudyReport) -> dict[str, Any]:
+    """The verdicts as data, for ``ablab report --all``: study, claim, size, commit, seeds, and
+    per verdict its comparison's difference, interval, p values, test and seeds (non-finite
+    numbers as null)."""
+    by_key = {(c.variant, c.quantity, c.against): c for c in report.comparisons}
+
+    def num(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    rows = []
+    for v in report.verdicts:
+        c = by_key.get((v.variant, v.quantity, v.against))
+        rows.append(
+            {"variant": v.variant, "against": v.against, "baseline": report.baseline,
+             "quantity": v.quantity, "expected": v.expected, "outcome": v.outcome,
+             "reason": v.reason}
+            | ({"diff": num(c.diff_mean), "ci": [num(c.ci_low), num(c.ci_high)],
+                "p": num(c.p_value), "p_holm": num(c.p_holm), "test": c.test,
+                "seeds": c.seeds} if c else {})
+        )  # fmt: skip
+    return {
+        "study": report.study, "claim": report.claim, "size": report.size,
+        "commit": report.commit, "seeds": report.seeds, "parent_run_id": report.parent_run_id,
+        "verdicts": rows,
+    }  # fmt: skip
+
+
 def write_report(report: StudyReport, folder: Path, stem: str = "RESULTS") -> dict[str, Path]:
-    """Write ``<stem>.md``, ``<stem>.html`` and the figures as ``<stem>_files/<name>.png`` into
-    ``folder``; returns ``{"markdown": …, "html": …, "figures": <stem>_files}`` (no
+    """Write ``<stem>.md``, ``<stem>.html``, ``<stem>.json`` (:func:`to_json`) and the figures
+    as ``<stem>_files/<name>.png`` into ``folder``; returns ``{"markdown": …, "html": …,
+    "json": …, "figures": <stem>_files}`` (no
     ``figures`` entry when the report has no curves). PNGs left in ``<stem>_files`` by an
     earlier report are removed first, so the folder holds exactly what the pages show."""
     if not stem or Path(stem).name != stem:
@@ -779,6 +809,8 @@ def write_report(report: StudyReport, folder: Path, stem: str = "RESULTS") -> di
     written["markdown"].write_text(to_markdown(report, links), encoding="utf-8")
     written["html"] = folder / f"{stem}.html"
     written["html"].write_text(to_html(report, pngs), encoding="utf-8")
+    written["json"] = folder / f"{stem}.json"
+    written["json"].write_text(json.dumps(to_json(report), indent=1) + "\n", encoding="utf-8")
     if pngs:
         written["figures"] = files
     return written

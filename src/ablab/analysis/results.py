@@ -153,3 +153,6 @@ class StudyReport:
     tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     #: runs that gave no value (unfinished), and variant/seeds of the study without a run
     left_out: list[LeftOut] = field(default_factory=list)
+    #: the study size run (``quick``, ``full``) and the git commit it ran at
+    size: str = ""
+    commit: str = ""
