@@ -129,6 +129,16 @@ def claims_page(experiments: Path) -> tuple[str, str]:
     md = ["# Claims of the notes and their verdicts", "", intro, "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
     md += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    md += ["", "## Studies", "",
+           "One folder per study: its README (the claim, the question, the switch, the command), "
+           "its `study.yaml` and the report `ablab study` wrote from real runs. Experiment "
+           "configs (`python -m ablab.train experiment=<name>`) live in `conf/experiment/`.", "",
+           "| study | claims | question |", "|---|---|---|"]  # fmt: skip
+    md += [
+        f"| [`{s.name}/`]({s.name}/) | {', '.join(map(str, s.numbers)) or '—'} | "
+        f"{cell(s.question) or '—'} |"
+        for s in studies
+    ]
     body = "".join(
         "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>\n" for r in rows
     )
