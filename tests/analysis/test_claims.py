@@ -71,3 +71,32 @@ def test_the_projects_page_lists_all_38_claims() -> None:
     numbers = {int(m[1]) for m in re.finditer(r"^\| (\d+) \|", md, flags=re.M)}
     assert numbers == set(range(1, 39))
     assert (STUDIES_DIR / "README.md").read_text() == md  # the committed page is current
+
+
+def test_a_report_says_which_sources_of_variance_varied_across_seeds() -> None:
+    from types import SimpleNamespace
+
+    from ablab.analysis.collect import variance_sources
+    from ablab.analysis.render import to_markdown
+
+    def run(**params: str) -> SimpleNamespace:  # what variance_sources reads of an MLflow Run
+        return SimpleNamespace(data=SimpleNamespace(params=params))
+
+    by_variant = {
+        "bn": {s: run(**{"seeds.split": "0", "seeds.data": str(s), "seeds.init": str(s)})
+               for s in (0, 1, 2)},
+        # a run from before seeds.split: its split's seed was logged as data.seed
+        "old": {s: run(**{"data.seed": str(s), "seeds.data": "5"}) for s in (0, 1)},
+    }  # fmt: skip
+    sources = variance_sources(by_variant)
+    assert sources == {
+        "data split": True,  # `old` split by seed
+        "data order": True,
+        "initialisation": True,
+    }  # augmentation: no run logged it, so it is not claimed either way
+    report = make_report(variance_sources={**sources, "data split": False})
+    text = to_markdown(report, {})
+    assert (
+        "- **Varied across seeds:** data order, initialisation; fixed: data split "
+        "(dropout follows `seed`)"
+    ) in text

@@ -218,3 +218,21 @@ def test_seed_streams_are_separate(compose_cfg) -> None:
     w2, y2 = first_weights_and_batch("seed=0", "seeds.init=7", "seeds.data=4")
     assert not torch.equal(w0, w1) and torch.equal(y0, y1)  # init differs, data order shared
     assert torch.equal(w0, w2) and not torch.equal(y0, y2)  # data order differs, init shared
+
+
+def test_seeds_split_fixes_the_split_whatever_seed_is(compose_cfg) -> None:
+    """seeds.split follows `seed` unless set: seed=0 and seed=1 split differently, and with
+    seeds.split=0 both keep seed 0's split while everything else follows their own seed."""
+    from hydra.utils import instantiate
+
+    def validation_set(*overrides: str) -> torch.Tensor:
+        with compose_cfg(*overrides) as cfg:
+            datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            assert cfg.data.order_seed == cfg.seed  # the order still follows `seed`
+            return datamodule.splits["val"].tensors[0]
+
+    base = validation_set("seed=0")
+    assert not torch.equal(base, validation_set("seed=1"))
+    assert torch.equal(base, validation_set("seed=1", "seeds.split=0"))

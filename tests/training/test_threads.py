@@ -119,6 +119,25 @@ def test_the_budget_is_a_machine_fact_not_config(compose_cfg, root) -> None:
         previous_attempt(root / "job", tracking_uri(root), {**params, "trainer.threads": "2"})
 
 
+def test_a_run_from_before_seeds_split_is_the_same_config(compose_cfg, root) -> None:
+    """seeds.split was added later: a run without it split by `seed`, which is what the key's
+    default does, so it is the same config with the same fingerprint; a split pinned to another
+    value is a different one, named in the refusal."""
+    with compose_cfg(*FAST, "seed=3") as cfg:
+        params = flatten_params(resolved(cfg))
+    assert params["seeds.split"] == params["seed"] == "3"
+    older = {k: v for k, v in params.items() if k != "seeds.split"}
+    assert fingerprint(older) == fingerprint(params)
+    assert fingerprint({**params, "seeds.split": "0"}) != fingerprint(params)
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(client.create_experiment("old"))
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in older.items()])
+    JobState(run.info.run_id, run.info.experiment_id, tracking_uri(root)).save(root / "job")
+    assert previous_attempt(root / "job", tracking_uri(root), params).state.run_id
+    with pytest.raises(ConfigError, match=r"seeds\.split: 3 -> 0"):
+        previous_attempt(root / "job", tracking_uri(root), {**params, "seeds.split": "0"})
+
+
 @pytest.mark.slow
 def test_parallel_sweep_jobs_share_the_cores(root, monkeypatch) -> None:
     """Two joblib jobs at once, nothing set by the user: each takes half the cores."""

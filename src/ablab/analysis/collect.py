@@ -324,6 +324,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         tracking_uri=str(client.tracking_uri),
         tables={CHECKS_TITLE: check_rows(study.checks)} if study.checks else {},
         left_out=sorted(left_out, key=lambda e: (_rank(study, e.variant), e.seed, e.run_id)),
+        variance_sources=variance_sources(by_variant),
         size=tags.get("study_size", ""),
         commit=tags.get("git_commit", "")[:10],
     )
@@ -510,6 +511,37 @@ def metric_curve(client: MlflowClient, run: Run, metric: str) -> tuple[list[int]
 
 def study_overrides(study: Study, variant: str) -> dict[str, str]:
     return {k: str(v) for k, v in study.variants[variant].items()}
+
+
+#: What each seed stream of a run seeds (conf/train.yaml ``seeds.*``), by its param; a run from
+#: before ``seeds.split`` existed logged its split's seed as ``data.seed``.
+VARIANCE_SOURCES = {
+    "data split": ("seeds.split", "data.seed"),
+    "data order": ("seeds.data",),
+    "initialisation": ("seeds.init",),
+    "augmentation draws": ("seeds.augmentation",),
+}
+
+
+def variance_sources(by_variant: Mapping[str, Mapping[int, Run]]) -> dict[str, bool]:
+    """Whether each source of variance differed across the seeds of a variant (Bouthillier et
+    al. 2021, "Accounting for variance in machine learning benchmarks", MLSys: randomise every
+    source): True when some variant's runs had more than one value of its seed param. Sources
+    no run logged are left out."""
+    out: dict[str, bool] = {}
+    for source, params in VARIANCE_SOURCES.items():
+        seen = False
+        for runs in by_variant.values():
+            values = {next((r.data.params[p] for p in params if p in r.data.params), None)
+                      for r in runs.values()} - {None}  # fmt: skip
+            seen = seen or bool(values)
+            if len(values) > 1:
+                out[source] = True
+                break
+        else:
+            if seen:
+                out[source] = False
+    return out
 
 
 def machine_text(tags: Mapping[str, str], children: Sequence[Run]) -> str:

@@ -529,6 +529,11 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
         f"- **Baseline:** `{report.baseline}`",
         f"- **Seeds:** {', '.join(map(str, report.seeds)) or DASH} ({len(report.seeds)})",
         f"- **Machine:** {report.machine or DASH}",
+        *(
+            [f"- **Varied across seeds:** {variance_text(report)}"]
+            if report.variance_sources
+            else []
+        ),
         *([f"- **Runs left out:** {len(report.left_out)} (below)"] if report.left_out else []),
         "",
         "**Command:**",
@@ -564,6 +569,15 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
 
 def _md_note(table: Table) -> str:
     return f"_{table.note}_" if table.note else ""
+
+
+def variance_text(report: StudyReport) -> str:
+    """ "data split, data order, initialisation; fixed: augmentation draws" (dropout and other
+    draws follow ``seed``, which always varies)."""
+    varied = [s for s, v in report.variance_sources.items() if v]
+    fixed = [s for s, v in report.variance_sources.items() if not v]
+    text = ", ".join(varied) or "none of the seeded sources"
+    return text + (f"; fixed: {', '.join(fixed)}" if fixed else "") + " (dropout follows `seed`)"
 
 
 def _forest(report: StudyReport, images: Mapping[str, object]) -> list[FigureRef]:
@@ -655,6 +669,7 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <dt>Baseline</dt><dd><code>{{ report.baseline }}</code></dd>
 <dt>Seeds</dt><dd>{{ report.seeds|join(", ") or dash }} ({{ report.seeds|length }})</dd>
 <dt>Machine</dt><dd>{{ report.machine or dash }}</dd>
+{% if report.variance_sources %}<dt>Varied across seeds</dt><dd>{{ variance }}</dd>{% endif %}
 {% if report.left_out %}<dt>Runs left out</dt><dd><a href="#left-out">{{ report.left_out|length }}</a></dd>{% endif %}
 </dl>
 <h2>Command</h2>
@@ -746,6 +761,7 @@ def to_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
         tables=report_tables(report),
         sections=sections,
         forest=[(r, _data_uri(images[r.name])) for r in _forest(report, images)],
+        variance=variance_text(report),
         generated=footer + ".",
         dash=DASH,
     )

@@ -153,6 +153,9 @@ class StudyReport:
     tables: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     #: runs that gave no value (unfinished), and variant/seeds of the study without a run
     left_out: list[LeftOut] = field(default_factory=list)
+    #: sources of variance (data split, data order, initialisation, augmentation draws) ->
+    #: whether their seeds differed across a variant's runs
+    variance_sources: dict[str, bool] = field(default_factory=dict)
     #: the study size run (``quick``, ``full``) and the git commit it ran at
     size: str = ""
     commit: str = ""

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,24 @@ SHOWN_DIFFS = 4
 #: of the machine it ran on (``runtime.torch_threads``).
 MEASURED = ("complexity.", "data.train_class_counts", "runtime.")
 #: Config keys added since runs were first logged, with the value older runs had without them:
-#: a run that lacks one is the same config when the key still holds that value.
-ADDED_KEYS = {"task.monitor": "val/acc", "task.mode": "max", "trainer.threads": "None"}
+#: a run that lacks one is the same config when the key still holds that value. ``${key}``: the
+#: value of another param (the data split followed ``seed`` before ``seeds.split`` existed).
+ADDED_KEYS = {
+    "task.monitor": "val/acc",
+    "task.mode": "max",
+    "trainer.threads": "None",
+    "seeds.split": "${seed}",
+}
 #: Added keys that are left out of the fingerprint while they hold that value, so checkpoints
 #: written before the key existed stay their run's (keys added later than fingerprints).
-UNFINGERPRINTED_DEFAULTS = ("trainer.threads",)
+UNFINGERPRINTED_DEFAULTS = ("trainer.threads", "seeds.split")
+
+
+def added_default(key: str, params: Mapping[str, str]) -> str | None:
+    """The value a run logged before ``key`` existed had for it (:data:`ADDED_KEYS`), read from
+    ``params`` where it followed another param."""
+    value = ADDED_KEYS[key]
+    return params.get(value[2:-1]) if value.startswith("${") else value
 
 
 @dataclass
@@ -81,7 +95,7 @@ class JobState:
 def fingerprint(params: dict[str, str]) -> str:
     """A short hash of what the job computes: its flattened config, measured params left out."""
     kept = {k: v for k, v in params.items() if not k.startswith(MEASURED)
-            and not (k in UNFINGERPRINTED_DEFAULTS and v == ADDED_KEYS[k])}  # fmt: skip
+            and not (k in UNFINGERPRINTED_DEFAULTS and v == added_default(k, params))}  # fmt: skip
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -185,7 +199,8 @@ def previous_attempt(job_dir: Path, tracking_uri: str, params: dict[str, str]) -
         ) from err
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"MLflow run {state.run_id} of {job_dir} was deleted; {hint}")
-    logged = {**{k: v for k, v in ADDED_KEYS.items() if k in params}, **run.data.params}
+    old = run.data.params
+    logged = {**{k: added_default(k, old) for k in ADDED_KEYS if k in params}, **old}
     changed = sorted(
         k
         for k in params.keys() | logged.keys()
