@@ -100,6 +100,14 @@ def test_a_set_budget_is_applied_before_the_networks(compose_cfg, monkeypatch) -
     }
 
 
+def older_job(root, params: dict[str, str]) -> None:
+    """A job folder ``root/job`` whose MLflow run logged ``params`` (a run from an older ablab)."""
+    client = MlflowClient(tracking_uri(root))
+    run = client.create_run(client.create_experiment("old"))
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    JobState(run.info.run_id, run.info.experiment_id, tracking_uri(root)).save(root / "job")
+
+
 def test_the_budget_is_a_machine_fact_not_config(compose_cfg, root) -> None:
     """Logged runtime.* params are left out of the fingerprint and of the resume comparison; a
     run logged before trainer.threads existed is the same config, with the same fingerprint."""
@@ -110,10 +118,7 @@ def test_the_budget_is_a_machine_fact_not_config(compose_cfg, root) -> None:
     older = {k: v for k, v in logged.items() if k != "trainer.threads"}
     assert fingerprint(logged) == fingerprint(params) == fingerprint(older)
     assert fingerprint({**params, "trainer.threads": "2"}) != fingerprint(params)
-    client = MlflowClient(tracking_uri(root))
-    run = client.create_run(client.create_experiment("old"))
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in older.items()])
-    JobState(run.info.run_id, run.info.experiment_id, tracking_uri(root)).save(root / "job")
+    older_job(root, older)
     assert previous_attempt(root / "job", tracking_uri(root), params).state.run_id
     with pytest.raises(ConfigError, match=r"trainer\.threads: None -> 2"):
         previous_attempt(root / "job", tracking_uri(root), {**params, "trainer.threads": "2"})
@@ -129,10 +134,7 @@ def test_a_run_from_before_seeds_split_is_the_same_config(compose_cfg, root) -> 
     older = {k: v for k, v in params.items() if k != "seeds.split"}
     assert fingerprint(older) == fingerprint(params)
     assert fingerprint({**params, "seeds.split": "0"}) != fingerprint(params)
-    client = MlflowClient(tracking_uri(root))
-    run = client.create_run(client.create_experiment("old"))
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in older.items()])
-    JobState(run.info.run_id, run.info.experiment_id, tracking_uri(root)).save(root / "job")
+    older_job(root, older)
     assert previous_attempt(root / "job", tracking_uri(root), params).state.run_id
     with pytest.raises(ConfigError, match=r"seeds\.split: 3 -> 0"):
         previous_attempt(root / "job", tracking_uri(root), {**params, "seeds.split": "0"})
