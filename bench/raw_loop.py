@@ -176,7 +176,7 @@ def main() -> None:
     if args.barrier:  # a paired measurement: start training with the other process
         from barrier import meet  # bench/barrier.py, beside this file
 
-        barrier_wait_s = meet(Path(args.barrier))
+        barrier_wait_s = meet(Path(args.barrier), stop=args.stop_file and Path(args.stop_file))
     epochs, first_step_time, best, best_state = [], None, -1.0, None
     for _ in range(args.epochs):
         model.train()

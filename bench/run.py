@@ -108,7 +108,7 @@ class Bench:
     root: Path
     sizes: Sizes
     counter: int = 0
-    pairs: int = 0
+    pairs: dict[str, int] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
 
     def unique(self, stem: str) -> Path:
@@ -210,8 +210,9 @@ class Bench:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             raise BenchError("a paired measurement needs two cores")
-        self.pairs += 1
-        pins = (cores[0], cores[1]) if self.pairs % 2 else (cores[1], cores[0])
+        # Swapped per arm: each arm alternates its cores from repeat to repeat.
+        self.pairs[stem] = self.pairs.get(stem, 0) + 1
+        pins = (cores[0], cores[1]) if self.pairs[stem] % 2 else (cores[1], cores[0])
         stop = self.unique(stem).with_suffix(".stop")
         barrier = self.unique(stem).with_suffix(".barrier")  # both start training together
         sides = []

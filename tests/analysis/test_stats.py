@@ -402,3 +402,27 @@ def test_an_inconclusive_verdict_says_what_more_seeds_would_detect() -> None:
     assert v.outcome == "inconclusive"
     assert f"detects |diff| >= {c.mde:.3g} with 80% power" in v.reason
     assert f"about {c.seeds_for_power:.0f} seeds" in v.reason
+
+
+@pytest.mark.parametrize("effect", [0.3, 1.0, 3.0, 6.0, 10.0, 40.0])
+def test_seeds_for_power_is_the_smallest_n_with_80_percent_power(effect: float) -> None:
+    """Also for strong effects, where statsmodels' root finder fails or stops at n = 2."""
+    from ablab.analysis.stats import _seeds_for_power
+
+    n = int(_seeds_for_power(effect, 0.05))
+    rng = np.random.default_rng(7)
+
+    def simulated(k: int) -> float:  # the t-test's rejection rate on 20,000 simulated studies
+        draws = rng.normal(effect, 1.0, size=(20_000, k))
+        return float(np.mean(stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05))
+
+    assert simulated(n) >= 0.8 - 0.01
+    assert n == 2 or simulated(n - 1) < 0.8 + 0.01
+
+
+def test_identical_differences_are_equivalent_exactly_inside_the_margin() -> None:
+    base = {s: 1.0 for s in range(4)}
+    inside = paired("v", "q", base, {s: 1.0 + 1e-3 for s in range(4)})
+    outside = paired("v", "q", base, {s: 1.5 for s in range(4)})
+    assert verdict(CLAIM, inside, "same", margin=0.01).outcome == "holds"
+    assert verdict(CLAIM, outside, "same", margin=0.01).outcome == "does not hold"

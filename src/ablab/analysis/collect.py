@@ -513,10 +513,11 @@ def study_overrides(study: Study, variant: str) -> dict[str, str]:
     return {k: str(v) for k, v in study.variants[variant].items()}
 
 
-#: What each seed stream of a run seeds (conf/train.yaml ``seeds.*``), by its param; a run from
-#: before ``seeds.split`` existed logged its split's seed as ``data.seed``.
+#: What each seed stream of a run seeds (conf/train.yaml ``seeds.*``), by its param, the first
+#: one a run logged: the split's is ``data.seed``, what the data module receives (``seeds.split``
+#: by default; a run may also set it directly).
 VARIANCE_SOURCES = {
-    "data split": ("seeds.split", "data.seed"),
+    "data split": ("data.seed", "seeds.split"),
     "data order": ("seeds.data",),
     "initialisation": ("seeds.init",),
     "augmentation draws": ("seeds.augmentation",),

@@ -231,8 +231,25 @@ def _seeds_for_power(effect: float, alpha: float, power: float = POWER) -> float
     rounded up; NaN for no effect (no number of seeds detects it) or a non-finite one."""
     if not math.isfinite(effect) or effect <= 0:
         return NAN
-    n = _solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power)
-    return float(math.ceil(n)) if math.isfinite(n) else NAN
+    solved = _solve_power(effect_size=effect, nobs=None, alpha=alpha, power=power)
+    # The root finder fails or stops at its lower bound (2) for strong effects (|d_z| > ~5):
+    # then, and to check its rounding, count up with the power function itself.
+    n = max(2, math.ceil(solved)) if math.isfinite(solved) else 2
+    while _power(effect, n, alpha) < power:
+        n += 1
+    return float(n)
+
+
+def _power(effect: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at n pairs and |d_z| = ``effect``: P(|T| > t*) for
+    T ~ noncentral t(n − 1, effect·√n) (``scipy.stats.nct``). statsmodels' ``TTestPower.power``
+    and ``nct.sf`` return NaN for strong effects at few pairs, where the far tail underflows:
+    its share is then 0."""
+    df, nc = n - 1, effect * math.sqrt(n)
+    critical = float(stats.t.ppf(1 - alpha / 2, df))
+    upper = 1.0 - float(stats.nct.cdf(critical, df, nc))
+    lower = float(stats.nct.cdf(-critical, df, nc))
+    return (upper if math.isfinite(upper) else 0.0) + (lower if math.isfinite(lower) else 0.0)
 
 
 def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
@@ -353,7 +370,10 @@ def _equivalence(
     interval reaches beyond the margin; otherwise *inconclusive*. Identical differences (no
     spread, a deterministic quantity) are equivalent exactly when |diff| < margin."""
     d = np.asarray(c.diffs, dtype=float)
-    if d.size >= 2 and not _identical(d, max(float(np.abs(d).max()), margin)):
+    if d.size != len(c.seeds):  # a comparison made without its differences: its interval
+        inside = -margin < c.ci_low and c.ci_high < margin
+        tost, equivalent = f"{c.test} CI inside ±{margin:g}", inside
+    elif d.size >= 2 and not _identical(d, max(float(np.abs(d).max()), margin)):
         tost_p, (_, p_low, _), (_, p_high, _) = ttost_paired(d, np.zeros_like(d), -margin, margin)
         tost = (
             f"TOST ±{margin:g}: p = {float(p_low):.3g} (diff > −{margin:g}), "
