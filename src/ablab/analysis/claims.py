@@ -129,19 +129,31 @@ def claims_page(experiments: Path) -> tuple[str, str]:
     md = ["# Claims of the notes and their verdicts", "", intro, "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
     md += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    md += ["", "## Studies", "",
-           "One folder per study: its README (the claim, the question, the switch, the command), "
-           "its `study.yaml` and the report `ablab study` wrote from real runs. Experiment "
-           "configs (`python -m ablab.train experiment=<name>`) live in `conf/experiment/`.", "",
-           "| study | claims | question |", "|---|---|---|"]  # fmt: skip
-    md += [
-        f"| [`{s.name}/`]({s.name}/) | {', '.join(map(str, s.numbers)) or '—'} | "
-        f"{cell(s.question) or '—'} |"
+    studies_intro = (
+        "One folder per study: its README (the claim, the question, the switch, the command), "
+        "its `study.yaml` and the report `ablab study` wrote from real runs. Experiment "
+        "configs (`python -m ablab.train experiment=<name>`) live in `conf/experiment/`."
+    )
+    study_rows = [
+        [f"[`{s.name}/`]({s.name}/)", ", ".join(map(str, s.numbers)) or "—", s.question or "—"]
         for s in studies
     ]
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>\n" for r in rows
-    )
+    md += [
+        "",
+        "## Studies",
+        "",
+        studies_intro,
+        "",
+        "| study | claims | question |",
+        "|---|---|---|",
+    ]
+    md += ["| " + " | ".join(cell(c) for c in r) + " |" for r in study_rows]
+
+    def tbody(table: list[list[str]]) -> str:
+        return "".join(
+            "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>\n" for r in table
+        )
+
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<title>Claims of the notes and their verdicts</title>"
@@ -150,7 +162,10 @@ def claims_page(experiments: Path) -> tuple[str, str]:
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>Claims of the notes and their verdicts</h1><p>{_inline_html(intro)}</p>"
         "<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>"
-        f"<tbody>\n{body}</tbody></table></body></html>\n"
+        f"<tbody>\n{tbody(rows)}</tbody></table>"
+        f"<h2>Studies</h2><p>{_inline_html(studies_intro)}</p>"
+        "<table><thead><tr><th>study</th><th>claims</th><th>question</th></tr></thead>"
+        f"<tbody>\n{tbody(study_rows)}</tbody></table></body></html>\n"
     )
     return "\n".join(md) + "\n", page
 
