@@ -55,11 +55,14 @@ def tracking_uri(root: Path) -> str:
     return f"sqlite:///{root}/mlflow.db"
 
 
-def run_module(args: list[str], root: Path, timeout: float = 300, **kw):
+def run_module(
+    args: list[str], root: Path, timeout: float = 300, extra_env: dict[str, str] | None = None, **kw
+):
     """Run ``python -m ablab.train`` (or another module) in a subprocess rooted at ``root``."""
     import subprocess
 
     env = {**os.environ, "ABLAB_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.update(extra_env or {})
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, "-m", *args],

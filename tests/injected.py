@@ -78,6 +78,29 @@ class PauseAtStep(Callback):
             time.sleep(0.05)
 
 
+class MeetAtStep(Callback):
+    """At global step ``step``: arrive at a barrier of ``parties`` processes (a file each in
+    ``folder``) and wait for the others, so several runs are provably live at the same time
+    (their MLflow runs started, none ended) without relying on how fast each one starts."""
+
+    def __init__(
+        self, step: int, folder: str, parties: int = 2, timeout: float = SAFETY_TIMEOUT_S
+    ) -> None:
+        self.step, self.folder, self.parties, self.timeout = step, folder, parties, timeout
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{os.getpid()}.arrived").touch()
+        deadline = time.monotonic() + self.timeout
+        while len(list(folder.glob("*.arrived"))) < self.parties:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"met no partner at step {self.step} in {self.timeout:.0f} s")
+            time.sleep(0.05)
+
+
 class PauseOnSave(Callback):
     """Once, on the ``call``-th checkpoint dump (counted over the whole run, 1-based): create
     ``paused`` and wait for ``release``, before that checkpoint's file is written.

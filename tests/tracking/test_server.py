@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -163,10 +164,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 
 
 def train_on(server: MlflowServer, root: Path, *overrides: str):
-    """A smoke training in a subprocess, tracked on ``server``."""
+    """A smoke training in a subprocess, tracked on ``server`` (``tests.injected`` importable)."""
     root.mkdir(parents=True, exist_ok=True)
     args = ["ablab.train", "trainer=smoke", f"logger.tracking_uri={server.url}", *overrides]
-    proc = run_module(args, root, timeout=SAFETY_TIMEOUT_S)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = run_module(args, root, timeout=SAFETY_TIMEOUT_S, extra_env={"PYTHONPATH": path})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -251,10 +253,13 @@ def test_two_concurrent_trainings_share_the_server(server: MlflowServer, tmp_pat
     name = "server_concurrent"
     experiment_id = client.create_experiment(name)
     seeds = (0, 1)
+    # both wait for each other at step 1, so both runs are live at once however slowly one starts
+    meet = ("+callbacks.meet={_target_: tests.injected.MeetAtStep, step: 1, "
+            f"folder: '{tmp_path / 'meet'}', parties: {len(seeds)}}}")  # fmt: skip
     with ThreadPoolExecutor(len(seeds)) as pool:
         jobs = [
             pool.submit(
-                train_on, server, tmp_path / f"s{s}", f"seed={s}", f"experiment_name={name}"
+                train_on, server, tmp_path / f"s{s}", f"seed={s}", f"experiment_name={name}", meet
             )
             for s in seeds
         ]
