@@ -17,6 +17,7 @@ from ablab.errors import ConfigError
 if TYPE_CHECKING:
     from ablab.analysis.results import StudyReport
     from ablab.complexity import Complexity
+    from ablab.study import Study
 
 
 def show_batch(argv: list[str]) -> None:
@@ -205,7 +206,7 @@ def report(argv: list[str]) -> StudyReport | None:
 
     from mlflow import MlflowClient
 
-    from ablab.analysis.collect import collect, find_study_runs, publish
+    from ablab.analysis.collect import collect, find_study_runs, publish, record_rounds
     from ablab.analysis.render import left_out_line, write_report
     from ablab.config import composed
     from ablab.tracking.store import ensure_store
@@ -219,6 +220,7 @@ def report(argv: list[str]) -> StudyReport | None:
     paths = write_report(result, Path(args.out) if args.out else runs.study.folder, args.stem)
     if not args.no_log:
         publish(client, result, paths)
+        record_rounds(client, result)
     for verdict in result.verdicts:
         print(f"{verdict.variant}: {verdict.quantity} {verdict.expected}? {verdict.outcome} "
               f"({verdict.reason})")  # fmt: skip
@@ -237,8 +239,53 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("name", help="the study: experiments/<name>/study.yaml")
     parser.add_argument("--size", default="quick", help="a size the study defines (quick, full)")
     parser.add_argument("--no-report", action="store_true", help="only run the sweep")
+    parser.add_argument(
+        "--until-decided", action="store_true",
+        help="add seeds to the same parent run, in rounds, until every claim is decided or "
+        "--max-seeds is reached (a group-sequential design: the report names it)",
+    )  # fmt: skip
+    parser.add_argument("--max-seeds", type=int, help="with --until-decided: the most seeds")
+    parser.add_argument(
+        "--seeds-per-round", type=int,
+        help="with --until-decided: seeds added per round (default: the size's seed count)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--spending", default="pocock",
+        help="with --until-decided: the alpha-spending function, pocock or obrien_fleming",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=float, default=0.05,
+        help="with --until-decided: the overall significance level the looks share",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="applied to every job, after the study's")
     return parser
+
+
+def sequential_looks(args: argparse.Namespace, first: int) -> list[int] | None:
+    """The seed counts a ``--until-decided`` study looks at, or None without it; exits with
+    one line on an inconsistent option."""
+    parser = study_parser()
+    if not args.until_decided:
+        given = [o for o, v in (("--max-seeds", args.max_seeds),
+                                ("--seeds-per-round", args.seeds_per_round)) if v is not None]  # fmt: skip
+        if given:
+            parser.error(f"{', '.join(given)} needs --until-decided")
+        return None
+    from ablab.analysis import stats
+
+    if args.no_report:
+        parser.error("--until-decided reads each round's report: drop --no-report")
+    if args.max_seeds is None:
+        parser.error("--until-decided needs --max-seeds N (the most seeds to run)")
+    if args.max_seeds < first:
+        parser.error(f"--max-seeds {args.max_seeds} is below the size's {first} seeds")
+    if args.spending not in stats.SPENDING:
+        parser.error(f"--spending {args.spending}; valid: {', '.join(stats.SPENDING)}")
+    if not 0 < args.alpha < 1:
+        parser.error(f"--alpha {args.alpha}: a level between 0 and 1")
+    if args.seeds_per_round is not None and args.seeds_per_round < 1:
+        parser.error(f"--seeds-per-round {args.seeds_per_round}: at least 1")
+    return stats.plan_looks(first, args.max_seeds, args.seeds_per_round)
 
 
 def study(argv: list[str]) -> None:
@@ -253,6 +300,7 @@ def study(argv: list[str]) -> None:
     from ablab.study import STUDIES_DIR, load_study
 
     spec = load_study(args.name)
+    looks = sequential_looks(args, len(spec.seeds_for(args.size)))
     task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
     for job in spec.jobs(args.size):  # every job composes, before any run or parent exists
         check_overrides([*job.overrides, *task])
@@ -263,22 +311,54 @@ def study(argv: list[str]) -> None:
                *args.overrides]  # fmt: skip
     from ablab.tracking.sweep import USER_COMMAND_ENV
 
-    typed = shlex.join(["ablab", "study", args.name, "--size", args.size, *args.overrides])
-    code = subprocess.call(command, env={**os.environ, USER_COMMAND_ENV: typed})
-    if code not in (0, 1):  # 1: some jobs failed, which the report shows
-        raise SystemExit(code)
-    if not args.no_report:
-        result = report(
-            [str(spec.folder), *(o for o in task if o.startswith(("logger.", "paths.")))]
-        )
-        # The study fails only when runs gave no value: a run that diverged, as the study
-        # expects and counts (its diverged_value, its "diverged" quantity), is a result.
-        missing = [e for e in result.left_out if not e.used_instead]
-        if code == 1 and not missing:
-            print("ablab: every run produced its quantities (a run stopped by the non-finite "
-                  "loss guard is one of the study's results): nothing to rerun")  # fmt: skip
-        code = 1 if missing else 0
-    raise SystemExit(code)
+    options = []
+    if looks is not None:
+        options = ["--until-decided", "--max-seeds", str(args.max_seeds), "--spending",
+                   args.spending, "--alpha", f"{args.alpha:g}"]  # fmt: skip
+        options += ["--seeds-per-round", str(args.seeds_per_round)] if args.seeds_per_round else []
+    typed = shlex.join(["ablab", "study", args.name, "--size", args.size, *options,
+                        *args.overrides])  # fmt: skip
+    env = {**os.environ, USER_COMMAND_ENV: typed}
+    if looks is None:
+        code = subprocess.call(command, env=env)
+        if code not in (0, 1):  # 1: some jobs failed, which the report shows
+            raise SystemExit(code)
+        if args.no_report:
+            raise SystemExit(code)
+        result = study_report(spec, task)
+    else:
+        # Every round is the same sweep (hydra.* overrides leave its folder and parent run
+        # alone) with more seeds: finished jobs are reported, not trained again.
+        design = (f"hydra.sweeper.sequential={{looks:[{','.join(map(str, looks))}],"
+                  f"alpha:{args.alpha:g},spending:{args.spending}}}")  # fmt: skip
+        first = looks[0]
+        for k, n in enumerate(looks, 1):
+            print(f"ablab: round {k} of {len(looks)}: {n} seeds", file=sys.stderr)
+            rounds = [f"hydra.sweeper.extra_seeds={n - first}", design]
+            code = subprocess.call([*command, *rounds], env=env)
+            if code not in (0, 1):
+                raise SystemExit(code)
+            result = study_report(spec, task)
+            done = sum(v.outcome != "inconclusive" for v in result.verdicts)
+            print(f"ablab: round {k} of {len(looks)} ({n} seeds): {done} of "
+                  f"{len(result.verdicts)} claims decided", file=sys.stderr)  # fmt: skip
+            if done == len(result.verdicts):
+                break
+    # The study fails only when runs gave no value: a run that diverged, as the study
+    # expects and counts (its diverged_value, its "diverged" quantity), is a result.
+    missing = [e for e in result.left_out if not e.used_instead]
+    if code == 1 and not missing:
+        print("ablab: every run produced its quantities (a run stopped by the non-finite "
+              "loss guard is one of the study's results): nothing to rerun")  # fmt: skip
+    raise SystemExit(1 if missing else 0)
+
+
+def study_report(spec: Study, task: list[str]) -> StudyReport:
+    """``ablab report`` of the study just run, in the store its overrides name."""
+    stored = [o for o in task if o.startswith(("logger.", "paths."))]
+    result = report([str(spec.folder), *stored])
+    assert result is not None  # a study's report, not --all
+    return result
 
 
 def evaluate(argv: list[str]) -> None:

@@ -164,20 +164,32 @@ class Study:
     #: the notes' worked numbers (params, MACs) re-measured by tracing, for the report's tables
     checks: list[Check] = field(default_factory=list)
 
-    def seeds_for(self, size: str) -> list[int]:
-        return list(self._size(size).get("seeds") or self.seeds)
+    def seeds_for(self, size: str, extra: int = 0) -> list[int]:
+        """The seeds of ``size``, then ``extra`` more: the next integers not among them (seeds
+        a sequential study adds in rounds)."""
+        seeds = list(self._size(size).get("seeds") or self.seeds)
+        more = itertools.count(max(seeds, default=-1) + 1)
+        return seeds + [s for s, _ in zip(more, range(extra), strict=False)]
 
-    def jobs(self, size: str) -> list[Job]:
+    def jobs(self, size: str, extra_seeds: int = 0) -> list[Job]:
         """Every (variant, seed) of ``size`` with its overrides: common, size, variant, then
-        ``study``, ``variant`` and ``seed`` (so each run says what it is)."""
+        ``study``, ``variant`` and ``seed`` (so each run says what it is).
+
+        The size's own seeds come variant by variant; ``extra_seeds`` more (:meth:`seeds_for`)
+        follow seed by seed, so adding seeds only appends jobs: a job's number, and so its
+        folder in the sweep, stays the same from one round of seeds to the next.
+        """
         size_overrides = self._size(size).get("overrides") or {}
+        own = self.seeds_for(size)
+        added = self.seeds_for(size, extra_seeds)[len(own) :]
+        order = [(v, s) for v in self.variants for s in own]
+        order += [(v, s) for s in added for v in self.variants]
         jobs = []
-        for variant, overrides in self.variants.items():
-            for seed in self.seeds_for(size):
-                merged = {**self.common, **size_overrides, **overrides}
-                items = [f"{k}={_value(v)}" for k, v in merged.items()]
-                items += [f"study={self.name}", f"variant={variant}", f"seed={seed}"]
-                jobs.append(Job(variant, seed, tuple(items)))
+        for variant, seed in order:
+            merged = {**self.common, **size_overrides, **self.variants[variant]}
+            items = [f"{k}={_value(v)}" for k, v in merged.items()]
+            items += [f"study={self.name}", f"variant={variant}", f"seed={seed}"]
+            jobs.append(Job(variant, seed, tuple(items)))
         return jobs
 
     def factors(self) -> list[str]:

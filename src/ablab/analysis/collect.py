@@ -27,7 +27,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from ablab.analysis import stats
-from ablab.analysis.results import Band, LeftOut, StudyReport, VariantResult, Verdict
+from ablab.analysis.results import (
+    Band,
+    Comparison,
+    LeftOut,
+    Round,
+    StudyReport,
+    VariantResult,
+    Verdict,
+)
 from ablab.errors import ConfigError
 from ablab.locks import process_gone
 from ablab.study import Check, Expectation, Quantity, Study, load_study
@@ -237,55 +245,14 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         }
         run_ids = {seed: run.info.run_id for seed, run in sorted(seeded.items())}
         variants.append(VariantResult(name, study_overrides(study, name), run_ids, summaries))
-    base = values.get(study.baseline, {})
-    comparisons = [
-        stats.paired(name, q.name, base.get(q.name, {}), values[name][q.name])
-        for name in study.variants
-        if name != study.baseline
-        for q in study.quantities
-    ]
-
-    # Claims against another variant than the baseline (resnet56 against resnet20), or against
-    # zero (a difference measured inside each run: the one-sample test of its values).
-    def reference(e: Expectation) -> dict[int, float]:
-        own = values[e.variant][e.quantity]
-        return dict.fromkeys(own, 0.0) if e.against_zero else values[e.against][e.quantity]
-
-    comparisons += [
-        replace(
-            stats.paired(e.variant, e.quantity, reference(e), values[e.variant][e.quantity]),
-            against=e.against,
+    design = Design.from_tags(runs.parent.data.tags)
+    if design is None:
+        comparisons, verdicts = judge(study, values, declared, left_out)
+        rounds: list[Round] = []
+    else:
+        comparisons, verdicts, rounds = judge_sequentially(
+            study, values, declared, left_out, design
         )
-        for e in study.expect
-        if e.against not in (None, study.baseline)
-    ]
-
-    def key(variant: str, quantity: str, against: str | None) -> tuple[str, str, str]:
-        return variant, quantity, "" if against in (None, study.baseline) else against
-
-    claimed = {key(e.variant, e.quantity, e.against) for e in study.expect}
-    # The family Holm corrects is the set of claims the verdicts are drawn from.
-    family = stats.holm([c for c in comparisons if (c.variant, c.quantity, c.against) in claimed])
-    adjusted = {(c.variant, c.quantity, c.against): c for c in family}
-    comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
-    verdicts = [
-        lost_seeds(
-            replace(
-                stats.verdict(
-                    study.claim,
-                    adjusted[key(e.variant, e.quantity, e.against)],
-                    e.direction,
-                    margin=e.margin,
-                ),
-                against=key(e.variant, e.quantity, e.against)[2],
-            ),
-            {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
-            left_out,
-            len(adjusted[key(e.variant, e.quantity, e.against)].seeds),
-            len(declared),
-        )
-        for e in study.expect
-    ]
     curves = {
         metric: {
             name: stats.seed_band(
@@ -327,7 +294,175 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         variance_sources=variance_sources(by_variant),
         size=tags.get("study_size", ""),
         commit=tags.get("git_commit", "")[:10],
+        design=design.text() if design else "",
+        rounds=rounds,
+        planned_looks=list(design.looks) if design else [],
     )
+
+
+def judge(
+    study: Study,
+    values: Mapping[str, Mapping[str, Mapping[int, float]]],
+    seeds: Sequence[int],
+    left_out: list[LeftOut],
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+) -> tuple[list[Comparison], list[Verdict]]:
+    """Every variant against the baseline (and each claim's own reference) on ``seeds``, paired
+    by seed; Holm's correction over the claimed comparisons; one verdict per claim of the study,
+    in the order of its ``expect``, at level ``alpha`` with ``confidence`` intervals.
+
+    ``values[variant][quantity][seed]`` are the runs' numbers; seeds outside ``seeds`` are not
+    used (a sequential look reads only its first n seeds), and a verdict notes the seeds of
+    ``seeds`` its runs lost (:func:`lost_seeds`).
+    """
+    keep = set(seeds)
+
+    def of(variant: str, quantity: str) -> dict[int, float]:
+        found = values.get(variant, {}).get(quantity, {})
+        return {seed: v for seed, v in found.items() if seed in keep}
+
+    def compare(variant: str, quantity: str, reference: Mapping[int, float]) -> Comparison:
+        return stats.paired(
+            variant, quantity, reference, of(variant, quantity), confidence, alpha=alpha
+        )
+
+    comparisons = [
+        compare(name, q.name, of(study.baseline, q.name))
+        for name in study.variants
+        if name != study.baseline
+        for q in study.quantities
+    ]
+
+    # Claims against another variant than the baseline (resnet56 against resnet20), or against
+    # zero (a difference measured inside each run: the one-sample test of its values).
+    def reference(e: Expectation) -> dict[int, float]:
+        own = of(e.variant, e.quantity)
+        return dict.fromkeys(own, 0.0) if e.against_zero else of(e.against, e.quantity)
+
+    comparisons += [
+        replace(compare(e.variant, e.quantity, reference(e)), against=e.against)
+        for e in study.expect
+        if e.against not in (None, study.baseline)
+    ]
+
+    def key(variant: str, quantity: str, against: str | None) -> tuple[str, str, str]:
+        return variant, quantity, "" if against in (None, study.baseline) else against
+
+    claimed = {key(e.variant, e.quantity, e.against) for e in study.expect}
+    # The family Holm corrects is the set of claims the verdicts are drawn from.
+    family = stats.holm(
+        [c for c in comparisons if (c.variant, c.quantity, c.against) in claimed], alpha
+    )
+    adjusted = {(c.variant, c.quantity, c.against): c for c in family}
+    comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
+    lost = [e for e in left_out if e.seed in keep]
+    verdicts = [
+        lost_seeds(
+            replace(
+                stats.verdict(
+                    study.claim,
+                    adjusted[key(e.variant, e.quantity, e.against)],
+                    e.direction,
+                    alpha=alpha,
+                    margin=e.margin,
+                ),
+                against=key(e.variant, e.quantity, e.against)[2],
+            ),
+            {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
+            lost,
+            len(adjusted[key(e.variant, e.quantity, e.against)].seeds),
+            len(keep),
+        )
+        for e in study.expect
+    ]
+    return comparisons, verdicts
+
+
+@dataclass(frozen=True)
+class Design:
+    """A sequential study's design, as its parent run's tags record it (``ablab study
+    --until-decided``): the looks (seed counts), the overall α and the spending function."""
+
+    looks: tuple[int, ...]
+    alpha: float
+    spending: str
+
+    TAGS = ("sequential.looks", "sequential.alpha", "sequential.spending")
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Design | None:
+        if "sequential.looks" not in tags:
+            return None
+        looks = tuple(int(n) for n in tags["sequential.looks"].split(","))
+        return cls(looks, float(tags["sequential.alpha"]), tags["sequential.spending"])
+
+    def tags(self) -> dict[str, str]:
+        return dict(zip(self.TAGS, (",".join(map(str, self.looks)), f"{self.alpha:g}",
+                                    self.spending), strict=True))  # fmt: skip
+
+    def levels(self) -> list[float]:
+        return stats.look_levels(self.looks, self.alpha, self.spending)
+
+    def text(self) -> str:
+        """The design, named and cited, for the report."""
+        levels = ", ".join(f"{n} seeds: {a:.3g}" for n, a in zip(self.looks, self.levels(),
+                                                                   strict=True))  # fmt: skip
+        return (
+            f"Group-sequential: looks after {', '.join(map(str, self.looks))} seeds, overall "
+            f"α = {self.alpha:g} spent over the looks by the Lan–DeMets {self.spending} "
+            f"function ({stats.SPENDING_NAMES[self.spending]}; Lan & DeMets 1983, Biometrika "
+            f"70:659–663). Each look tests at the α it spends ({levels}): a Bonferroni split "
+            "over the looks, so the chance that any look decides a true null stays at most α "
+            "whatever the correlation between looks (conservative; valid for the t-test at "
+            "3 seeds). Holm's correction runs over the claims within each look. A claim is "
+            "decided at the first look where it holds or does not hold, and later seeds do not "
+            "overturn it; intervals are at 1 − the look's α."
+        )
+
+
+def judge_sequentially(
+    study: Study,
+    values: Mapping[str, Mapping[str, Mapping[int, float]]],
+    order: Sequence[int],
+    left_out: list[LeftOut],
+    design: Design,
+) -> tuple[list[Comparison], list[Verdict], list[Round]]:
+    """:func:`judge` at every look of ``design`` the study has reached (look k: the first n_k
+    seeds of ``order``, at the level the look spends); each claim's verdict is the one of the
+    first look that decided it, else of the last look reached. Returns the comparisons (the
+    last look's, with each claim's replaced by the one that gave its verdict), the verdicts,
+    and the rounds."""
+    planned = len(design.looks)
+    reached = [
+        (k, n, a)
+        for k, (n, a) in enumerate(zip(design.looks, design.levels(), strict=True), 1)
+        if n <= len(order)
+    ] or [(1, len(order), design.levels()[0])]
+    rounds: list[Round] = []
+    chosen: dict[int, tuple[Verdict, Comparison]] = {}
+    decided: set[int] = set()
+    comparisons: list[Comparison] = []
+    for k, n, level in reached:
+        comparisons, verdicts = judge(study, values, order[:n], left_out, level, 1.0 - level)
+        by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
+        for i, v in enumerate(verdicts):
+            if i in decided:
+                continue
+            state = "undecided after" if v.outcome == "inconclusive" else "decided at"
+            prefix = f"{state} round {k} of {planned} (n = {n} seeds, α = {level:.3g}): "
+            chosen[i] = (
+                replace(v, round=k, reason=prefix + v.reason),
+                by_key[(v.variant, v.quantity, v.against)],
+            )
+            if v.outcome != "inconclusive":
+                decided.add(i)
+        rounds.append(
+            Round(k, n, list(order[:n]), level, [v.outcome for v in verdicts], len(decided))
+        )
+    final = {(c.variant, c.quantity, c.against): c for _, c in chosen.values()}
+    comparisons = [final.get((c.variant, c.quantity, c.against), c) for c in comparisons]
+    return comparisons, [chosen[i][0] for i in range(len(study.expect))], rounds
 
 
 def _rank(study: Study, variant: str) -> int:
@@ -336,8 +471,11 @@ def _rank(study: Study, variant: str) -> int:
 
 
 def declared_seeds(study: Study, runs: StudyRuns) -> list[int]:
-    """The seeds the sweep was to run: those of the size its parent records (``study_size``),
-    else every seed any child has."""
+    """The seeds the sweep was to run, in the order it added them: those its parent records
+    (``study_seeds``: a study with seeds added in rounds), else those of the size it records
+    (``study_size``), else every seed any child has."""
+    if seeds := runs.parent.data.tags.get("study_seeds"):
+        return [int(s) for s in seeds.split(",")]
     size = runs.parent.data.tags.get("study_size")
     if size in study.sizes:
         return study.seeds_for(size)
@@ -631,3 +769,22 @@ def publish(client: MlflowClient, report: StudyReport, paths: dict[str, Path]) -
         client.set_tag(
             run_id, metric_key("verdict", verdict.variant, verdict.quantity), verdict.outcome
         )
+
+
+#: MLflow's limit on a tag value (characters).
+TAG_LIMIT = 5000
+
+
+def record_rounds(client: MlflowClient, report: StudyReport) -> None:
+    """Each look of a sequential study as a tag of its parent run, ``round.<k>``: its seeds,
+    its level and every claim's outcome at that look; ``sequential.rounds_run`` counts them.
+    Tags, not metrics: writing the report again rewrites them instead of adding history."""
+    if not report.rounds:
+        return
+    names = [f"{v.variant} {v.quantity} {v.expected}" for v in report.verdicts]
+    for r in report.rounds:
+        outcomes = "; ".join(f"{n}: {o}" for n, o in zip(names, r.outcomes, strict=True))
+        text = (f"n = {r.n} seeds ({', '.join(map(str, r.seeds))}), α = {r.alpha:.3g}; "
+                f"{r.decided} of {len(names)} claims decided; {outcomes}")  # fmt: skip
+        client.set_tag(report.parent_run_id, f"round.{r.look}", text[:TAG_LIMIT])
+    client.set_tag(report.parent_run_id, "sequential.rounds_run", str(len(report.rounds)))

@@ -292,6 +292,8 @@ class ReportTables:
     comparisons: Table
     measured: tuple[Table, ...]
     left_out: Table
+    #: a sequential study's looks (:func:`rounds_table`); None for a study of fixed size
+    rounds: Table | None = None
 
 
 #: What the table of left-out runs means (under its heading on both pages).
@@ -458,7 +460,46 @@ def report_tables(report: StudyReport) -> ReportTables:
         numeric=frozenset({1}),
     )
     return ReportTables(
-        verdicts, variants, tuple(summaries), comparisons, tuple(measured), left_out
+        verdicts,
+        variants,
+        tuple(summaries),
+        comparisons,
+        tuple(measured),
+        left_out,
+        rounds_table(report) if report.rounds else None,
+    )
+
+
+def rounds_table(report: StudyReport) -> Table:
+    """One row per look of a sequential study: its seeds, the level it tests at and each
+    claim's outcome there; a claim decided at an earlier look reads "decided at round r" (its
+    later tests do not count), the look that decided it marks its outcome "(decided)"."""
+    claims = [
+        f"{v.variant}: {v.quantity} {v.expected}" + (f" than {v.against}" if v.against else "")
+        for v in report.verdicts
+    ]
+    rows = []
+    for r in report.rounds:
+        cells = []
+        for v, outcome in zip(report.verdicts, r.outcomes, strict=True):
+            decided = v.outcome != "inconclusive"
+            if decided and v.round < r.look:
+                cells.append(f"decided at round {v.round}")
+            else:
+                cells.append(outcome + (" (decided)" if decided and v.round == r.look else ""))
+        rows.append(
+            (str(r.look), str(r.n), fmt_p(r.alpha), *cells, f"{r.decided} of {len(claims)}")
+        )
+    planned = len(report.planned_looks) or len(report.rounds)
+    return Table(
+        "rounds",
+        ("round", "seeds", "α at this look", *claims, "decided"),
+        tuple(rows),
+        note=(
+            f"{len(report.rounds)} of {planned} planned looks run (at "
+            f"{', '.join(map(str, report.planned_looks))} seeds)."
+        ),
+        numeric=frozenset({0, 1, 2}),
     )
 
 
@@ -545,6 +586,9 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     for ref in _forest(report, images):  # the verdicts at a glance, right under them
         alt = ref.alt.replace("[", "(").replace("]", ")")
         out += [f"![{alt}]({quote(images[ref.name])})", ""]
+    if t.rounds is not None:
+        out += ["## Sequential design", "", report.design, "", _md_note(t.rounds), ""]
+        out += _md_table(t.rounds)
     if t.left_out.rows:
         out += ["## Runs left out", "", _md_note(t.left_out), "", *_md_table(t.left_out)]
     out += ["## Variants", "", *_md_table(t.variants)]
@@ -681,6 +725,14 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <figure id="fig-{{ ref.name }}"><img src="{{ uri }}" alt="{{ ref.alt }}"></figure>
 {% endfor %}
 </section>
+{% if tables.rounds %}
+<section>
+<h2>Sequential design</h2>
+<p>{{ report.design }}</p>
+<p class="note">{{ tables.rounds.note }}</p>
+{{ render_table(tables.rounds, "rounds") }}
+</section>
+{% endif %}
 {% if tables.left_out.rows %}
 <section>
 <h2>Runs left out</h2>
@@ -790,6 +842,7 @@ def to_json(report: StudyReport) -> dict[str, Any]:
             {"variant": v.variant, "against": v.against, "baseline": report.baseline,
              "quantity": v.quantity, "expected": v.expected, "outcome": v.outcome,
              "reason": v.reason}
+            | ({"round": v.round} if report.rounds else {})
             | ({"diff": num(c.diff_mean), "ci": [num(c.ci_low), num(c.ci_high)],
                 "p": num(c.p_value), "p_holm": num(c.p_holm), "test": c.test,
                 "seeds": c.seeds} if c else {})
@@ -798,7 +851,10 @@ def to_json(report: StudyReport) -> dict[str, Any]:
         "study": report.study, "claim": report.claim, "size": report.size,
         "commit": report.commit, "seeds": report.seeds, "parent_run_id": report.parent_run_id,
         "verdicts": rows,
-    }  # fmt: skip
+    } | ({"design": report.design, "looks": report.planned_looks,
+          "rounds": [{"round": r.look, "seeds": r.seeds, "alpha": r.alpha,
+                      "outcomes": r.outcomes, "decided": r.decided} for r in report.rounds]}
+         if report.rounds else {})  # fmt: skip
 
 
 def write_report(report: StudyReport, folder: Path, stem: str = "RESULTS") -> dict[str, Path]:

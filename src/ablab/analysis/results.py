@@ -89,6 +89,24 @@ class Verdict:
     against: str = ""
     #: seeds of the study missing from this comparison because their runs were left out
     seeds_left_out: list[int] = field(default_factory=list)
+    #: in a sequential study, the round (look) whose test gave this verdict: the first that
+    #: decided it, else the last one run; 0 for a study of fixed size
+    round: int = 0
+
+
+@dataclass
+class Round:
+    """One look of a sequential study (``ablab study --until-decided``): the first ``n`` seeds
+    of the study, tested at the significance level this look spends, and each claim's outcome
+    at that look (in the order of the study's ``expect``)."""
+
+    look: int
+    n: int
+    seeds: list[int]
+    alpha: float
+    outcomes: list[Outcome]
+    #: claims decided (holds or does not hold) at this look or an earlier one
+    decided: int = 0
 
 
 @dataclass
@@ -159,3 +177,9 @@ class StudyReport:
     #: the study size run (``quick``, ``full``) and the git commit it ran at
     size: str = ""
     commit: str = ""
+    #: a sequential study's design, named and cited (empty for a study of fixed size), and its
+    #: looks so far
+    design: str = ""
+    rounds: list[Round] = field(default_factory=list)
+    #: the looks the design plans (seed counts), of which ``rounds`` are those run
+    planned_looks: list[int] = field(default_factory=list)

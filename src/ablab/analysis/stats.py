@@ -19,9 +19,10 @@ the runs that survived.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -221,6 +222,7 @@ def _solve_power(**kw: float | None) -> float:
             return NAN
 
 
+@functools.lru_cache(maxsize=256)  # a function of (n, alpha) only, asked for every comparison
 def _detectable_effect(n: int, alpha: float, power: float = POWER) -> float:
     """d_z* the two-sided paired t-test at ``alpha`` detects with ``power`` at n pairs."""
     return _solve_power(effect_size=None, nobs=n, alpha=alpha, power=power)
@@ -250,6 +252,67 @@ def _power(effect: float, n: int, alpha: float) -> float:
     upper = 1.0 - float(stats.nct.cdf(critical, df, nc))
     lower = float(stats.nct.cdf(-critical, df, nc))
     return (upper if math.isfinite(upper) else 0.0) + (lower if math.isfinite(lower) else 0.0)
+
+
+def _pocock_spending(t: float, alpha: float) -> float:
+    """Pocock-type spending α·ln(1 + (e − 1)·t) (Lan & DeMets 1983): nearly even over the
+    looks, so a strong effect is decided at the first look with few seeds."""
+    return alpha * math.log1p((math.e - 1.0) * t)
+
+
+def _obrien_fleming_spending(t: float, alpha: float) -> float:
+    """O'Brien–Fleming-type spending 2 − 2Φ(z_{1−α/2} / √t) (Lan & DeMets 1983): almost nothing
+    early, nearly all of α at the last look."""
+    if t <= 0:
+        return 0.0
+    return float(2.0 - 2.0 * stats.norm.cdf(stats.norm.ppf(1.0 - alpha / 2.0) / math.sqrt(t)))
+
+
+#: Alpha-spending functions α(t) of the information fraction t = n_k / n_K (Lan & DeMets 1983,
+#: "Discrete sequential boundaries for clinical trials", Biometrika 70:659–663).
+SPENDING: dict[str, Callable[[float, float], float]] = {
+    "pocock": _pocock_spending,
+    "obrien_fleming": _obrien_fleming_spending,
+}
+SPENDING_NAMES = {
+    "pocock": "Pocock-type α·ln(1 + (e − 1)t)",
+    "obrien_fleming": "O'Brien–Fleming-type 2 − 2Φ(z_{1−α/2}/√t)",
+}
+
+
+def plan_looks(first: int, max_seeds: int, step: int | None = None) -> list[int]:
+    """The seed counts at which a sequential study looks: ``first``, then every ``step`` more
+    seeds (default: ``first`` more), ending exactly at ``max_seeds``; a last round shorter than
+    ``step`` joins the one before (3, 6, 10 rather than 3, 6, 9, 10: a look after one more
+    seed would spend almost no α)."""
+    step = first if step is None else step
+    if first < 2 or step < 1 or max_seeds < first:
+        raise ValueError(
+            f"looks: first {first} (>= 2), step {step} (>= 1), max {max_seeds} (>= first)"
+        )
+    looks = list(range(first, max_seeds, step))
+    if len(looks) > 1 and max_seeds - looks[-1] < step:
+        looks.pop()
+    return [*looks, max_seeds]
+
+
+def look_levels(looks: Sequence[int], alpha: float = 0.05, spending: str = "pocock") -> list[float]:
+    """The significance level each look tests at: the α it spends, α(t_k) − α(t_{k−1}), with
+    t_k = n_k / n_K the look's share of the planned seeds.
+
+    The looks' levels sum to ``alpha``, so by the union bound (Bonferroni over looks) the chance
+    that any look decides a true null is at most ``alpha`` whatever the correlation between the
+    looks' tests: valid for the paired t-test at 3 seeds, where the normal-theory
+    group-sequential boundaries (which recover some of the slack) do not apply. Conservative.
+    """
+    if spending not in SPENDING:
+        raise ValueError(f"spending '{spending}'; valid: {', '.join(SPENDING)}")
+    if not looks or list(looks) != sorted(set(looks)):
+        raise ValueError(f"looks {list(looks)}: seed counts, increasing")
+    spend, last = SPENDING[spending], looks[-1]
+    spent = [spend(n / last, alpha) for n in looks]
+    spent[-1] = alpha  # α(1) = α exactly: float rounding must not leave any unspent
+    return [b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True)]
 
 
 def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:

@@ -327,6 +327,9 @@ class SweepTracker(Callback):
                 self.client.delete_tag(parent, key)
         self.client.update_run(parent, status="RUNNING")
         self.client.set_tag(parent, "attempt", str(self.attempt))
+        # The plan of this attempt describes the sweep now (a study that added seeds).
+        for key, value in self.plan.tags.items():
+            self.client.set_tag(parent, key, value)
         print(f"ablab: continuing sweep {sweep_dir} (parent run {parent}, attempt "
               f"{self.attempt}): finished jobs are reported, unfinished ones resumed",
               file=sys.stderr)  # fmt: skip

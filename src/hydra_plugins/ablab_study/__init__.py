@@ -21,7 +21,14 @@ class StudySweeper(Sweeper):
     study file is the sweep.
     """
 
-    def __init__(self, study: str, size: str = "quick", folder: str | None = None) -> None:
+    def __init__(
+        self,
+        study: str,
+        size: str = "quick",
+        folder: str | None = None,
+        extra_seeds: int = 0,
+        sequential: dict[str, Any] | None = None,
+    ) -> None:
         # folder: the sweep folder's name (conf/hydra/sweeper/study.yaml), used by hydra.sweep.dir
         self.study, self.size = study, size
         self.config: DictConfig | None = None
@@ -53,9 +60,18 @@ class StudySweeper(Sweeper):
                 f"a study sweeps its own variants and seeds; drop the sweep over {swept}"
             )
         study = load_study(config.study)
-        jobs = [[*job.overrides, *arguments] for job in study.jobs(config.size)]
+        extra = int(config.get("extra_seeds") or 0)
+        if extra < 0:
+            raise ConfigError(f"hydra.sweeper.extra_seeds={extra}: a number of seeds, >= 0")
+        jobs = [[*job.overrides, *arguments] for job in study.jobs(config.size, extra)]
+        seeds = study.seeds_for(config.size, extra)
         tags = {"study": study.name, "study_size": str(config.size),
-                "study_file": str(study.folder / "study.yaml")}  # fmt: skip
+                "study_file": str(study.folder / "study.yaml"),
+                "study_seeds": ",".join(map(str, seeds))}  # fmt: skip
+        # A sequential study (ablab study --until-decided): its design, which the report reads.
+        for key, value in (config.get("sequential") or {}).items():
+            listed = not isinstance(value, str | int | float)
+            tags[f"sequential.{key}"] = ",".join(map(str, value)) if listed else str(value)
         return {"factors": study.factors(), "tags": tags, "jobs": jobs}
 
     def sweep(self, arguments: list[str]) -> Any:
