@@ -554,7 +554,9 @@ def test_report_page_in_headless_chromium(chromium, tmp_path: Path) -> None:
 def test_note_holds_claim_question_command_and_one_row_per_verdict() -> None:
     report = make_report(size="quick")
     note = note_markdown(report)
-    assert note.startswith("**bn_vs_nobn** (quick)\n")
+    # the verdicts first: MLflow's run page shows the first lines of a description
+    assert note.startswith("**bn_vs_nobn** (quick): 1 inconclusive, 1 holds, 1 does not hold\n")
+    assert note.index("| variant |") < note.index("**Claim.**")
     assert f"**Claim.** {CLAIM}" in note
     assert f"**Question.** {report.question}" in note
     # the command contains a backtick: fenced by a longer run of them

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -839,9 +840,9 @@ NOTE_MAX_CHARS = 8000
 
 
 def note_markdown(report: StudyReport, max_chars: int = NOTE_MAX_CHARS) -> str:
-    """The parent run's description (MLflow's ``mlflow.note.content``) as Markdown: the claim,
-    the question, the command and one row per verdict with the paired difference, its CI, the
-    p that decided it and the seeds paired. Rows that would pass ``max_chars`` are left out,
+    """The parent run's description (MLflow's ``mlflow.note.content``) as Markdown: the study
+    and its verdict counts, one row per verdict with the paired difference, its CI, the p that
+    decided it and the seeds paired, then the claim, the question and the command. Rows that would pass ``max_chars`` are left out,
     with a line saying how many (the full tables are in the report's artifacts)."""
     expected = {i: row[3] for i, row in enumerate(report_tables(report).verdicts.rows)}
     by_key = {(c.variant, c.quantity, c.against): c for c in report.comparisons}
@@ -864,9 +865,16 @@ def note_markdown(report: StudyReport, max_chars: int = NOTE_MAX_CHARS) -> str:
         tuple(rows),
         numeric=frozenset({4, 5, 6}),
     )
+    counts = Counter(v.outcome for v in report.verdicts)
+    outcomes = ", ".join(f"{n} {o}" for o, n in counts.items()) or "no verdicts"
+    size = f" ({report.size})" if report.size else ""
+    # The verdicts first: MLflow's run page shows a description's first lines until "Show more".
+    head = [f"**{report.study}**{size}: {outcomes}", ""]
     fence = _fence(report.command)
-    head = [
-        f"**{report.study}**" + (f" ({report.size})" if report.size else ""),
+    tail = [
+        f"_difference = variant − {report.baseline} (or − the variant after 'vs'), paired by "
+        "seed, with its CI; p: the test that decided, Holm-corrected over the claims; n: "
+        "seeds paired. The full report is in this run's artifacts, `report/`._",
         "",
         f"**Claim.** {report.claim or DASH}",
         "",
@@ -875,13 +883,6 @@ def note_markdown(report: StudyReport, max_chars: int = NOTE_MAX_CHARS) -> str:
         f"{fence}bash",
         report.command or "# not recorded",
         fence,
-        "",
-    ]
-    tail = [
-        "",
-        f"_difference = variant − {report.baseline} (or − the variant after 'vs'), paired by "
-        "seed, with its CI; p: the test that decided, Holm-corrected over the claims; n: "
-        "seeds paired. The full report is in this run's artifacts, `report/`._",
     ]
     lines = _md_table(table)
     while len("\n".join([*head, *lines, *tail])) > max_chars and len(lines) > 3:
