@@ -37,9 +37,7 @@ from ablab.analysis.results import (
     VariantResult,
     Verdict,
 )
-from browser import chromium, chromium_path, png_size
-
-__all__ = ["chromium", "chromium_path"]  # the fixtures, imported so pytest finds them here
+from browser import png_size
 
 NAN = float("nan")
 SEEDS = [0, 1, 2]

@@ -26,14 +26,11 @@ from ablab.tracking.dashboard import (
     sweep_view_state,
 )
 from ablab.tracking.sweep import SweepPlan, parent_run_name
-from browser import chromium, chromium_path
 from conftest import run_module, tracking_uri
 from services import free_port, stop_process_group, wait_healthy
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
-
-__all__ = ["chromium", "chromium_path"]  # the fixtures, imported so pytest finds them here
 
 FAST = ["trainer=smoke", "callbacks.batch_preview=null", "callbacks.model_checkpoint=null",
         "logger.log_model=false", "callbacks.progress_bar=null"]  # fmt: skip
