@@ -55,8 +55,8 @@ format: install ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-ui: install ## MLflow UI on the local store at http://127.0.0.1:5000 (PORT=..., ABLAB_ROOT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${ABLAB_ROOT:-$(CURDIR)}/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: install ## MLflow UI on the local store; prints the newest experiment's runs URL (PORT=..., ABLAB_ROOT)
+	$(BIN)/ablab ui --backend-store-uri sqlite:///$${ABLAB_ROOT:-$(CURDIR)}/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 zoo: install ## Re-measure every model config: docs/zoo.md and the numbers tests check against
 	mkdir -p docs

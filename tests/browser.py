@@ -4,8 +4,9 @@ Playwright's own browser download is not reachable here, so it launches the syst
 (``executable_path``); Debian's package is installed when it is missing. Without Chromium or
 Playwright the test is ``unavailable`` (tests/services.py): skipped with the reason, failed
 under CI. Recipe: "Headless Chromium" in
-/work/shared/RECIPES.md. Import the fixtures into a test module (``from browser import
-chromium, chromium_path``) for pytest to find them there.
+/work/shared/RECIPES.md. tests/conftest.py registers the fixtures once for every test module:
+a module that imported them itself would get a second session Playwright, which cannot start
+while the first one runs ("Sync API inside the asyncio loop").
 """
 
 from __future__ import annotations

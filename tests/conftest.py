@@ -12,6 +12,10 @@ import pytest
 from omegaconf import DictConfig
 
 from ablab.config import composed
+from browser import chromium, chromium_path
+
+#: Registered here, once: one session Playwright for every module that takes ``chromium``.
+__all__ = ["chromium", "chromium_path"]
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 

@@ -261,13 +261,15 @@ def mlflow_server(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
-        _wait_healthy(url, proc, log, timeout)
+        wait_healthy(url, proc, log, timeout)
         yield MlflowServer(url, artifacts, log, proc.pid, time.monotonic() - started)
     finally:
         stop_process_group(proc)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Return once ``url/health`` answers 200; fail with ``log`` when ``proc`` exits first or
+    ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

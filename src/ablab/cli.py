@@ -1,4 +1,4 @@
-"""The ``ablab`` command: ``ablab train|eval|study|report|summary|zoo|show-batch [options]
+"""The ``ablab`` command: ``ablab train|eval|study|report|summary|zoo|show-batch|ui [options]
 [overrides]``.
 
 Sub-commands take the same Hydra overrides as training, composed from the same ``conf/``.
@@ -381,6 +381,47 @@ def train(argv: list[str]) -> None:
     entry.main()
 
 
+def ui(argv: list[str]) -> None:
+    """MLflow's UI on the local store; prints the URL of the newest experiment's runs view."""
+    parser = argparse.ArgumentParser(
+        prog="ablab ui",
+        description="Print the URL of the model-training runs view of the experiment that ran "
+        "last (its sweep's saved view: a column per factor), then run `mlflow ui` on the store.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--workers", type=int, help="server processes (default: MLflow's, 4)")
+    parser.add_argument(
+        "--backend-store-uri",
+        help="default: sqlite:///<ABLAB_ROOT or the working directory>/mlflow.db",
+    )
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from ablab.tracking.dashboard import newest_view, runs_url
+    from ablab.tracking.store import ensure_store
+
+    root = Path(os.environ.get("ABLAB_ROOT", ".")).resolve()
+    uri = args.backend_store_uri or f"sqlite:///{root}/mlflow.db"
+    ensure_store(uri)  # a new store is created and migrated once, under its lock
+    base = f"http://{args.host}:{args.port}"
+    newest = newest_view(MlflowClient(uri))
+    if newest is None:
+        print(f"ablab: no runs in {uri} yet; the UI is at {base}", flush=True)
+    else:
+        print(f"ablab: the newest experiment's runs: {runs_url(base, *newest)}", flush=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    # Its GenAI job runner starts worker processes that training runs never use.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execvp(command[0], command)  # the UI becomes this process: Ctrl-C and kill reach it
+
+
 COMMANDS = {
     "train": train,
     "eval": evaluate,
@@ -389,6 +430,7 @@ COMMANDS = {
     "summary": summary,
     "zoo": zoo,
     "show-batch": show_batch,
+    "ui": ui,
 }
 
 

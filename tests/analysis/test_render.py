@@ -22,6 +22,7 @@ from ablab.analysis.render import (
     figures,
     fmt,
     fmt_p,
+    note_markdown,
     plot_curves,
     png_bytes,
     to_html,
@@ -36,9 +37,7 @@ from ablab.analysis.results import (
     VariantResult,
     Verdict,
 )
-from browser import chromium, chromium_path, png_size
-
-__all__ = ["chromium", "chromium_path"]  # the fixtures, imported so pytest finds them here
+from browser import png_size
 
 NAN = float("nan")
 SEEDS = [0, 1, 2]
@@ -545,3 +544,38 @@ def test_report_page_in_headless_chromium(chromium, tmp_path: Path) -> None:
     width, height = png_size(shot)
     assert (width, height) == tuple(state["scroll"])  # the whole page, not just the viewport
     assert height > 800
+
+
+# --- the parent run's description ------------------------------------------------------------
+
+
+def test_note_holds_claim_question_command_and_one_row_per_verdict() -> None:
+    report = make_report(size="quick")
+    note = note_markdown(report)
+    # the verdicts first: MLflow's run page shows the first lines of a description
+    assert note.startswith("**bn_vs_nobn** (quick): 1 inconclusive, 1 holds, 1 does not hold\n")
+    assert note.index("| variant |") < note.index("**Claim.**")
+    assert f"**Claim.** {CLAIM}" in note
+    assert f"**Question.** {report.question}" in note
+    # the command contains a backtick: fenced by a longer run of them
+    assert "```bash\n" + report.command + "\n```" in note
+    rows = [line for line in note.splitlines() if line.startswith("| ")]
+    assert rows == [
+        "| variant | quantity | expected | verdict | difference [CI] | p | n |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+        # an undefined difference (a run diverged) is a dash, never 0
+        f"| no_bn | {QUANTITIES[2]} | higher than bn | inconclusive | — | — | 3 |",
+        # decided on p Holm (0.0064), not the raw p; the difference signed, with its CI
+        "| no_bn | final val/acc | lower than bn | holds | -0.0583 [-0.09, -0.027] | 0.0064 | 3 |",
+        # no p Holm: the test's own p
+        "| bn_lr0.5 | final val/acc | higher than bn | does not hold | -0.02 [-0.05, 0.01] | <1e-4 | 3 |",
+    ]
+
+
+def test_note_fits_an_mlflow_tag_by_leaving_rows_out() -> None:
+    many = [Verdict(CLAIM, "no_bn", f"quantity {i}", "higher", "holds", "") for i in range(400)]
+    note = note_markdown(make_report(verdicts=many), max_chars=3000)
+    assert len(note) <= 3000
+    kept = [line for line in note.splitlines() if line.startswith("| no_bn |")]
+    assert 0 < len(kept) < 400
+    assert f"_… {400 - len(kept)} more verdicts in the report._" in note

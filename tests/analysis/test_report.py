@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from ablab.analysis.collect import collect, find_study_runs
+from ablab.analysis.collect import collect, find_study_runs, publish
 from ablab.errors import ConfigError
 from ablab.study import load_study
 from conftest import tracking_uri
@@ -471,3 +471,14 @@ def test_a_study_whose_runs_diverge_as_it_expects_succeeds(root: Path) -> None:
     assert "2 of 4 sweep jobs did not finish" in out  # the sweep's own count stands
     assert "every run produced its quantities" in out and "nothing to rerun" in out
     assert "left out" not in (folder / "RESULTS.md").read_text().lower()
+
+
+def test_publish_puts_the_verdict_table_in_the_parent_description(root: Path) -> None:
+    client, parent = fabricate(root)
+    report = collect(client, find_study_runs(client, parent))
+    publish(client, report, {})
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.startswith("**fabricated**")
+    assert "**Claim.** 0. A fabricated claim" in note
+    assert "| better | final val/acc | higher than base | holds | +0.05" in note
+    assert "| better vs worse | final val/acc | higher than worse | holds |" in note

@@ -741,12 +741,16 @@ def metric_key(*parts: str) -> str:
 
 
 def publish(client: MlflowClient, report: StudyReport, paths: dict[str, Path]) -> None:
-    """Log the written report as artifacts of the study's parent run (``report/``), and per
+    """Log the written report as artifacts of the study's parent run (``report/``), per
     variant and quantity the mean and CI bounds as parent metrics, so MLflow's own views line
-    the variants up."""
+    the variants up, and the verdict table as the parent's description (``mlflow.note.content``,
+    the Markdown MLflow's run page shows first)."""
     from mlflow.entities import Metric
 
+    from ablab.analysis.render import note_markdown
+
     run_id = report.parent_run_id
+    client.set_tag(run_id, "mlflow.note.content", note_markdown(report))
     for path in paths.values():
         if path.is_dir():
             client.log_artifacts(run_id, str(path), f"report/{path.name}")

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -886,3 +887,62 @@ def write_report(report: StudyReport, folder: Path, stem: str = "RESULTS") -> di
     if pngs:
         written["figures"] = files
     return written
+
+
+# --- MLflow run description ----------------------------------------------------------------
+
+#: Longest run tag value MLflow stores (``mlflow.utils.validation.MAX_TAG_VAL_LENGTH``).
+NOTE_MAX_CHARS = 8000
+
+
+def note_markdown(report: StudyReport, max_chars: int = NOTE_MAX_CHARS) -> str:
+    """The parent run's description (MLflow's ``mlflow.note.content``) as Markdown: the study
+    and its verdict counts, one row per verdict with the paired difference, its CI, the p that
+    decided it and the seeds paired, then the claim, the question and the command. Rows that would pass ``max_chars`` are left out,
+    with a line saying how many (the full tables are in the report's artifacts)."""
+    expected = {i: row[3] for i, row in enumerate(report_tables(report).verdicts.rows)}
+    by_key = {(c.variant, c.quantity, c.against): c for c in report.comparisons}
+    rows = []
+    for i, v in enumerate(report.verdicts):
+        c = by_key.get((v.variant, v.quantity, v.against))
+        if c is None:
+            diff, p, n = DASH, DASH, DASH
+        else:
+            # the p the verdict was decided on: Holm's across the study's claims, when run
+            p_used = c.p_value if math.isnan(c.p_holm) else c.p_holm
+            diff, interval = fmt_signed(c.diff_mean), fmt_interval(c.ci_low, c.ci_high)
+            diff += f" {interval}" if interval != DASH else ""
+            p, n = fmt_p(p_used), str(len(c.seeds))
+        variant = f"{v.variant} vs {v.against}" if v.against else v.variant
+        rows.append((variant, v.quantity, expected[i], v.outcome, diff, p, n))
+    table = Table(
+        "verdicts",
+        ("variant", "quantity", "expected", "verdict", "difference [CI]", "p", "n"),
+        tuple(rows),
+        numeric=frozenset({4, 5, 6}),
+    )
+    counts = Counter(v.outcome for v in report.verdicts)
+    outcomes = ", ".join(f"{n} {o}" for o, n in counts.items()) or "no verdicts"
+    size = f" ({report.size})" if report.size else ""
+    # The verdicts first: MLflow's run page shows a description's first lines until "Show more".
+    head = [f"**{report.study}**{size}: {outcomes}", ""]
+    fence = _fence(report.command)
+    tail = [
+        f"_difference = variant − {report.baseline} (or − the variant after 'vs'), paired by "
+        "seed, with its CI; p: the test that decided, Holm-corrected over the claims; n: "
+        "seeds paired. The full report is in this run's artifacts, `report/`._",
+        "",
+        f"**Claim.** {report.claim or DASH}",
+        "",
+        f"**Question.** {report.question or DASH}",
+        "",
+        f"{fence}bash",
+        report.command or "# not recorded",
+        fence,
+    ]
+    lines = _md_table(table)
+    while len("\n".join([*head, *lines, *tail])) > max_chars and len(lines) > 3:
+        lines = [*lines[:-2], lines[-1]]  # drop the last row (the list ends with a blank)
+    if (cut := len(rows) - (len(lines) - 3)) > 0 and rows:
+        lines = [*lines[:-1], f"_… {cut} more verdict{'s' * (cut != 1)} in the report._", ""]
+    return "\n".join([*head, *lines, *tail])[: max_chars - 1] + "\n"

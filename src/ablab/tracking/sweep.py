@@ -6,9 +6,11 @@ A Hydra callback, run by the process that launches the sweep:
   (:func:`~ablab.tracking.store.ensure_store`: created and migrated once, under a lock), then
   creates the sweep's **parent run**, or continues the one named in ``<sweep dir>/sweep.json``
   when the same command runs again (the sweep folder is named after the command, see
-  ``conf/hydra/default.yaml``). Anything that fails here stops the sweep before any job, with
-  one line and exit status 2: Hydra turns a callback's ``Exception`` into a warning and carries
-  on, but lets ``SystemExit`` through.
+  ``conf/hydra/default.yaml``). The parent is named after the study or sweep and its factors
+  (``parent_run_name``) and gets a saved view in MLflow's UI (:mod:`ablab.tracking.dashboard`).
+  Anything that fails here stops the sweep before any job, with one line and exit status 2:
+  Hydra turns a callback's ``Exception`` into a warning and carries on, but lets ``SystemExit``
+  through.
 - every job's MLflow run is a **child**: ``mlflow.parentRunId`` plus ``factor.<key>`` tags with
   this job's value of each swept key, ``sweep_job`` and ``seed`` (``child_tags``), and each job
   writes ``job_status.json`` into its own folder (``record_job``).
@@ -195,6 +197,15 @@ def plan_sweep(config: DictConfig) -> SweepPlan:
     return SweepPlan(factors, {}, jobs)
 
 
+def parent_run_name(plan: SweepPlan) -> str:
+    """The parent run's name: what was swept over which factors, e.g. ``bn_vs_nobn (quick):
+    variant × seed`` for a study and ``sweep: model.norm × seed`` for a plain sweep."""
+    factors = " × ".join(f.lstrip("+~") for f in plan.factors) or "no factors"
+    study, size = plan.tags.get("study"), plan.tags.get("study_size")
+    head = (f"{study} ({size})" if size else study) if study else "sweep"
+    return f"{head}: {factors}"
+
+
 def hydra_value(value: str) -> str:
     """``value`` as a quoted Hydra override value: commas, ``=`` and spaces stay literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -252,6 +263,7 @@ class SweepTracker(Callback):
         from mlflow import MlflowClient
 
         from ablab.tracking.context import run_context_tags
+        from ablab.tracking.dashboard import save_view, sweep_view_state
         from ablab.tracking.store import ensure_store
 
         self.plan = plan_sweep(config)
@@ -271,9 +283,13 @@ class SweepTracker(Callback):
             experiment_id = self.experiment_id(config)
             tags = {**run_context_tags(), **self.plan.tags, "sweep_dir": str(sweep_dir),
                     "sweep": "parent", "experiment": config.experiment_name}  # fmt: skip
-            run = self.client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}",
-                                         tags=tags)  # fmt: skip
+            name = parent_run_name(self.plan)
+            run = self.client.create_run(experiment_id, run_name=name, tags=tags)
             self.parent_run_id = run.info.run_id
+            # The UI's saved view of this sweep (its runs, a column per factor), named like the
+            # parent and keyed by its id: what `ablab ui` opens.
+            save_view(self.client, experiment_id, self.parent_run_id, name,
+                      sweep_view_state(self.plan.factors, str(sweep_dir)))  # fmt: skip
             self.client.log_param(
                 self.parent_run_id, "factors", ",".join(self.plan.factors) or "none"
             )

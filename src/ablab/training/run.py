@@ -301,7 +301,9 @@ def report(
         highlight=False,
         markup=False,
     )
-    path = f"#/experiments/{logger.experiment_id}/runs/{logger.run_id}"
+    from ablab.tracking.dashboard import run_path
+
+    path = run_path(logger.experiment_id, logger.run_id)
     if str(uri).startswith(("http://", "https://")):  # a tracking server serves its own UI
         console.print(f"open it: {str(uri).rstrip('/')}/{path}", highlight=False, markup=False)
     else:
