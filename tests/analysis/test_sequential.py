@@ -299,3 +299,44 @@ def test_until_decided_adds_a_round_of_seeds_to_the_same_parent(root) -> None:
     data = json.loads((folder / "RESULTS.json").read_text())
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     assert [v["round"] for v in data["verdicts"]] == [1, 2]
+
+
+EQUIVALENCE_AND_MORE = """
+claim: "0. A fabricated claim."
+question: Is an equivalence claim corrected with the others?
+baseline: {name: base, overrides: {model.width: 1}}
+variants:
+  other: {model.width: 2}
+seeds: [0, 1, 2, 3, 4]
+sizes: {quick: {}}
+quantities:
+  - {metric: val/acc, stat: final}
+  - {metric: val/loss, stat: final}
+expect:
+  - {variant: other, quantity: final val/acc, direction: same, margin: 0.018}
+  - {variant: other, quantity: final val/loss, direction: lower}
+"""
+
+
+def test_an_equivalence_claim_enters_holms_family_with_its_tost_p(root) -> None:
+    """TOST p = 0.032 (both one-sided tests reject at 0.05): equivalent on its own, but not as
+    one of two claims, where Holm doubles the smallest p (0.064)."""
+    diffs = np.array([0.0, 0.02, -0.02, 0.01, -0.01])
+    base = np.full(5, 0.9)
+    values = values_of(base, base + diffs)
+    values["base"]["final val/loss"] = dict(enumerate([0.3, 0.31, 0.29, 0.3, 0.32]))
+    values["other"]["final val/loss"] = dict(enumerate([0.31, 0.3, 0.3, 0.29, 0.32]))
+    alone = EQUIVALENCE_AND_MORE.split("  - {variant: other, quantity: final val/loss")[0]
+    [single] = judge(study_from(alone, root, "alone"), values, range(5), [])[1]
+    assert single.outcome == "holds" and "p_holm = 0.0318" in single.reason  # m = 1: p itself
+    study = study_from(EQUIVALENCE_AND_MORE, root)
+    comparisons, [same, _] = judge(study, values, range(5), [])
+    assert same.outcome == "inconclusive" and "p_holm = 0.0636" in same.reason, same.reason
+    # the family has two members: the loss claim's p is corrected for the equivalence claim too
+    loss = next(c for c in comparisons if c.quantity == "final val/loss")
+    acc = next(c for c in comparisons if c.quantity == "final val/acc")
+    tost_p = stats.tost(acc, 0.018)[0]
+    assert tost_p == pytest.approx(0.0318, abs=5e-5) and loss.p_value > tost_p
+    assert loss.p_holm == pytest.approx(max(2 * tost_p, loss.p_value))
+    # the equivalence claim's difference test is not in the family: its p_holm stays empty
+    assert math.isnan(acc.p_holm)

@@ -349,29 +349,39 @@ def judge(
     def key(variant: str, quantity: str, against: str | None) -> tuple[str, str, str]:
         return variant, quantity, "" if against in (None, study.baseline) else against
 
-    claimed = {key(e.variant, e.quantity, e.against) for e in study.expect}
-    # The family Holm corrects is the set of claims the verdicts are drawn from.
-    family = stats.holm(
-        [c for c in comparisons if (c.variant, c.quantity, c.against) in claimed], alpha
-    )
-    adjusted = {(c.variant, c.quantity, c.against): c for c in family}
+    # The family Holm corrects is the set of claims the verdicts are drawn from, each by the
+    # test that decides it: the difference test for "higher"/"lower", TOST for "same".
+    by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
+    members: dict[tuple[tuple[str, str, str], bool], Comparison] = {}
+    for e in study.expect:
+        k, same = key(e.variant, e.quantity, e.against), e.direction == "same"
+        c = by_key[k]
+        members[(k, same)] = replace(c, p_value=stats.tost(c, e.margin)[0]) if same else c
+    family = dict(zip(members, stats.holm(list(members.values()), alpha), strict=True))
+    adjusted = {k: c for (k, same), c in family.items() if not same}
     comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
+    by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
     lost = [e for e in left_out if e.seed in keep]
     verdicts = [
         lost_seeds(
             replace(
                 stats.verdict(
                     study.claim,
-                    adjusted[key(e.variant, e.quantity, e.against)],
+                    by_key[key(e.variant, e.quantity, e.against)],
                     e.direction,
                     alpha=alpha,
                     margin=e.margin,
+                    tost_holm=(
+                        family[(key(e.variant, e.quantity, e.against), True)].p_holm
+                        if e.direction == "same"
+                        else float("nan")
+                    ),
                 ),
                 against=key(e.variant, e.quantity, e.against)[2],
             ),
             {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
             lost,
-            len(adjusted[key(e.variant, e.quantity, e.against)].seeds),
+            len(by_key[key(e.variant, e.quantity, e.against)].seeds),
             len(keep),
         )
         for e in study.expect
@@ -410,12 +420,13 @@ class Design:
                                                                    strict=True))  # fmt: skip
         return (
             f"Group-sequential: looks after {', '.join(map(str, self.looks))} seeds, overall "
-            f"α = {self.alpha:g} spent over the looks by the Lan–DeMets {self.spending} "
-            f"function ({stats.SPENDING_NAMES[self.spending]}; Lan & DeMets 1983, Biometrika "
-            f"70:659–663). Each look tests at the α it spends ({levels}): a Bonferroni split "
-            "over the looks, so the chance that any look decides a true null stays at most α "
-            "whatever the correlation between looks (conservative; valid for the t-test at "
-            "3 seeds). Holm's correction runs over the claims within each look. A claim is "
+            f"α = {self.alpha:g} spent over the looks by a Lan–DeMets spending function, "
+            f"`{self.spending}`: {stats.SPENDING_NAMES[self.spending]} (Lan & DeMets 1983, "
+            f"Biometrika 70:659–663). Each look tests at the α it spends ({levels}): a "
+            "Bonferroni split over the looks, so the chance that any look decides a true null "
+            "stays at most α whatever the correlation between looks (conservative; it needs no "
+            "normal approximation, so it holds for a t-test on a few seeds). Holm's correction "
+            "runs over the claims within each look. A claim is "
             "decided at the first look where it holds or does not hold, and later seeds do not "
             "overturn it; intervals are at 1 − the look's α."
         )

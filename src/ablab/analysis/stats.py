@@ -340,6 +340,7 @@ def verdict(
     alpha: float = 0.05,
     min_seeds: int = 3,
     margin: float | None = None,
+    tost_holm: float = NAN,
 ) -> Verdict:
     """Whether ``claim`` holds: the claim predicts ``variant − baseline`` of ``quantity`` goes
     the ``expected`` way. Rules, in order (the tool's contract):
@@ -359,9 +360,10 @@ def verdict(
     5. otherwise *inconclusive* (the interval spans 0).
 
     ``expected="same"`` (an equivalence claim, e.g. fused and unfused nets give the same
-    outputs) needs a ``margin`` and replaces rules 3–5: *holds* when the whole interval lies
-    inside (−margin, +margin), *does not hold* when the difference is significant and the
-    interval reaches the margin, else *inconclusive*.
+    outputs) needs a ``margin`` and replaces rules 3–5 by TOST (:func:`tost`): *holds* when
+    its p — Holm-adjusted ``tost_holm`` when the claim is one of several — is below ``alpha``,
+    *does not hold* when the difference is significant and the interval reaches the margin,
+    else *inconclusive*.
 
     The reason is one sentence with the numbers: mean difference, interval, p, d_z and n.
     """
@@ -388,7 +390,7 @@ def verdict(
         why = "fewer than 2 paired seeds" if n < 2 else "a run diverged or has no value"
         return out("inconclusive", f"the difference is undefined: {why} ({numbers}).")
     if expected == "same":
-        return _equivalence(c, margin, p, alpha, numbers, out)
+        return _equivalence(c, margin, p, alpha, numbers, out, tost_holm)
     if p < alpha and (c.ci_low > 0 or c.ci_high < 0):
         if (c.diff_mean > 0) == (expected == "higher"):
             return out("holds", f"significantly {expected}, as claimed ({numbers}).")
@@ -423,44 +425,64 @@ def _power_text(c: Comparison) -> str:
     return text + f"; the observed d_z needs about {c.seeds_for_power:.0f} seeds."
 
 
-def _equivalence(
-    c: Comparison, margin: float, p: float, alpha: float, numbers: str, out
-) -> Verdict:
-    """An equivalence claim ("the same"), decided by TOST, two one-sided paired t-tests of
-    H0: diff <= −margin and H0: diff >= +margin (Schuirmann 1987, J. Pharmacokin. Biopharm.
-    15; ``statsmodels.stats.weightstats.ttost_paired``): *holds* ("equivalent within ±m") only
-    when both reject at ``alpha``; *does not hold* when the difference is significant and its
-    interval reaches beyond the margin; otherwise *inconclusive*. Identical differences (no
-    spread, a deterministic quantity) are equivalent exactly when |diff| < margin."""
+def tost(c: Comparison, margin: float) -> tuple[float, str]:
+    """The p of an equivalence test of ``c`` within ±``margin``, and how it was found.
+
+    TOST, two one-sided paired t-tests of H0: diff <= −margin and H0: diff >= +margin
+    (Schuirmann 1987, J. Pharmacokin. Biopharm. 15; ``statsmodels.stats.weightstats.
+    ttost_paired``): p is the larger of the two, so p < α means both reject. Identical
+    differences (no spread, a deterministic quantity) are decided exactly: p = 0 when
+    |diff| < margin, else 1. A comparison made without its differences has NaN (its interval
+    decides, :func:`verdict`)."""
     d = np.asarray(c.diffs, dtype=float)
-    if d.size != len(c.seeds):  # a comparison made without its differences: its interval
-        inside = -margin < c.ci_low and c.ci_high < margin
-        tost, equivalent = f"{c.test} CI inside ±{margin:g}", inside
-    elif d.size >= 2 and not _identical(d, max(float(np.abs(d).max()), margin)):
-        tost_p, (_, p_low, _), (_, p_high, _) = ttost_paired(d, np.zeros_like(d), -margin, margin)
-        tost = (
-            f"TOST ±{margin:g}: p = {float(p_low):.3g} (diff > −{margin:g}), "
-            f"{float(p_high):.3g} (diff < +{margin:g})"
+    if d.size != len(c.seeds) or d.size < 2 or not np.isfinite(d).all():
+        return NAN, f"{c.test} CI inside ±{margin:g}"
+    if _identical(d, max(float(np.abs(d).max()), margin)):
+        return (0.0 if abs(c.diff_mean) < margin else 1.0), (
+            f"identical differences, |diff| vs ±{margin:g}"
         )
-        equivalent = float(tost_p) < alpha
+    tost_p, (_, p_low, _), (_, p_high, _) = ttost_paired(d, np.zeros_like(d), -margin, margin)
+    text = (
+        f"TOST ±{margin:g}: p = {float(p_low):.3g} (diff > −{margin:g}), "
+        f"{float(p_high):.3g} (diff < +{margin:g})"
+    )
+    return float(tost_p), text
+
+
+def _equivalence(
+    c: Comparison,
+    margin: float,
+    p: float,
+    alpha: float,
+    numbers: str,
+    out,
+    tost_holm: float = NAN,
+) -> Verdict:
+    """An equivalence claim ("the same"), decided by TOST (:func:`tost`): *holds* ("equivalent
+    within ±m") only when both one-sided tests reject at ``alpha`` — after Holm's correction
+    (``tost_holm``) when the study claims several things; *does not hold* when the difference
+    is significant and its interval reaches beyond the margin; otherwise *inconclusive*."""
+    tost_p, text = tost(c, margin)
+    if math.isnan(tost_p):  # no differences to test: the interval decides
+        equivalent = -margin < c.ci_low and c.ci_high < margin
     else:
-        tost, equivalent = (
-            f"identical differences, |diff| vs ±{margin:g}",
-            abs(c.diff_mean) < margin,
-        )
+        if not math.isnan(tost_holm):
+            text += f"; p_holm = {tost_holm:.3g}"
+            tost_p = tost_holm
+        equivalent = tost_p < alpha
     if equivalent:
-        return out("holds", f"equivalent within ±{margin:g}, as claimed ({tost}; {numbers}).")
+        return out("holds", f"equivalent within ±{margin:g}, as claimed ({text}; {numbers}).")
     if (
         p < alpha
         and (c.ci_low > 0 or c.ci_high < 0)
         and (c.ci_low <= -margin or c.ci_high >= margin)
     ):
         return out(
-            "does not hold", f"differs by more than the margin {margin:g} ({tost}; {numbers})."
+            "does not hold", f"differs by more than the margin {margin:g} ({text}; {numbers})."
         )
     return out(
         "inconclusive",
-        f"not shown equivalent within ±{margin:g}: both one-sided tests must reject ({tost}; "
+        f"not shown equivalent within ±{margin:g}: both one-sided tests must reject ({text}; "
         f"{numbers}).",
     )
 
