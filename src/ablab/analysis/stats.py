@@ -180,7 +180,7 @@ def paired(
         reason = f"n = {n} < {ROBUST_MIN_SEEDS}: too few seeds for a permutation test"
     elif not math.isnan(normality) and normality < alpha:
         use_robust = True
-        reason = f"Shapiro–Wilk rejects normal differences (p = {normality:.3g} < {alpha:g})"
+        reason = f"Shapiro–Wilk rejects normal differences (p = {normality:.3g} < {alpha:.3g})"
     else:
         use_robust = False
         reason = (
@@ -328,6 +328,11 @@ def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]
     return [replace(c, p_holm=float(q)) for c, q in zip(comparisons, adjusted, strict=True)]
 
 
+def _interval_name(test: str) -> str:
+    """What a test's interval is called: "paired t-test CI", "... BCa bootstrap CI"."""
+    return test if test.endswith(" CI") else f"{test} CI"
+
+
 def _p_text(c: Comparison) -> str:
     return f"p_holm = {c.p_holm:.3g}" if not math.isnan(c.p_holm) else f"p = {c.p_value:.3g}"
 
@@ -370,7 +375,7 @@ def verdict(
     c = comparison
     n = len(c.seeds)
     numbers = (
-        f"diff {c.diff_mean:+.4g}, {c.test} CI [{c.ci_low:.4g}, {c.ci_high:.4g}], "
+        f"diff {c.diff_mean:+.4g}, {_interval_name(c.test)} [{c.ci_low:.4g}, {c.ci_high:.4g}], "
         f"{_p_text(c)}, d_z = {c.effect_size:.3g}, n = {n}"
     )
     if c.test_reason:
@@ -436,7 +441,7 @@ def tost(c: Comparison, margin: float) -> tuple[float, str]:
     decides, :func:`verdict`)."""
     d = np.asarray(c.diffs, dtype=float)
     if d.size != len(c.seeds) or d.size < 2 or not np.isfinite(d).all():
-        return NAN, f"{c.test} CI inside ±{margin:g}"
+        return NAN, f"{_interval_name(c.test)} inside ±{margin:g}"
     if _identical(d, max(float(np.abs(d).max()), margin)):
         return (0.0 if abs(c.diff_mean) < margin else 1.0), (
             f"identical differences, |diff| vs ±{margin:g}"
