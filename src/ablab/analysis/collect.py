@@ -159,6 +159,50 @@ def quantity_value(
     return value
 
 
+def censored(quantity: Quantity, values: Mapping[int, float], horizon: int | None) -> list[int]:
+    """Positions (in seed order) of the runs that never reached ``quantity``'s ``steps_to``
+    threshold: their value is ``horizon + 1`` (:func:`ablab.analysis.stats.time_to_threshold`)."""
+    if quantity.stat != "steps_to" or horizon is None or quantity.scale == "log":
+        return []
+    return [i for i, (_, v) in enumerate(sorted(values.items())) if v > horizon]
+
+
+def censoring_note(
+    verdict: Verdict,
+    study: Study,
+    values: Mapping[str, Mapping[str, Mapping[int, float]]],
+    horizons: Mapping[str, int | None],
+    comparisons: Sequence[Comparison],
+) -> Verdict:
+    """``verdict`` saying, when a side has runs that never reached its ``steps_to``
+    threshold, how many of each side's runs did: their steps are censored, not measured."""
+    quantity = next((q for q in study.quantities if q.name == verdict.quantity), None)
+    if quantity is None or quantity.stat != "steps_to":
+        return verdict
+    horizon = horizons.get(quantity.metric)
+    comparison = next(
+        (c for c in comparisons
+         if (c.variant, c.quantity, c.against) == (verdict.variant, verdict.quantity,
+                                                   verdict.against)), None,
+    )  # fmt: skip
+    seeds = set(comparison.seeds) if comparison else set()
+    sides = [verdict.variant, verdict.against or study.baseline]
+    counts = []
+    for side in sides:
+        own = {
+            s: v for s, v in values.get(side, {}).get(verdict.quantity, {}).items() if s in seeds
+        }
+        counts.append((side, len(own) - len(censored(quantity, own, horizon)), len(own)))
+    if all(reached == total for _, reached, total in counts):
+        return verdict
+    text = ", ".join(f"{side} {reached} of {total}" for side, reached, total in counts)
+    note = (
+        f"runs that reached the threshold: {text}; the others are censored at {horizon} steps "
+        f"(counted as {horizon} + 1, not measured)"
+    )
+    return replace(verdict, reason=f"{verdict.reason.rstrip('.')}; {note}.")
+
+
 def stated(quantity: Quantity, run: Run) -> bool:
     """Whether ``run``'s value of ``quantity`` is the study's ``diverged_value``, not a measurement."""
     return (
@@ -240,6 +284,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             q.name: replace(
                 stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
                 stated=[i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)],
+                censored=censored(q, values[name][q.name], horizons.get(q.metric)),
             )
             for q in study.quantities
         }
@@ -253,6 +298,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         comparisons, verdicts, rounds = judge_sequentially(
             study, values, declared, left_out, design
         )
+    verdicts = [censoring_note(v, study, values, horizons, comparisons) for v in verdicts]
     curves = {
         metric: {
             name: stats.seed_band(

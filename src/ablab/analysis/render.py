@@ -31,7 +31,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ablab.analysis.results import Band, StudyReport
+from ablab.analysis.results import STATED_TEST, Band, StudyReport
 
 #: What an undefined number (NaN) shows as.
 DASH = "—"
@@ -305,6 +305,14 @@ LEFT_OUT_NOTE = (
 )
 
 
+#: The comparisons table's short name of each test (:func:`ablab.analysis.stats.paired`).
+TEST_LABELS = {
+    "paired t-test": "t",
+    "sign-flip permutation test, BCa bootstrap CI": "permutation, BCa",
+    STATED_TEST: "stated",
+}
+
+
 def report_tables(report: StudyReport) -> ReportTables:
     """The formatted tables both pages show."""
     base = report.baseline
@@ -360,7 +368,9 @@ def report_tables(report: StudyReport) -> ReportTables:
                     fmt_interval(s.ci_low, s.ci_high),
                     str(s.n),
                     ", ".join(
-                        fmt(x) + (STATED if i in s.stated else "") for i, x in enumerate(s.values)
+                        (f">{fmt(x - 1)}" if i in s.censored else fmt(x))
+                        + (STATED if i in s.stated else "")
+                        for i, x in enumerate(s.values)
                     )
                     or DASH,
                 )
@@ -371,11 +381,27 @@ def report_tables(report: StudyReport) -> ReportTables:
                 ("variant", "mean ± std", f"{confidence * 100:g}% CI", "n", "per seed"),
                 tuple(rows),
                 title=q,
-                note=(
-                    f"{STATED} a diverged run (stopped by the non-finite loss guard), counted "
-                    "as the value the study states for it, not measured"
-                    if any(v.summaries[q].stated for v in present)
-                    else ""
+                note=" ".join(
+                    text
+                    for text, shown in (
+                        (
+                            f"{STATED} a diverged run (stopped by the non-finite loss guard), "
+                            "counted as the value the study states for it, not measured.",
+                            any(v.summaries[q].stated for v in present),
+                        ),
+                        (
+                            ">N: a run that never reached the threshold within the N steps the "
+                            "study's runs logged (censored: counted as N + 1, not measured); "
+                            + ", ".join(
+                                f"{v.name} {v.summaries[q].n - len(v.summaries[q].censored)} of "
+                                f"{v.summaries[q].n} reached it"
+                                for v in present
+                            )
+                            + ".",
+                            any(v.summaries[q].censored for v in present),
+                        ),
+                    )
+                    if shown
                 ),
                 numeric=frozenset({1, 2, 3}),
                 row_classes=tuple("baseline" if v.name == base else "" for v in present),
@@ -408,7 +434,7 @@ def report_tables(report: StudyReport) -> ReportTables:
                 fmt_interval(c.ci_low, c.ci_high),
                 fmt_p(c.p_value),
                 fmt_p(c.p_holm),
-                "permutation, BCa" if c.test.startswith("sign-flip") else "t",
+                TEST_LABELS.get(c.test, "t"),
                 fmt(c.effect_size),
                 fmt(c.prob_improvement),
                 fmt_p(c.normality_p),
@@ -423,7 +449,9 @@ def report_tables(report: StudyReport) -> ReportTables:
             f"p: {', '.join(tests) or 'paired test'}, two-sided; p Holm: Holm-corrected over "
             "the claimed comparisons (— outside that family); test: the paired t-test (t), or "
             "from 6 seeds on, when Shapiro–Wilk rejects normal differences (normality p < "
-            "0.05), the sign-flip permutation test with a BCa bootstrap CI; d_z = mean "
+            "0.05), the sign-flip permutation test with a BCa bootstrap CI; stated: a "
+            "deterministic quantity (each side the same on every seed), its difference stated, "
+            "not tested (no p); d_z = mean "
             "difference / std of the differences; P(v > b): share of seeds where the variant "
             "beats the baseline (ties ½); MDE 80%: the smallest |diff| the paired t-test "
             "detects with 80% power at these seeds; seeds for 80%: seeds it needs to detect the "

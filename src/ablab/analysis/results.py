@@ -12,6 +12,8 @@ from typing import Literal
 
 Outcome = Literal["holds", "does not hold", "inconclusive"]
 Direction = Literal["higher", "lower", "same"]
+#: The "test" of a deterministic quantity: none, its values are stated (``stats.paired``).
+STATED_TEST = "stated (deterministic)"
 
 
 @dataclass
@@ -28,6 +30,9 @@ class Summary:
     #: positions in ``values`` that were stated, not measured (a diverged run counted as the
     #: study's ``diverged_value``)
     stated: list[int] = field(default_factory=list)
+    #: positions in ``values`` of runs that never reached a ``steps_to`` threshold: their value
+    #: is the study's step budget + 1 (right-censored), not a time that was measured
+    censored: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:

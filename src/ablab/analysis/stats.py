@@ -33,7 +33,15 @@ from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from ablab.analysis.results import Band, Comparison, Direction, Outcome, Summary, Verdict
+from ablab.analysis.results import (
+    STATED_TEST,
+    Band,
+    Comparison,
+    Direction,
+    Outcome,
+    Summary,
+    Verdict,
+)
 
 NAN = float("nan")
 #: Differences within this many units of float rounding of the inputs count as identical.
@@ -111,6 +119,10 @@ def paired(
     JOSS 5:2173). Below ``ROBUST_MIN_SEEDS`` a forced bootstrap still runs (its smallest p
     cannot reach 0.05 and a bootstrap of 3–5 values undercovers).
 
+    A deterministic quantity — each side has one value on every seed, up to rounding (a
+    parameter count, MACs) — is stated, not tested: ``test`` is :data:`STATED_TEST`, the interval
+    is the point [d, d], and p and d_z are NaN (no p-value: it is no sample of anything).
+
     Degenerate cases, decided here rather than left to scipy's NaN/inf and warnings:
     fewer than 2 pairs → NaN interval, p and d_z; a non-finite difference (a diverged run)
     → NaN interval, p and d_z; all differences identical up to rounding (sd 0) → the interval
@@ -131,6 +143,20 @@ def paired(
         return replace(base, test=test or "paired t-test")
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
     tie = _ROUNDING_ULPS * np.finfo(float).eps * scale
+    if _identical(a, scale) and _identical(b, scale):
+        # Each side the same on every seed (a parameter count, MACs, a ratio at init): a
+        # deterministic quantity. Its difference is a number to state; a test of it is noise.
+        mean = 0.0 if abs(mean) <= tie else mean  # equal up to the rounding of the inputs
+        return replace(
+            base,
+            diff_mean=mean,
+            ci_low=mean,
+            ci_high=mean,
+            test=STATED_TEST,
+            prob_improvement=float(np.mean(np.where(np.abs(d) <= tie, 0.5, d > 0))),
+            test_reason="each side has the same value on every seed: a deterministic "
+            "quantity, stated, not tested",
+        )
     identical = _identical(d, scale)
     zero = identical and abs(mean) <= tie
     improvement = float(np.mean(np.where(np.abs(d) <= tie, 0.5, d > 0)))
@@ -388,6 +414,8 @@ def verdict(
         raise ValueError(f"verdict: expected direction '{expected}'; valid: higher, lower, same")
     if expected == "same" and not margin:
         raise ValueError("verdict: an equivalence claim (expected 'same') needs a margin")
+    if c.test == STATED_TEST and n >= 2 and math.isfinite(c.diff_mean):
+        return _stated(c, expected, margin, out)
     if n < min_seeds:
         return out("inconclusive", f"too few seeds: n={n} < {min_seeds} ({numbers}).")
     p = c.p_holm if not math.isnan(c.p_holm) else c.p_value
@@ -430,6 +458,29 @@ def _power_text(c: Comparison) -> str:
     return text + f"; the observed d_z needs about {c.seeds_for_power:.0f} seeds."
 
 
+def _stated(c: Comparison, expected: Direction, margin: float | None, out) -> Verdict:
+    """A deterministic quantity's verdict, read off the values (no test): the difference has
+    the expected sign (and, with a margin, is at least the margin) → *holds*; otherwise *does
+    not hold*. ``same``: holds when |diff| < margin."""
+    n = len(c.seeds)
+    numbers = f"diff {c.diff_mean:+.6g} on each of {n} seeds: a deterministic quantity, stated, not tested"
+    d = c.diff_mean
+    if expected == "same":
+        if abs(d) < margin:
+            return out("holds", f"equal within ±{margin:g}, as claimed ({numbers}).")
+        return out("does not hold", f"differs by more than the margin {margin:g} ({numbers}).")
+    right_way = d > 0 if expected == "higher" else d < 0
+    if right_way and (margin is None or abs(d) >= margin):
+        return out("holds", f"{expected}, as claimed ({numbers}).")
+    if right_way:
+        return out(
+            "does not hold", f"{expected}, but by less than the margin {margin:g} ({numbers})."
+        )
+    if d == 0:
+        return out("does not hold", f"no difference ({numbers}).")
+    return out("does not hold", f"the opposite direction ({numbers}).")
+
+
 def tost(c: Comparison, margin: float) -> tuple[float, str]:
     """The p of an equivalence test of ``c`` within ±``margin``, and how it was found.
 
@@ -440,6 +491,8 @@ def tost(c: Comparison, margin: float) -> tuple[float, str]:
     |diff| < margin, else 1. A comparison made without its differences has NaN (its interval
     decides, :func:`verdict`)."""
     d = np.asarray(c.diffs, dtype=float)
+    if c.test == STATED_TEST:  # no test, and no member of Holm's family (:func:`_stated` decides)
+        return NAN, "stated"
     if d.size != len(c.seeds) or d.size < 2 or not np.isfinite(d).all():
         return NAN, f"{_interval_name(c.test)} inside ±{margin:g}"
     if _identical(d, max(float(np.abs(d).max()), margin)):

@@ -1,0 +1,121 @@
+"""Report honesty (issue 17, item 3, first part): a deterministic quantity is stated, not tested
+(no p-value, out of Holm's family), and a run that never reached a threshold is marked censored
+in the tables and the verdict, with how many runs of each side reached it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.analysis.test_render import make_report
+
+from ablab.analysis import stats
+from ablab.analysis.collect import censored, censoring_note, judge
+from ablab.analysis.render import report_tables, to_markdown
+from ablab.analysis.results import STATED_TEST, Summary
+from ablab.study import load_study
+
+CLAIM = "0. A fabricated claim."
+
+
+@pytest.mark.parametrize(
+    ("other", "expected", "margin", "outcome"),
+    [(1200.0, "lower", None, "holds"), (1200.0, "higher", None, "does not hold"),
+     (1234.0, "lower", None, "does not hold"), (1230.0, "lower", 10.0, "does not hold"),
+     (1230.0, "same", 10.0, "holds"), (1200.0, "same", 10.0, "does not hold")],
+)  # fmt: skip
+def test_a_deterministic_quantity_is_stated_with_no_p_value(other, expected, margin, outcome):
+    """Each side the same on every seed (a parameter count): the difference is a number, its
+    verdict read off it; no p, no d_z, no interval wider than the point."""
+    base = dict.fromkeys(range(3), 1234.0)
+    c = stats.paired("small", "complexity.params", base, dict.fromkeys(range(3), other))
+    assert c.test == STATED_TEST and "deterministic" in c.test_reason
+    assert math.isnan(c.p_value) and math.isnan(c.t_p) and math.isnan(c.effect_size)
+    assert c.ci_low == c.ci_high == c.diff_mean == other - 1234.0
+    assert math.isnan(stats.holm([c])[0].p_holm)  # no member of the family
+    v = stats.verdict(CLAIM, c, expected, margin=margin)
+    assert v.outcome == outcome and "stated, not tested" in v.reason and "p =" not in v.reason
+
+
+def test_a_quantity_that_varies_on_one_side_is_still_tested() -> None:
+    base = dict.fromkeys(range(3), 1.0)
+    c = stats.paired("v", "q", base, {0: 1.1, 1: 1.2, 2: 1.15})
+    assert c.test == "paired t-test" and 0 < c.p_value < 1
+
+
+STUDY = """
+claim: "0. A fabricated claim."
+question: Is a deterministic claim kept out of Holm's family?
+baseline: {name: base, overrides: {model.width: 1}}
+variants:
+  small: {model.width: 2}
+seeds: [0, 1, 2, 3]
+sizes: {quick: {}}
+quantities:
+  - {metric: complexity.params, stat: param}
+  - {metric: val/acc, stat: final}
+expect:
+  - {variant: small, quantity: complexity.params, direction: lower}
+  - {variant: small, quantity: final val/acc, direction: lower}
+"""
+
+
+def test_a_stated_claim_does_not_take_a_place_in_holms_family(tmp_path: Path) -> None:
+    folder = tmp_path / "det"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(STUDY)
+    study = load_study(folder)
+    values = {
+        "base": {"complexity.params": dict.fromkeys(range(4), 5000.0),
+                 "final val/acc": {0: 0.9, 1: 0.91, 2: 0.92, 3: 0.9}},
+        "small": {"complexity.params": dict.fromkeys(range(4), 1200.0),
+                  "final val/acc": {0: 0.88, 1: 0.9, 2: 0.9, 3: 0.89}},
+    }  # fmt: skip
+    comparisons, (params, _) = judge(study, values, range(4), [])
+    assert params.outcome == "holds" and "stated, not tested" in params.reason
+    c = next(c for c in comparisons if c.quantity == "final val/acc")
+    assert c.p_holm == c.p_value  # a family of one: the stated claim is not counted
+    rows = report_tables(make_report(comparisons=comparisons)).comparisons.rows
+    assert [r[6] for r in rows] == ["stated", "t"]
+    assert rows[0][4] == rows[0][5] == "—"  # no p, no p Holm
+
+
+def test_censored_runs_are_those_past_the_studys_last_step() -> None:
+    quantity = load_study("bn_vs_nobn").quantities[2]
+    assert quantity.stat == "steps_to"
+    assert censored(quantity, {0: 120.0, 2: 241.0, 1: 241.0}, horizon=240) == [1, 2]
+    assert censored(quantity, {0: 120.0}, horizon=None) == []
+
+
+def test_a_censored_threshold_is_marked_in_the_tables_and_the_verdict() -> None:
+    study = load_study("bn_vs_nobn")
+    name = "steps to val/acc >= 0.9"
+    values = {"bn": {name: {0: 60.0, 1: 72.0, 2: 60.0}},
+              "no_bn": {name: {0: 180.0, 1: 241.0, 2: 241.0}}}  # fmt: skip
+    c = stats.paired("no_bn", name, values["bn"][name], values["no_bn"][name])
+    v = stats.verdict(study.claim, c, "higher")
+    noted = censoring_note(v, study, values, {"val/acc": 240}, [c])
+    assert noted.reason.endswith(
+        "runs that reached the threshold: no_bn 1 of 3, bn 3 of 3; the others are censored at "
+        "240 steps (counted as 240 + 1, not measured)."
+    )
+    # every run reached it: nothing to add
+    reached = {"bn": values["bn"], "no_bn": {name: {0: 180.0, 1: 200.0, 2: 190.0}}}
+    assert censoring_note(v, study, reached, {"val/acc": 240}, [c]) is v
+
+    def summary(vals: list[float], cut: list[int]) -> Summary:
+        s = stats.summarize(vals)
+        s.censored = cut
+        return s
+
+    report = make_report()
+    variant = report.variants[-1]
+    variant.summaries = {name: summary([180.0, 241.0, 241.0], [1, 2])}
+    report.variants = [variant]
+    markdown = to_markdown(report, {})
+    assert "180, >240, >240" in markdown
+    assert "censored: counted as N + 1, not measured" in markdown
+    assert f"{variant.name} 1 of 3 reached it" in markdown
+    assert np.isfinite(variant.summaries[name].mean)  # the table still shows the (bounded) mean
