@@ -7,10 +7,11 @@ Sub-commands take the same Hydra overrides as training, composed from the same `
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ablab.errors import ConfigError
 
@@ -302,14 +303,16 @@ def study(argv: list[str]) -> None:
     spec = load_study(args.name)
     looks = sequential_looks(args, len(spec.seeds_for(args.size)))
     task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
-    for job in spec.jobs(args.size):  # every job composes, before any run or parent exists
+    # every job composes, before any run or parent exists
+    for job in [*spec.tune_jobs(args.size), *spec.jobs(args.size)]:
         check_overrides([*job.overrides, *task])
     # A study of experiments/ by name, so the command the parent run records works in any checkout.
     ref = spec.name if spec.folder == STUDIES_DIR / spec.name else spec.folder
     command = [sys.executable, "-m", "ablab.train", "-m", "hydra/sweeper=study",
                f"hydra.sweeper.study={ref}", f"hydra.sweeper.size={args.size}",
                *args.overrides]  # fmt: skip
-    from ablab.tracking.sweep import USER_COMMAND_ENV
+    from ablab.study import Tune
+    from ablab.tracking.sweep import USER_COMMAND_ENV, hydra_value
 
     options = []
     if looks is not None:
@@ -319,6 +322,17 @@ def study(argv: list[str]) -> None:
     typed = shlex.join(["ablab", "study", args.name, "--size", args.size, *options,
                         *args.overrides])  # fmt: skip
     env = {**os.environ, USER_COMMAND_ENV: typed}
+    if spec.tune is not None:
+        # Stage 1: every variant at every grid point on the tuning seeds; then the comparison
+        # runs each variant at its best point (the same sweep: one parent, jobs appended).
+        print(f"ablab: tuning {', '.join(spec.tune.grid)} per variant", file=sys.stderr)
+        code = subprocess.call(command, env=env)
+        if code not in (0, 1):
+            raise SystemExit(code)
+        tuned = tuned_points(spec, task)
+        for variant, point in tuned.items():
+            print(f"ablab: {variant} tuned to {Tune.label(point)}", file=sys.stderr)
+        command = [*command, f"hydra.sweeper.tuned={hydra_value(json.dumps(tuned))}"]
     if looks is None:
         code = subprocess.call(command, env=env)
         if code not in (0, 1):  # 1: some jobs failed, which the report shows
@@ -351,6 +365,22 @@ def study(argv: list[str]) -> None:
         print("ablab: every run produced its quantities (a run stopped by the non-finite "
               "loss guard is one of the study's results): nothing to rerun")  # fmt: skip
     raise SystemExit(1 if missing else 0)
+
+
+def tuned_points(spec: Study, task: list[str]) -> dict[str, dict[str, Any]]:
+    """Each variant's best grid point from the study's tuning runs in the store its overrides
+    name (:func:`ablab.analysis.collect.choose_points`); the comparison's sweep records it on
+    the parent run (``tuned.<variant>``)."""
+    from mlflow import MlflowClient
+
+    from ablab.analysis.collect import choose_points, find_study_runs, tuning_scores
+    from ablab.config import composed
+
+    with composed([o for o in task if o.startswith(("logger.", "paths."))]) as cfg:
+        uri = str(cfg.logger.tracking_uri)
+    client = MlflowClient(uri)
+    runs = find_study_runs(client, str(spec.folder))
+    return choose_points(spec, tuning_scores(client, spec, runs.children))
 
 
 def study_report(spec: Study, task: list[str]) -> StudyReport:

@@ -22,6 +22,16 @@ Declared in ``experiments/<study>/study.yaml``::
     curves: [val/acc, train/loss]            # learning curves to plot
     profiles: [act_std@init, grad_norm]      # per-layer diagnostics (callbacks=diagnostics),
                                              # at the end of training or @init (step 0)
+    tune:                                    # per-arm tuning before the comparison (optional)
+      grid: {optimizer.lr: [0.001, 0.01, 0.1]}   # what each arm may tune (every combination)
+      metric: val/acc                        # the selection metric: validation only
+      stat: best                             # best | final value of it per run
+      seeds: [100]                           # tuning seeds, apart from the comparison's
+
+With ``tune``, ``ablab study`` first runs every variant at every grid point on the tuning seeds,
+picks each variant's best point by the mean of the selection metric, then runs the comparison
+seeds of each variant at its own best point: all children of one parent run, the choice recorded
+on it (``tuned.<variant>``) and shown in the report.
 
 A study runs as one Hydra multirun through :class:`hydra_plugins.ablab_study.StudySweeper`
 (``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
@@ -134,6 +144,29 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """Per-arm tuning (the study's ``tune``): every combination of ``grid`` is a point; each
+    variant runs every point on ``seeds`` and keeps the point whose mean ``stat`` of ``metric``
+    (a validation metric: a test metric is refused) is best by ``mode``."""
+
+    grid: dict[str, list[Any]]
+    metric: str = "val/acc"
+    stat: Literal["best", "final"] = "best"
+    mode: Literal["max", "min"] = "max"
+    seeds: tuple[int, ...] = (100,)
+
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, values, strict=True))
+                for values in itertools.product(*(self.grid[k] for k in keys))]  # fmt: skip
+
+    @staticmethod
+    def label(point: dict[str, Any]) -> str:
+        """A point as overrides, e.g. ``optimizer.lr=0.01``: the ``tuning`` value of its runs."""
+        return ",".join(f"{k}={_value(v)}" for k, v in point.items())
+
+
+@dataclass(frozen=True)
 class Job:
     """One run of a study: a variant at a seed, as Hydra overrides."""
 
@@ -163,6 +196,8 @@ class Study:
     profiles: list[str] = field(default_factory=list)
     #: the notes' worked numbers (params, MACs) re-measured by tracing, for the report's tables
     checks: list[Check] = field(default_factory=list)
+    #: per-arm tuning before the comparison, or None
+    tune: Tune | None = None
 
     def seeds_for(self, size: str, extra: int = 0) -> list[int]:
         """The seeds of ``size``, then ``extra`` more: the next integers not among them (seeds
@@ -171,13 +206,36 @@ class Study:
         more = itertools.count(max(seeds, default=-1) + 1)
         return seeds + [s for s, _ in zip(more, range(extra), strict=False)]
 
-    def jobs(self, size: str, extra_seeds: int = 0) -> list[Job]:
+    def tune_jobs(self, size: str) -> list[Job]:
+        """The tuning stage: every variant at every grid point on the tuning seeds, each job
+        with ``tuning=<point>`` (so its run is kept apart from the comparison's)."""
+        if self.tune is None:
+            return []
+        size_overrides = self._size(size).get("overrides") or {}
+        jobs = []
+        for variant, overrides in self.variants.items():
+            for point in self.tune.points():
+                for seed in self.tune.seeds:
+                    merged = {**self.common, **size_overrides, **overrides, **point}
+                    items = [f"{k}={_value(v)}" for k, v in merged.items()]
+                    items += [f"study={self.name}", f"variant={variant}", f"seed={seed}",
+                              f"tuning='{Tune.label(point)}'"]  # fmt: skip
+                    jobs.append(Job(variant, seed, tuple(items)))
+        return jobs
+
+    def jobs(
+        self,
+        size: str,
+        extra_seeds: int = 0,
+        tuned: dict[str, dict[str, Any]] | None = None,
+    ) -> list[Job]:
         """Every (variant, seed) of ``size`` with its overrides: common, size, variant, then
         ``study``, ``variant`` and ``seed`` (so each run says what it is).
 
         The size's own seeds come variant by variant; ``extra_seeds`` more (:meth:`seeds_for`)
         follow seed by seed, so adding seeds only appends jobs: a job's number, and so its
-        folder in the sweep, stays the same from one round of seeds to the next.
+        folder in the sweep, stays the same from one round of seeds to the next. ``tuned``
+        gives each variant the grid point its tuning chose (``{variant: {key: value}}``).
         """
         size_overrides = self._size(size).get("overrides") or {}
         own = self.seeds_for(size)
@@ -186,7 +244,8 @@ class Study:
         order += [(v, s) for s in added for v in self.variants]
         jobs = []
         for variant, seed in order:
-            merged = {**self.common, **size_overrides, **self.variants[variant]}
+            chosen = (tuned or {}).get(variant, {})
+            merged = {**self.common, **size_overrides, **self.variants[variant], **chosen}
             items = [f"{k}={_value(v)}" for k, v in merged.items()]
             items += [f"study={self.name}", f"variant={variant}", f"seed={seed}"]
             jobs.append(Job(variant, seed, tuple(items)))
@@ -195,6 +254,8 @@ class Study:
     def factors(self) -> list[str]:
         """The keys that vary across the study's jobs (MLflow ``factor.<key>`` tags)."""
         keys = {k for overrides in self.variants.values() for k in overrides}
+        if self.tune is not None:
+            keys |= {"tuning", *self.tune.grid}
         return ["variant", "seed", *sorted(keys)]
 
     def _size(self, size: str) -> dict[str, Any]:
@@ -257,7 +318,7 @@ def load_study(name_or_path: str | Path) -> Study:
     spec = yaml.safe_load(path.read_text()) or {}
     name = path.parent.name
     known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
-             "quantities", "expect", "curves", "profiles", "checks"}  # fmt: skip
+             "quantities", "expect", "curves", "profiles", "checks", "tune"}  # fmt: skip
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     baseline = spec.get("baseline") or {}
@@ -314,6 +375,7 @@ def load_study(name_or_path: str | Path) -> Study:
                 f"{path}: expect names quantity '{e.quantity}'; valid: {', '.join(sorted(names))}"
             )
     checks = _checks(path, spec.get("checks") or [])
+    tune = _tune(path, spec["tune"]) if spec.get("tune") else None
     sizes = spec.get("sizes") or {"quick": {}}
     seeds = [int(s) for s in spec.get("seeds") or [0, 1, 2]]
     return Study(
@@ -331,7 +393,38 @@ def load_study(name_or_path: str | Path) -> Study:
         common=dict(spec.get("common") or {}),
         profiles=[str(p) for p in spec.get("profiles") or []],
         checks=checks,
+        tune=tune,
     )
+
+
+def _tune(path: Path, spec: dict[str, Any]) -> Tune:
+    """The study's ``tune``, checked: a grid of lists, a validation metric, a known stat."""
+    known = {"grid", "metric", "stat", "mode", "seeds"}
+    if unknown := set(spec) - known:
+        raise ConfigError(f"{path}: unknown tune key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    grid = spec.get("grid") or {}
+    if not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: tune.grid needs {{key: [values, ...]}}, e.g. "
+                          "{optimizer.lr: [0.001, 0.01, 0.1]}")  # fmt: skip
+    tune = Tune(
+        grid={str(k): list(v) for k, v in grid.items()},
+        metric=str(spec.get("metric", "val/acc")),
+        stat=spec.get("stat", "best"),
+        mode=spec.get("mode", "max"),
+        seeds=tuple(int(s) for s in spec.get("seeds") or (100,)),
+    )
+    # The choice is made on validation data only: a test metric would leak the test set into
+    # the design that the test set then judges.
+    if not tune.metric.startswith("val"):
+        raise ConfigError(
+            f"{path}: tune.metric {tune.metric} is not a validation metric; tuning reads "
+            "validation data only (val/...)"
+        )
+    if tune.stat not in ("best", "final"):
+        raise ConfigError(f"{path}: tune.stat '{tune.stat}'; valid: best, final")
+    if tune.mode not in ("max", "min"):
+        raise ConfigError(f"{path}: tune.mode '{tune.mode}'; valid: max, min")
+    return tune
 
 
 def _checks(path: Path, specs: list[dict[str, Any]]) -> list[Check]:

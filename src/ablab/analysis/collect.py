@@ -38,7 +38,7 @@ from ablab.analysis.results import (
 )
 from ablab.errors import ConfigError
 from ablab.locks import process_gone
-from ablab.study import Check, Expectation, Quantity, Study, load_study
+from ablab.study import Check, Expectation, Quantity, Study, Tune, load_study
 from ablab.tracking.status import end_lost_run
 from ablab.tracking.sweep import SWEEP_LOCK
 
@@ -340,6 +340,11 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         variance_sources=variance_sources(by_variant),
         size=tags.get("study_size", ""),
         commit=tags.get("git_commit", "")[:10],
+        tuning={
+            v: {label: float(np.mean(x)) if x else float("nan") for label, x in points.items()}
+            for v, points in tuning_scores(client, study, runs.children).items()
+        },
+        tuned={v: tags[f"tuned.{v}"] for v in study.variants if f"tuned.{v}" in tags},
         design=design.text() if design else "",
         rounds=rounds,
         planned_looks=list(design.looks) if design else [],
@@ -660,8 +665,8 @@ def choose_runs(children: Iterable[Run]) -> tuple[dict[str, dict[int, Run]], lis
     unused: list[tuple[str, int, Run, str]] = []
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
         variant, seed = run_variant(run), run_seed(run)
-        if variant is None or seed is None:
-            continue  # not a job of the study (no variant): nothing to report it under
+        if variant is None or seed is None or run_tuning(run) is not None:
+            continue  # not a job of the comparison (no variant, or a tuning run)
         reason = left_out_reason(run)
         if reason is None:
             grouped.setdefault(variant, {})[seed] = run
@@ -681,6 +686,61 @@ def run_variant(run: Run) -> str | None:
     killed before it logged its params)."""
     variant = run.data.params.get("variant") or run.data.tags.get("factor.variant")
     return None if variant in (None, "", "None") else variant
+
+
+def run_tuning(run: Run) -> str | None:
+    """The grid point a run of a study's tuning stage tried (its ``tuning`` param, else the
+    sweep's ``factor.tuning`` tag), or None for a run of the comparison."""
+    point = run.data.params.get("tuning") or run.data.tags.get("factor.tuning")
+    return None if point in (None, "", "None") else point
+
+
+def tuning_scores(
+    client: MlflowClient, study: Study, children: Iterable[Run]
+) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {grid point: [score per tuning seed]}}`` of the finished tuning runs: the
+    study's ``tune.stat`` of ``tune.metric``, a validation metric (:func:`ablab.study._tune`):
+    nothing else of the runs is read."""
+    tune = study.tune
+    if tune is None:
+        return {}
+    quantity = Quantity(tune.metric, tune.stat, mode=tune.mode)
+    scores: dict[str, dict[str, list[float]]] = {
+        v: {Tune.label(p): [] for p in tune.points()} for v in study.variants
+    }
+    for run in children:
+        point, variant = run_tuning(run), run_variant(run)
+        if point is None or left_out_reason(run) is not None:
+            continue
+        if variant in scores and point in scores[variant]:
+            scores[variant][point].append(quantity_value(client, run, quantity))
+    return scores
+
+
+def choose_points(
+    study: Study, scores: Mapping[str, Mapping[str, Sequence[float]]]
+) -> dict[str, dict]:
+    """Each variant's grid point with the best mean score (ties: the first in grid order);
+    raises ConfigError for a variant without a finished, finite tuning run."""
+    if study.tune is None:
+        return {}
+    points = {Tune.label(p): p for p in study.tune.points()}
+    sign = 1.0 if study.tune.mode == "max" else -1.0
+    chosen = {}
+    for variant in study.variants:
+        means = {
+            label: float(np.mean(values))
+            for label, values in scores.get(variant, {}).items()
+            if values and np.isfinite(values).all()
+        }
+        if not means:
+            raise ConfigError(
+                f"variant {variant} of study {study.name} has no finished tuning run with a "
+                f"finite {study.tune.metric}; run the study's command again to finish them"
+            )
+        best = max(means, key=lambda label: sign * means[label])
+        chosen[variant] = points[best]
+    return chosen
 
 
 def run_seed(run: Run) -> int | None:

@@ -295,6 +295,8 @@ class ReportTables:
     left_out: Table
     #: a sequential study's looks (:func:`rounds_table`); None for a study of fixed size
     rounds: Table | None = None
+    #: a study that tunes: each variant's score at each grid point (:func:`tuning_table`)
+    tuning: Table | None = None
 
 
 #: What the table of left-out runs means (under its heading on both pages).
@@ -496,6 +498,31 @@ def report_tables(report: StudyReport) -> ReportTables:
         tuple(measured),
         left_out,
         rounds_table(report) if report.rounds else None,
+        tuning_table(report) if report.tuning else None,
+    )
+
+
+def tuning_table(report: StudyReport) -> Table:
+    """One row per variant: its mean selection score at each grid point over the tuning seeds,
+    the chosen point marked, and the point it was compared at."""
+    labels = list(dict.fromkeys(label for scores in report.tuning.values() for label in scores))
+    rows = []
+    for variant, scores in report.tuning.items():
+        chosen = report.tuned.get(variant, "")
+        cells = [
+            fmt(scores.get(label, math.nan)) + (" ✓" if label == chosen else "") for label in labels
+        ]
+        rows.append((variant, *cells, chosen or "not yet chosen"))
+    return Table(
+        "tuning",
+        ("variant", *labels, "compared at"),
+        tuple(rows),
+        note=(
+            "Each variant tried every grid point on the tuning seeds (runs apart from the "
+            "comparison's); the score is the mean of the selection metric, a validation metric "
+            "(the test set is never read to choose); ✓ the point each variant was then compared at."
+        ),
+        numeric=frozenset(range(1, len(labels) + 1)),
     )
 
 
@@ -618,6 +645,8 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     if t.rounds is not None:
         out += ["## Sequential design", "", report.design, "", _md_note(t.rounds), ""]
         out += _md_table(t.rounds)
+    if t.tuning is not None:
+        out += ["## Tuning", "", _md_note(t.tuning), "", *_md_table(t.tuning)]
     if t.left_out.rows:
         out += ["## Runs left out", "", _md_note(t.left_out), "", *_md_table(t.left_out)]
     out += ["## Variants", "", *_md_table(t.variants)]
@@ -762,6 +791,13 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 {{ render_table(tables.rounds, "rounds") }}
 </section>
 {% endif %}
+{% if tables.tuning %}
+<section>
+<h2>Tuning</h2>
+<p class="note">{{ tables.tuning.note }}</p>
+{{ render_table(tables.tuning, "tuning") }}
+</section>
+{% endif %}
 {% if tables.left_out.rows %}
 <section>
 <h2>Runs left out</h2>
@@ -880,7 +916,10 @@ def to_json(report: StudyReport) -> dict[str, Any]:
         "study": report.study, "claim": report.claim, "size": report.size,
         "commit": report.commit, "seeds": report.seeds, "parent_run_id": report.parent_run_id,
         "verdicts": rows,
-    } | ({"design": report.design, "looks": report.planned_looks,
+    } | ({"tuning": {v: {label: num(x) for label, x in scores.items()}
+                     for v, scores in report.tuning.items()},
+          "tuned": report.tuned} if report.tuning else {}
+    ) | ({"design": report.design, "looks": report.planned_looks,
           "rounds": [{"round": r.look, "seeds": r.seeds, "alpha": r.alpha,
                       "outcomes": r.outcomes, "decided": r.decided} for r in report.rounds]}
          if report.rounds else {})  # fmt: skip

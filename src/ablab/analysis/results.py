@@ -182,6 +182,10 @@ class StudyReport:
     #: the study size run (``quick``, ``full``) and the git commit it ran at
     size: str = ""
     commit: str = ""
+    #: a study that tunes: the mean selection score of each variant at each grid point over the
+    #: tuning seeds, and the point chosen for each variant (``tuned.<variant>`` on the parent)
+    tuning: dict[str, dict[str, float]] = field(default_factory=dict)
+    tuned: dict[str, str] = field(default_factory=dict)
     #: a sequential study's design, named and cited (empty for a study of fixed size), and its
     #: looks so far
     design: str = ""

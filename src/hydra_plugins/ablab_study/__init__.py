@@ -6,6 +6,7 @@ the ``hydra_plugins`` namespace, and finds the class by the module it is defined
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -28,6 +29,7 @@ class StudySweeper(Sweeper):
         folder: str | None = None,
         extra_seeds: int = 0,
         sequential: dict[str, Any] | None = None,
+        tuned: str | None = None,
     ) -> None:
         # folder: the sweep folder's name (conf/hydra/sweeper/study.yaml), used by hydra.sweep.dir
         self.study, self.size = study, size
@@ -52,7 +54,7 @@ class StudySweeper(Sweeper):
         # Imported here: Hydra imports every hydra_plugins module at start-up, and ablab.tracking
         # pulls in Lightning and torch (seconds, and Lightning's own log handler) for every command.
         from ablab.errors import ConfigError
-        from ablab.study import load_study
+        from ablab.study import Tune, load_study
         from ablab.tracking.sweep import swept_keys
 
         if swept := swept_keys(arguments):
@@ -63,11 +65,23 @@ class StudySweeper(Sweeper):
         extra = int(config.get("extra_seeds") or 0)
         if extra < 0:
             raise ConfigError(f"hydra.sweeper.extra_seeds={extra}: a number of seeds, >= 0")
-        jobs = [[*job.overrides, *arguments] for job in study.jobs(config.size, extra)]
+        # A study that tunes runs in two stages under one parent: its tuning jobs first, then,
+        # once each variant's best grid point is known (``tuned``, JSON), the comparison's jobs
+        # appended after them (the tuning jobs keep their numbers and folders).
+        tuned = json.loads(config.get("tuned") or "null")
+        if study.tune is None:
+            planned = study.jobs(config.size, extra)
+        elif tuned is None:
+            planned = study.tune_jobs(config.size)
+        else:
+            planned = [*study.tune_jobs(config.size), *study.jobs(config.size, extra, tuned)]
+        jobs = [[*job.overrides, *arguments] for job in planned]
         seeds = study.seeds_for(config.size, extra)
         tags = {"study": study.name, "study_size": str(config.size),
                 "study_file": str(study.folder / "study.yaml"),
                 "study_seeds": ",".join(map(str, seeds))}  # fmt: skip
+        for variant, point in (tuned or {}).items():
+            tags[f"tuned.{variant}"] = Tune.label(point)
         # A sequential study (ablab study --until-decided): its design, which the report reads.
         for key, value in (config.get("sequential") or {}).items():
             listed = not isinstance(value, str | int | float)

@@ -1,0 +1,197 @@
+"""Per-arm tuning (issue 17, item 1): a study declares what each arm may tune; ablab runs the
+grid on tuning seeds, picks each arm's best point on a validation metric only, then compares the
+arms each at its own best point, all under one parent run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from ablab.analysis.collect import (
+    choose_points,
+    choose_runs,
+    collect,
+    find_study_runs,
+    tuning_scores,
+)
+from ablab.analysis.render import to_json, to_markdown
+from ablab.errors import ConfigError
+from ablab.study import Tune, load_study
+from conftest import tracking_uri
+
+STUDY = """
+claim: "0. A fabricated claim."
+question: Is each arm compared at its own best learning rate?
+common: {trainer: smoke, trainer.max_epochs: 1, callbacks.batch_preview: null,
+         callbacks.model_checkpoint: null, logger.log_model: false}
+baseline: {name: relu, overrides: {model.act: relu}}
+variants:
+  tanh: {model.act: tanh}
+seeds: [0, 1, 2]
+sizes: {quick: {}}
+tune:
+  grid: {optimizer.lr: [0.001, 0.01, 0.1]}
+  metric: val/acc
+  seeds: [100, 101]
+quantities:
+  - {metric: val/acc, stat: final}
+expect:
+  - {variant: tanh, quantity: final val/acc, direction: lower}
+"""
+
+#: val/acc of each arm at each lr: relu is best at 0.1, tanh at 0.01; test/acc says the opposite
+#: (a choice made on it would pick 0.001 for both)
+VAL = {"relu": {0.001: 0.5, 0.01: 0.7, 0.1: 0.9}, "tanh": {0.001: 0.6, 0.01: 0.8, 0.1: 0.4}}
+TEST = {"relu": {0.001: 0.99, 0.01: 0.1, 0.1: 0.1}, "tanh": {0.001: 0.99, 0.01: 0.1, 0.1: 0.1}}
+
+
+def write_study(root: Path, text: str = STUDY, name: str = "tuned") -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "study.yaml").write_text(text)
+    return folder
+
+
+def fabricate(root: Path) -> tuple[MlflowClient, str, Path]:
+    """A study parent with finished tuning children (two seeds per point, a little spread) and
+    comparison children at 0.1 for relu and 0.01 for tanh."""
+    folder = write_study(root)
+    client = MlflowClient(tracking_uri(root))
+    experiment = client.create_experiment("tuned", artifact_location=str(root / "a"))
+    tags = {"sweep": "parent", "study": "tuned", "study_file": str(folder / "study.yaml"),
+            "study_size": "quick", "tuned.relu": "optimizer.lr=0.1",
+            "tuned.tanh": "optimizer.lr=0.01"}  # fmt: skip
+    parent = client.create_run(experiment, tags=tags).info.run_id
+
+    def child(variant: str, seed: int, val: float, test: float, tuning: str | None) -> None:
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+        params = [Param("variant", variant), Param("seed", str(seed))]
+        params += [Param("tuning", tuning)] if tuning else []
+        client.log_batch(run, metrics=[Metric("val/acc", val, 0, 5), Metric("test/acc", test, 0, 5)],
+                         params=params)  # fmt: skip
+        client.set_terminated(run, "FINISHED")
+
+    for variant, by_lr in VAL.items():
+        for lr, val in by_lr.items():
+            for k, seed in enumerate((100, 101)):
+                child(variant, seed, val + 0.01 * k, TEST[variant][lr], f"optimizer.lr={lr}")
+    for seed in range(3):
+        child("relu", seed, 0.9 + 0.01 * seed, 0.5, None)
+        child("tanh", seed, 0.8 + 0.01 * seed, 0.5, None)
+    return client, parent, folder
+
+
+def test_the_tuning_stage_picks_each_arms_best_point_on_validation_only(root: Path) -> None:
+    client, parent, _ = fabricate(root)
+    runs = find_study_runs(client, parent)
+    scores = tuning_scores(client, runs.study, runs.children)
+    assert sorted(scores["relu"]["optimizer.lr=0.1"]) == pytest.approx([0.9, 0.91])
+    assert choose_points(runs.study, scores) == {
+        "relu": {"optimizer.lr": 0.1},
+        "tanh": {"optimizer.lr": 0.01},
+    }
+    # the tuning runs are not the comparison's: three seeds per arm, the tuning seeds left out
+    by_variant, left_out = choose_runs(runs.children)
+    assert {v: sorted(seeds) for v, seeds in by_variant.items()} == {
+        "relu": [0, 1, 2],
+        "tanh": [0, 1, 2],
+    }
+    assert not left_out
+
+
+def test_an_arm_minimising_its_metric_and_an_arm_without_tuning_runs(root: Path) -> None:
+    study = load_study(
+        write_study(root, STUDY.replace("seeds: [100, 101]", "seeds: [100, 101]\n  mode: min"))
+    )
+    scores = {"relu": {"optimizer.lr=0.001": [0.2], "optimizer.lr=0.01": [0.1, 0.3],
+                       "optimizer.lr=0.1": [float("nan")]},
+              "tanh": {"optimizer.lr=0.001": []}}  # fmt: skip
+    with pytest.raises(ConfigError, match="tanh of study tuned has no finished tuning run"):
+        choose_points(study, scores)
+    scores["tanh"] = {"optimizer.lr=0.1": [0.5]}
+    # a NaN score never wins; ties go to the first point in grid order
+    assert choose_points(study, scores) == {
+        "relu": {"optimizer.lr": 0.001},
+        "tanh": {"optimizer.lr": 0.1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [("{grid: {optimizer.lr: [0.1]}, metric: test/acc}", "not a validation metric"),
+     ("{grid: {optimizer.lr: 0.1}}", "tune.grid needs"),
+     ("{grid: {optimizer.lr: [0.1]}, stat: steps_to}", "tune.stat 'steps_to'; valid: best, final"),
+     ("{grid: {optimizer.lr: [0.1]}, budget: 3}", "unknown tune key(s) ['budget']")],
+)  # fmt: skip
+def test_a_tuning_declaration_is_checked(root: Path, tune: str, message: str) -> None:
+    text = STUDY.split("tune:")[0] + f"tune: {tune}\n" + STUDY.split("seeds: [100, 101]\n")[1]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(write_study(root, text))
+
+
+def test_tuning_jobs_come_first_and_the_comparison_runs_at_each_arms_point(root: Path) -> None:
+    study = load_study(write_study(root))
+    tuning = study.tune_jobs("quick")
+    assert len(tuning) == 2 * 3 * 2  # arms x points x tuning seeds
+    assert "tuning='optimizer.lr=0.01'" in tuning[2].overrides
+    assert {j.seed for j in tuning} == {100, 101}
+    chosen = {"relu": {"optimizer.lr": 0.1}, "tanh": {"optimizer.lr": 0.01}}
+    compared = study.jobs("quick", tuned=chosen)
+    assert all("optimizer.lr=0.1" in j.overrides for j in compared if j.variant == "relu")
+    assert all("optimizer.lr=0.01" in j.overrides for j in compared if j.variant == "tanh")
+    assert not any(o.startswith("tuning=") for j in compared for o in j.overrides)
+    assert Tune.label({"optimizer.lr": 0.01, "optimizer.weight_decay": 0.0}) == (
+        "optimizer.lr=0.01,optimizer.weight_decay=0.0"
+    )
+    assert {"tuning", "optimizer.lr"} <= set(study.factors())
+
+
+def test_the_report_shows_each_arms_scores_over_the_grid_and_its_choice(root: Path) -> None:
+    client, parent, _ = fabricate(root)
+    report = collect(client, find_study_runs(client, parent))
+    assert report.tuned == {"relu": "optimizer.lr=0.1", "tanh": "optimizer.lr=0.01"}
+    assert report.tuning["tanh"]["optimizer.lr=0.01"] == pytest.approx(0.805)
+    markdown = to_markdown(report, {})
+    assert "## Tuning" in markdown and "the test set is never read to choose" in markdown
+    assert "| tanh | 0.605 | 0.805 ✓ | 0.405 | optimizer.lr=0.01 |" in markdown
+    data = to_json(report)
+    assert data["tuned"] == report.tuned
+    json.dumps(data, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_a_study_that_tunes_runs_both_stages_under_one_parent(root: Path) -> None:
+    from conftest import run_module
+    from injected import SAFETY_TIMEOUT_S
+
+    text = STUDY.replace("[0.001, 0.01, 0.1]", "[0.0001, 0.05]").replace(
+        "seeds: [100, 101]", "seeds: [100]"
+    )
+    folder = write_study(root, text, "tunedrun")
+    proc = run_module(["ablab.cli", "study", str(folder)], root, timeout=SAFETY_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "ablab: tuning optimizer.lr per variant" in proc.stderr
+    client = MlflowClient(tracking_uri(root))
+    runs = find_study_runs(client, str(folder))
+    assert len(runs.children) == 2 * 2 + 2 * 3  # the grid, then the comparison
+    tags = runs.parent.data.tags
+    chosen = {v: tags[f"tuned.{v}"] for v in ("relu", "tanh")}
+    assert all(c in ("optimizer.lr=0.0001", "optimizer.lr=0.05") for c in chosen.values())
+    for run in runs.children:
+        if run.data.params.get("tuning") in (None, "None"):  # a comparison run: its arm's point
+            assert (
+                f"optimizer.lr={run.data.params['optimizer.lr']}"
+                == chosen[run.data.params["variant"]]
+            )
+    # the choice is the validation winner of the tuning runs, as the report shows it
+    report = collect(client, runs)
+    for variant, label in chosen.items():
+        scores = report.tuning[variant]
+        assert label == max(scores, key=lambda k: scores[k])
+    results = (folder / "RESULTS.md").read_text()
+    assert "## Tuning" in results and "✓" in results
