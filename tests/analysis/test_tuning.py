@@ -19,7 +19,7 @@ from ablab.analysis.collect import (
     find_study_runs,
     tuning_scores,
 )
-from ablab.analysis.render import to_json, to_markdown
+from ablab.analysis.render import to_json, to_markdown, write_report
 from ablab.errors import ConfigError
 from ablab.study import Tune, load_study
 from conftest import tracking_uri
@@ -162,6 +162,11 @@ def test_the_report_shows_each_arms_scores_over_the_grid_and_its_choice(root: Pa
     data = to_json(report)
     assert data["tuned"] == report.tuned
     json.dumps(data, allow_nan=False)
+    # the plot of the grid, under the table in both pages
+    paths = write_report(report, root / "out")
+    assert (root / "out" / "RESULTS_files" / "tuning.png").is_file()
+    assert "](RESULTS_files/tuning.png)" in paths["markdown"].read_text()
+    assert 'id="fig-tuning"' in paths["html"].read_text()
 
 
 @pytest.mark.slow

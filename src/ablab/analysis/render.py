@@ -98,7 +98,12 @@ def figure_refs(report: StudyReport) -> list[FigureRef]:
     ``diag_<metric>`` per diagnostic (``diag/act_std/stem.conv`` -> ``diag_act_std_stem.conv``).
     Names keep only ``[A-Za-z0-9._-]`` and are unique (a clash gets ``_2``, ``_3``…)."""
     refs: list[FigureRef] = []
-    taken: set[str] = {"forest"}
+    taken: set[str] = {"forest", "tuning"}
+    if report.tuning:
+        refs.append(FigureRef("tuning", "tuning", "", (
+            "tuning: each variant's mean validation score at every grid point, the chosen "
+            "point starred"
+        )))  # fmt: skip
     if report.verdicts:
         quantities = list(dict.fromkeys(v.quantity for v in report.verdicts))
         refs.append(FigureRef("forest", "forest", "", (
@@ -231,6 +236,43 @@ def plot_forest(report: StudyReport) -> Figure:
     return fig
 
 
+def plot_tuning(report: StudyReport) -> Figure:
+    """Each variant's mean selection score over the tuning grid, one line per variant, its
+    chosen point starred. A grid over one numeric key is drawn against its values (log axis
+    when they span a factor of 10 or more, as learning rates do); any other grid against its
+    points in order."""
+    order = [v.name for v in report.variants]
+    labels = list(dict.fromkeys(label for scores in report.tuning.values() for label in scores))
+    keys = {label.split("=", 1)[0] for label in labels}
+    try:
+        xs = [float(label.split("=", 1)[1]) for label in labels] if len(keys) == 1 else None
+    except ValueError:
+        xs = None
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.subplots()
+    positions = xs if xs is not None else list(range(len(labels)))
+    for i, (variant, scores) in enumerate(
+        sorted(report.tuning.items(), key=lambda kv: _rank(order, kv[0]))
+    ):
+        colour = f"C{_rank(order, variant) % 10 if variant in order else i % 10}"
+        ys = [scores.get(label, math.nan) for label in labels]
+        ax.plot(positions, ys, "o-", color=colour, label=variant)
+        if (chosen := report.tuned.get(variant)) in labels:
+            k = labels.index(chosen)
+            ax.plot([positions[k]], [ys[k]], "*", color=colour, markersize=16)
+    if xs is not None:
+        if min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(next(iter(keys)))
+    else:
+        ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize="small")
+        ax.set_xlabel("grid point")
+    ax.set_ylabel("validation score (mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 #: x axis of the diagnostics figures: per-layer profiles (ablab.analysis.collect).
 PROFILE_X = "layer (input to output)"
 
@@ -243,6 +285,9 @@ def figures(report: StudyReport) -> dict[str, Figure]:
     for ref in figure_refs(report):
         if ref.section == "forest":
             out[ref.name] = plot_forest(report)
+            continue
+        if ref.section == "tuning":
+            out[ref.name] = plot_tuning(report)
             continue
         bands = (report.curves if ref.section == "curves" else report.diagnostics)[ref.metric]
         # Study order, so the baseline and every variant keep their colour across figures.
@@ -647,6 +692,8 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
         out += _md_table(t.rounds)
     if t.tuning is not None:
         out += ["## Tuning", "", _md_note(t.tuning), "", *_md_table(t.tuning)]
+        if "tuning" in images:
+            out += [f"![tuning: each variant's score over the grid]({quote(images['tuning'])})", ""]
     if t.left_out.rows:
         out += ["## Runs left out", "", _md_note(t.left_out), "", *_md_table(t.left_out)]
     out += ["## Variants", "", *_md_table(t.variants)]
@@ -693,7 +740,12 @@ def _figure_sections(
 ) -> list[tuple[str, list[FigureRef]]]:
     refs = [r for r in figure_refs(report) if r.name in images]
     known = {r.name for r in refs}
-    extra = [FigureRef(n, "other", n, n) for n in images if n not in known and n != "forest"]
+    # the forest plot and the tuning plot are shown by their tables, not among the sections
+    extra = [
+        FigureRef(n, "other", n, n)
+        for n in images
+        if n not in known and n not in ("forest", "tuning")
+    ]
     sections = [
         ("Learning curves", [r for r in refs if r.section == "curves"]),
         ("Diagnostics", [r for r in refs if r.section == "diagnostics"]),
@@ -796,6 +848,7 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 <h2>Tuning</h2>
 <p class="note">{{ tables.tuning.note }}</p>
 {{ render_table(tables.tuning, "tuning") }}
+{% if tuning_figure %}<figure id="fig-tuning"><img src="{{ tuning_figure }}" alt="tuning: each variant's score over the grid"></figure>{% endif %}
 </section>
 {% endif %}
 {% if tables.left_out.rows %}
@@ -878,6 +931,7 @@ def to_html(report: StudyReport, images: Mapping[str, bytes]) -> str:
         tables=report_tables(report),
         sections=sections,
         forest=[(r, _data_uri(images[r.name])) for r in _forest(report, images)],
+        tuning_figure=_data_uri(images["tuning"]) if "tuning" in images else "",
         variance=variance_text(report),
         generated=footer + ".",
         dash=DASH,
