@@ -22,6 +22,8 @@ Declared in ``experiments/<study>/study.yaml``::
     curves: [val/acc, train/loss]            # learning curves to plot
     profiles: [act_std@init, grad_norm]      # per-layer diagnostics (callbacks=diagnostics),
                                              # at the end of training or @init (step 0)
+    pilots:                                  # pilot runs that shaped the design (optional)
+      - "sigmoid LeNet, 8 epochs, lr 0.05/0.5/2.0: chance at every rate (no plain baseline)"
     tune:                                    # per-arm tuning before the comparison (optional)
       grid: {optimizer.lr: [0.001, 0.01, 0.1]}   # what each arm may tune (every combination)
       metric: val/acc                        # the selection metric: validation only
@@ -51,6 +53,35 @@ from ablab.errors import ConfigError
 
 #: ``experiments/`` at the top of the checkout (src layout).
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "experiments"
+#: The data and model every run gets unless overridden (``conf/train.yaml``'s defaults list and
+#: its trainer's epochs), for a study's :meth:`Study.scale`.
+_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _trainer_epochs(name: str) -> Any:
+    """``max_epochs`` of ``conf/trainer/<name>.yaml`` (following its own defaults list), or
+    None."""
+    path = _CONF / "trainer" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    spec = yaml.safe_load(path.read_text()) or {}
+    if "max_epochs" in spec:
+        return spec["max_epochs"]
+    parents = [e for e in spec.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+    return _trainer_epochs(parents[0]) if parents else None
+
+
+def _conf_defaults() -> dict[str, Any]:
+    """The data, model and trainer ``conf/train.yaml`` picks, with the trainer's epochs."""
+    defaults: dict[str, Any] = {}
+    for entry in yaml.safe_load((_CONF / "train.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, dict):
+            defaults.update({k: v for k, v in entry.items() if k in ("data", "model", "trainer")})
+    defaults["trainer.max_epochs"] = _trainer_epochs(str(defaults.get("trainer", "default")))
+    return defaults
+
+
+_DEFAULTS = _conf_defaults()
 STUDY_FILE = "study.yaml"
 STATS = ("final", "first", "best", "steps_to", "diverged", "param")
 DIRECTIONS = ("higher", "lower", "same")
@@ -198,6 +229,32 @@ class Study:
     checks: list[Check] = field(default_factory=list)
     #: per-arm tuning before the comparison, or None
     tune: Tune | None = None
+    #: the pilot runs that shaped the design, with their numbers (shown in the report)
+    pilots: list[str] = field(default_factory=list)
+
+    def scale(self, size: str) -> str:
+        """What the study's verdicts were measured at, for every verdict row: the size's
+        ``scale`` text when it gives one, else its data, model and epochs from the overrides
+        (the config's defaults where a study sets none)."""
+        spec = self._size(size)
+        if spec.get("scale"):
+            return str(spec["scale"])
+        declared = {**self.common, **(spec.get("overrides") or {})}
+        merged = {**_DEFAULTS, **declared}
+        if "trainer" in declared and "trainer.max_epochs" not in declared:
+            merged["trainer.max_epochs"] = _trainer_epochs(str(declared["trainer"]))
+        parts = []
+        for key in ("data", "model"):
+            # a key the variants change (the model, in plain vs residual) names every value
+            values = dict.fromkeys(
+                _value(v.get(key, merged.get(key))) for v in self.variants.values()
+            )
+            values.pop("None", None)
+            if values:
+                parts.append(f"{key}={'/'.join(values)}")
+        if merged.get("trainer.max_epochs") is not None:
+            parts.append(f"{_value(merged['trainer.max_epochs'])} epochs")
+        return ", ".join(parts)
 
     def seeds_for(self, size: str, extra: int = 0) -> list[int]:
         """The seeds of ``size``, then ``extra`` more: the next integers not among them (seeds
@@ -318,7 +375,7 @@ def load_study(name_or_path: str | Path) -> Study:
     spec = yaml.safe_load(path.read_text()) or {}
     name = path.parent.name
     known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
-             "quantities", "expect", "curves", "profiles", "checks", "tune"}  # fmt: skip
+             "quantities", "expect", "curves", "profiles", "checks", "tune", "pilots"}  # fmt: skip
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     baseline = spec.get("baseline") or {}
@@ -394,6 +451,7 @@ def load_study(name_or_path: str | Path) -> Study:
         profiles=[str(p) for p in spec.get("profiles") or []],
         checks=checks,
         tune=tune,
+        pilots=[str(p) for p in spec.get("pilots") or []],
     )
 
 

@@ -119,3 +119,38 @@ def test_a_censored_threshold_is_marked_in_the_tables_and_the_verdict() -> None:
     assert "censored: counted as N + 1, not measured" in markdown
     assert f"{variant.name} 1 of 3 reached it" in markdown
     assert np.isfinite(variant.summaries[name].mean)  # the table still shows the (bounded) mean
+
+
+def test_an_inconclusive_result_against_the_claim_is_named_as_such() -> None:
+    """tanh above ReLU on 3 of 3 seeds, the claim says lower: inconclusive (3 seeds, Holm) but
+    named as going the opposite way, never as a weak confirmation."""
+    relu = {0: 0.80, 1: 0.82, 2: 0.79}
+    tanh = {0: 0.84, 1: 0.83, 2: 0.86}
+    c = stats.holm([stats.paired("tanh", "final val/acc", relu, tanh)] * 3)[0]
+    v = stats.verdict(CLAIM, c, "lower")
+    assert v.outcome == "inconclusive"
+    assert v.reason.startswith("opposite to the claim (higher on 3 of 3 seeds), not significant: ")
+    # the same data under the claim "higher" lean its way: no such words
+    assert "opposite" not in stats.verdict(CLAIM, c, "higher").reason
+
+
+def test_a_studys_scale_names_its_data_models_and_budget(tmp_path: Path) -> None:
+    assert load_study("bn_vs_nobn").scale("quick") == "data=digits, model=lenet5, 8 epochs"
+    # the model is what the variants change: every one is named
+    assert load_study("plain_vs_residual").scale("quick") == (
+        "data=digits, model=plain20/plain56/resnet20/resnet56, 4 epochs"
+    )
+    # a size may say it in its own words; a trainer group without epochs gives its own
+    folder = tmp_path / "scaled"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(
+        STUDY.replace(
+            "sizes: {quick: {}}",
+            "sizes: {quick: {scale: 'digits, 2 steps'}, smoke: {overrides: {trainer: smoke}}}",
+        )
+        + 'pilots: ["lr 0.1: diverged on 2 of 3 seeds"]\n'
+    )
+    study = load_study(folder)
+    assert study.scale("quick") == "digits, 2 steps"
+    assert study.scale("smoke") == "data=digits, model=lenet5, 1 epochs"
+    assert study.pilots == ["lr 0.1: diverged on 2 of 3 seeds"]

@@ -284,16 +284,21 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
 
 
 def test_markdown_content() -> None:
-    report = make_report()
+    report = make_report(scale="data=digits, model=lenet5, 8 epochs", pilots=["a | pilot"])
     images = {r.name: f"RESULTS_files/{r.name}.png" for r in figure_refs(report)}
     text = to_markdown(report, images)
     tables = markdown_tables(text)
     headers = [t[0] for t in tables]
     verdicts = tables[
-        headers.index(["claim", "variant", "quantity", "expected", "verdict", "reason"])
+        headers.index(["claim", "variant", "quantity", "expected", "verdict", "reason", "measured"])
     ]
     assert [row[4] for row in verdicts[1:]] == ["inconclusive", "holds", "does not hold"]
     assert verdicts[2][5] == "significantly | lower"  # the pipe was escaped, not a new cell
+    # every verdict row says what it was measured at
+    assert {row[6] for row in verdicts[1:]} == {
+        "at this scale: data=digits, model=lenet5, 8 epochs"
+    }
+    assert "## Pilot runs that shaped the design\n\n- a \\| pilot\n" in text
     summaries = [t for t in tables if t[0][:2] == ["variant", "mean ± std"]]
     assert len(summaries) == len(QUANTITIES)
     assert all(len(t) == 1 + len(VARIANTS) for t in summaries)

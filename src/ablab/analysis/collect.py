@@ -345,6 +345,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             for v, points in tuning_scores(client, study, runs.children).items()
         },
         tuned={v: tags[f"tuned.{v}"] for v in study.variants if f"tuned.{v}" in tags},
+        scale=study.scale(tags["study_size"]) if tags.get("study_size") in study.sizes else "",
+        pilots=study.pilots,
         design=design.text() if design else "",
         rounds=rounds,
         planned_looks=list(design.looks) if design else [],

@@ -367,9 +367,10 @@ def report_tables(report: StudyReport) -> ReportTables:
     def label(name: str) -> str:
         return f"{name} (baseline)" if name == base else name
 
+    scale = f"at this scale: {report.scale}" if report.scale else DASH
     verdicts = Table(
         "verdicts",
-        ("claim", "variant", "quantity", "expected", "verdict", "reason"),
+        ("claim", "variant", "quantity", "expected", "verdict", "reason", "measured"),
         tuple(
             (
                 v.claim,
@@ -382,6 +383,7 @@ def report_tables(report: StudyReport) -> ReportTables:
                 ),
                 v.outcome,
                 v.reason,
+                scale,
             )
             for v in report.verdicts
         ),
@@ -690,6 +692,9 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
     if t.rounds is not None:
         out += ["## Sequential design", "", report.design, "", _md_note(t.rounds), ""]
         out += _md_table(t.rounds)
+    if report.pilots:
+        out += ["## Pilot runs that shaped the design", ""]
+        out += [*(f"- {_md_cell(p)}" for p in report.pilots), ""]
     if t.tuning is not None:
         out += ["## Tuning", "", _md_note(t.tuning), "", *_md_table(t.tuning)]
         if "tuning" in images:
@@ -843,6 +848,12 @@ footer { margin-top: 2.5rem; color: #57606a; font-size: .88rem; border-top: 1px 
 {{ render_table(tables.rounds, "rounds") }}
 </section>
 {% endif %}
+{% if report.pilots %}
+<section>
+<h2>Pilot runs that shaped the design</h2>
+<ul>{% for p in report.pilots %}<li>{{ p }}</li>{% endfor %}</ul>
+</section>
+{% endif %}
 {% if tables.tuning %}
 <section>
 <h2>Tuning</h2>
@@ -968,6 +979,7 @@ def to_json(report: StudyReport) -> dict[str, Any]:
         )  # fmt: skip
     return {
         "study": report.study, "claim": report.claim, "size": report.size,
+        "scale": report.scale,
         "commit": report.commit, "seeds": report.seeds, "parent_run_id": report.parent_run_id,
         "verdicts": rows,
     } | ({"tuning": {v: {label: num(x) for label, x in scores.items()}

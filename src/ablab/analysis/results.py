@@ -182,6 +182,10 @@ class StudyReport:
     #: the study size run (``quick``, ``full``) and the git commit it ran at
     size: str = ""
     commit: str = ""
+    #: what the verdicts were measured at (data, model, budget: ``Study.scale``)
+    scale: str = ""
+    #: the pilot runs that shaped the design, as the study file lists them
+    pilots: list[str] = field(default_factory=list)
     #: a study that tunes: the mean selection score of each variant at each grid point over the
     #: tuning seeds, and the point chosen for each variant (``tuned.<variant>`` on the parent)
     tuning: dict[str, dict[str, float]] = field(default_factory=dict)

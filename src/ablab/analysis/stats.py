@@ -408,6 +408,8 @@ def verdict(
         numbers += f"; {c.test} because {c.test_reason}"
 
     def out(outcome: Outcome, reason: str) -> Verdict:
+        if outcome == "inconclusive":  # not significant, but say which way it went
+            reason = _opposite(c, expected) + reason
         return Verdict(claim, c.variant, c.quantity, expected, outcome, reason)
 
     if expected not in ("higher", "lower", "same"):
@@ -443,6 +445,20 @@ def verdict(
         "inconclusive",
         f"CI [{c.ci_low:.4g}, {c.ci_high:.4g}] spans 0 ({numbers}).{_power_text(c)}",
     )
+
+
+def _opposite(c: Comparison, expected: Direction) -> str:
+    """ "opposite to the claim (higher on 3 of 3 seeds), not significant: " when the mean
+    difference goes against a directional claim, else "": an inconclusive verdict must not
+    read as a weak confirmation when the data lean the other way."""
+    if expected not in ("higher", "lower") or not math.isfinite(c.diff_mean) or c.diff_mean == 0:
+        return ""
+    if (c.diff_mean > 0) == (expected == "higher"):
+        return ""
+    d = np.asarray(c.diffs, dtype=float)
+    way = "lower" if expected == "higher" else "higher"
+    against = int(np.sum(d < 0) if expected == "higher" else np.sum(d > 0))
+    return f"opposite to the claim ({way} on {against} of {d.size} seeds), not significant: "
 
 
 def _power_text(c: Comparison) -> str:
