@@ -68,6 +68,7 @@ def read_study(folder: Path) -> StudyEntry:
         got = json.loads(data.read_text())
         entry.verdicts, entry.size = got["verdicts"], got.get("size", "")
         entry.commit, entry.seeds = got.get("commit", ""), got.get("seeds", [])
+        entry.scale = got.get("scale", "")
     elif entry.report:
         entry.numbers_known = False
         for line in (folder / "RESULTS.md").read_text().splitlines():
@@ -94,7 +95,13 @@ def claims_page(experiments: Path) -> tuple[str, str]:
     """(Markdown, HTML) of every claim in ``experiments/claims.yaml`` with its verdicts."""
     claims = yaml.safe_load((experiments / "claims.yaml").read_text())["claims"]
     studies = [read_study(f) for f in sorted(experiments.iterdir()) if (f / "study.yaml").exists()]
-    header = ["claim", "the notes say", "study", "verdicts", "size, seeds, commit"]
+    header = [
+        "claim",
+        "the notes say",
+        "study",
+        "verdicts",
+        "measured at: scale, size, seeds, commit",
+    ]
     rows: list[list[str]] = []
     for number, text in sorted(claims.items()):
         mine = [s for s in studies if number in s.numbers]
@@ -108,7 +115,7 @@ def claims_page(experiments: Path) -> tuple[str, str]:
             else:
                 verdicts = "<br>".join(verdict_text(v) for v in s.verdicts)
                 verdicts += "" if s.numbers_known else "<br>(report predates RESULTS.json)"
-            facts = (s.size, f"{len(s.seeds)} seeds" if s.seeds else "",
+            facts = (s.scale, s.size, f"{len(s.seeds)} seeds" if s.seeds else "",
                      f"`{s.commit}`" if s.commit else "")  # fmt: skip
             rows.append(
                 [str(number), text, link, verdicts, ", ".join(x for x in facts if x) or "—"]
