@@ -41,6 +41,7 @@ class StudyEntry:
     size: str = ""
     commit: str = ""
     seeds: list[int] = field(default_factory=list)
+    scale: str = ""  # what the verdicts were measured at (data, model, budget)
     numbers_known: bool = True  # False: a legacy report, outcomes without numbers
 
 
