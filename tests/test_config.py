@@ -109,6 +109,20 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             assert cfg.task.num_classes == cfg.data.num_classes
 
 
+def test_train_eval_is_off_by_default_and_one_override(compose_cfg) -> None:
+    """The clean training set is scored only when asked: by default validation is one loader,
+    exactly as before; ``data.train_eval=true`` adds the named second one on every data option."""
+    with compose_cfg() as cfg:
+        assert cfg.data.train_eval is False and cfg.data.train_eval_limit is None
+        assert not isinstance(instantiate(cfg.data).val_dataloader(), dict)
+    with compose_cfg("data.train_eval=true") as cfg:
+        assert list(instantiate(cfg.data).val_dataloader()) == ["val", "train_eval"]
+    for option in sorted(p.stem for p in (CONF / "data").glob("*.yaml")):
+        with compose_cfg(f"data={option}", "data.train_eval=true") as cfg:
+            check_types(cfg)
+            assert cfg.data.train_eval is True
+
+
 def test_name_limits_are_mlflows() -> None:
     from mlflow.utils import validation
 

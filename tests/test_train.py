@@ -34,6 +34,28 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return out
 
 
+def test_data_train_eval_logs_the_clean_training_scores_beside_validation(compose_cfg, root):
+    """One override: every validation also scores the (here, at most 100) clean training
+    examples, logged at validation's step; the limit is among the run's params."""
+    overrides = ("trainer=smoke", "trainer.max_epochs=2", "data.train_eval=true",
+                 "data.train_eval_limit=100")  # fmt: skip
+    with compose_cfg(*overrides) as cfg:
+        train(cfg)
+    run = only_run(root)
+    assert run.info.status == "FINISHED"
+    scores = {k for k in run.data.metrics if k.startswith("train_eval/")}
+    assert scores == {"train_eval/acc", "train_eval/acc_top5", "train_eval/loss"}
+    assert (run.data.params["data.train_eval"], run.data.params["data.train_eval_limit"]) == (
+        "True",
+        "100",
+    )
+    client = MlflowClient(tracking_uri(root))
+    history = {k: client.get_metric_history(run.info.run_id, k) for k in ("val/acc", *scores)}
+    steps = {k: [m.step for m in h] for k, h in history.items()}
+    assert all(s == steps["val/acc"] and len(s) == 2 for s in steps.values()), steps
+    assert all(0.0 <= m.value <= 1.0 for m in history["train_eval/acc"])
+
+
 def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, root) -> None:
     with compose_cfg("trainer=smoke", "trainer.max_epochs=2") as cfg:
         metrics = train(cfg)
@@ -63,6 +85,7 @@ def test_run_is_tracked_with_params_metrics_config_and_checkpoint(compose_cfg, r
         assert key in run.data.metrics, key
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    assert not any(k.startswith("train_eval/") for k in run.data.metrics)  # off by default
     # tags
     tags = run.data.tags
     assert (tags["model"], tags["data"], tags["experiment"]) == ("lenet5", "digits", "default")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 from tests.data.formats import make_cifar10, make_cifar100, make_image_folder, make_mnist
@@ -22,6 +24,7 @@ from ablab.data import (
 )
 from ablab.data.base import dataset_targets, long_tail_counts, long_tail_subset
 from ablab.errors import ConfigError
+from ablab.tasks import ClassifierModule
 
 
 def sizes(dm) -> dict[str, int]:
@@ -370,3 +373,70 @@ def test_bad_imbalance_ratio_is_one_line(ratio) -> None:
     with pytest.raises(ConfigError, match=r"data\.imbalance_ratio must be .*>= 1") as err:
         DigitsDataModule(imbalance_ratio=ratio)
     assert "\n" not in str(err.value) and str(ratio) in str(err.value)
+
+
+class Batches(pl.Callback):
+    """Every batch as the model receives it (after the transfer hooks), by loader."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "train_eval": []}
+        self.labels: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen["train"].append(batch[0])
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        name = pl_module.validation_sets()[dataloader_idx]
+        self.seen[name].append(batch[0])
+        if name == "train_eval":
+            self.labels.append(batch[1])
+
+
+def test_the_clean_training_loader_is_the_training_split_through_validations_transfer() -> None:
+    """With crops and flips on, a real fit's train_eval batches are the training examples in
+    stored order, standardised exactly as validation's are, and never augmented; the training
+    batches of the same fit are."""
+    import kornia.augmentation as K
+
+    from ablab.data import BatchAugment
+
+    crop_flip = {"crop": K.RandomCrop((8, 8), padding=2), "hflip": K.RandomHorizontalFlip(p=1.0)}
+    dm = DigitsDataModule(image_size=8, augmentation=BatchAugment(crop_flip), train_eval=True)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    task = ClassifierModule(net, partial(torch.optim.SGD, lr=0.1), None,
+                            torch.nn.CrossEntropyLoss(), num_classes=10)  # fmt: skip
+    batches = Batches()
+    pl.Trainer(accelerator="cpu", max_epochs=1, num_sanity_val_steps=0, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[batches]).fit(task, datamodule=dm)  # fmt: skip
+    x, y = dm.splits["train"].tensors
+    clean = torch.cat(batches.seen["train_eval"])
+    assert torch.equal(clean, dm.standardize(x)) and torch.equal(torch.cat(batches.labels), y)
+    assert torch.equal(torch.cat(batches.seen["val"]), dm.standardize(dm.splits["val"].tensors[0]))
+    trained = torch.cat(batches.seen["train"])
+    assert len(trained) == len(clean)
+    unaugmented = {image.numpy().tobytes() for image in clean}
+    as_stored = sum(image.numpy().tobytes() in unaugmented for image in trained)
+    assert as_stored < 0.05 * len(trained), as_stored  # flipped (and most cropped) in training
+
+
+def test_train_eval_limit_is_a_fixed_seeded_subset_in_stored_order() -> None:
+    def clean(**kw) -> TensorDataset:
+        dm = DigitsDataModule(train_eval=True, train_eval_limit=100, **kw)
+        return dm.val_dataloader()["train_eval"].dataset
+
+    first, again, other = clean(seed=0), clean(seed=0), clean(seed=1)
+    assert len(first) == 100 and torch.equal(first.tensors[0], again.tensors[0])
+    assert not torch.equal(first.tensors[0], other.tensors[0])
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    x, y = dm.splits["train"].tensors
+    index = [
+        next(i for i in range(len(x)) if torch.equal(x[i], image)) for image in first.tensors[0]
+    ]
+    assert index == sorted(index) and torch.equal(y[index], first.tensors[1])
+    assert not isinstance(DigitsDataModule().val_dataloader(), dict)  # off: one loader, as before
+    everything = DigitsDataModule(train_eval=True, train_eval_limit=10**6).val_dataloader()
+    assert len(everything["train_eval"].dataset) == len(x)
+    with pytest.raises(ConfigError, match=r"data\.train_eval_limit must be a positive"):
+        DigitsDataModule(train_eval_limit=0)

@@ -94,3 +94,59 @@ def test_soft_targets_are_scored_against_their_argmax(scored) -> None:
     (mixed,) = trainer().test(passthrough_task(), dataloaders=loader(logits, soft))
     for key in ("test/acc", "test/f1_macro", "test/recall_macro", "test/recall/9"):
         assert mixed[key] == pytest.approx(hard[key]), key
+
+
+def test_train_eval_equals_an_eval_mode_hand_computation_on_the_clean_training_set() -> None:
+    """A net with batch norm and dropout trained four epochs on digits with flips and crops: the
+    logged train_eval/acc and train_eval/loss are the final weights' scores, in eval mode, on
+    every training example unaugmented and standardised, computed here by hand; train/acc, taken
+    with dropout and augmentation on, is lower."""
+    import copy
+
+    import kornia.augmentation as K
+
+    from ablab.data import BatchAugment, DigitsDataModule
+
+    pl.seed_everything(0)
+    augment = BatchAugment(
+        {"crop": K.RandomCrop((8, 8), padding=2), "hflip": K.RandomHorizontalFlip(p=0.5)}
+    )
+    dm = DigitsDataModule(image_size=8, augmentation=augment, train_eval=True)
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(32, C),
+    )
+    task = ClassifierModule(
+        net, partial(torch.optim.Adam, lr=0.01), None, nn.CrossEntropyLoss(), num_classes=C
+    )
+    fit = trainer(max_epochs=4)
+    fit.fit(task, datamodule=dm)
+    logged = {k: v.item() for k, v in fit.callback_metrics.items()}
+
+    x, y = dm.splits["train"].tensors  # every training example, as stored
+    net.eval()  # dropout off, batch norm on its running statistics
+    with torch.no_grad():
+        logits = net(dm.standardize(x))
+    correct = int((logits.argmax(1) == y).sum())
+    loss = nn.functional.cross_entropy(logits, y).item()
+    print(f"train_eval/acc {logged['train_eval/acc']:.6f} = {correct}/{len(y)}; train_eval/loss "
+          f"{logged['train_eval/loss']:.6f} vs {loss:.6f}; train/acc {logged['train/acc']:.6f}")  # fmt: skip
+
+    assert logged["train_eval/acc"] == torch.tensor(correct / len(y)).item()
+    assert logged["train_eval/loss"] == pytest.approx(loss, rel=1e-6)
+    top5 = (logits.topk(5).indices == y[:, None]).any(1).float().mean().item()
+    assert logged["train_eval/acc_top5"] == pytest.approx(top5, abs=1e-7)
+    assert not any(k.startswith("train_eval/") and "recall" in k for k in logged)
+    assert "val/recall_macro" in logged  # validation is scored as before, beside it
+
+    # The same weights with dropout on score lower (a copy: train mode would move BN's stats);
+    # train/acc, with augmentation on too and weights moving over the epoch, lower still.
+    dropout_on = copy.deepcopy(net).train()
+    with torch.no_grad():
+        dropped = (dropout_on(dm.standardize(x)).argmax(1) == y).float().mean().item()
+    print(f"dropout on, no augmentation: {dropped:.6f}")
+    assert logged["train/acc"] < dropped < logged["train_eval/acc"] - 0.02

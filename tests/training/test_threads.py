@@ -140,6 +140,22 @@ def test_a_run_from_before_seeds_split_is_the_same_config(compose_cfg, root) -> 
         previous_attempt(root / "job", tracking_uri(root), {**params, "seeds.split": "0"})
 
 
+def test_a_run_from_before_train_eval_is_the_same_config(compose_cfg, root) -> None:
+    """data.train_eval and its limit were added later, off: a run without them scored no clean
+    training set, which is what their defaults do, so it resumes with the same fingerprint;
+    turning the scores on is a different config, named in the refusal."""
+    with compose_cfg(*FAST) as cfg:
+        params = flatten_params(resolved(cfg))
+    assert (params["data.train_eval"], params["data.train_eval_limit"]) == ("False", "None")
+    older = {k: v for k, v in params.items() if not k.startswith("data.train_eval")}
+    assert fingerprint(older) == fingerprint(params)
+    assert fingerprint({**params, "data.train_eval": "True"}) != fingerprint(params)
+    older_job(root, older)
+    assert previous_attempt(root / "job", tracking_uri(root), params).state.run_id
+    with pytest.raises(ConfigError, match=r"data\.train_eval: False -> True"):
+        previous_attempt(root / "job", tracking_uri(root), {**params, "data.train_eval": "True"})
+
+
 @pytest.mark.slow
 def test_parallel_sweep_jobs_share_the_cores(root, monkeypatch) -> None:
     """Two joblib jobs at once, nothing set by the user: each takes half the cores."""

@@ -14,6 +14,12 @@ augmentation its own (``seeds.augmentation`` in the config).
 "Class-Balanced Loss Based on Effective Number of Samples"): class c keeps
 n_c = ⌊n_max · ρ^(−c/(C−1))⌋ of its examples, drawn with ``seed``; validation and test keep their
 natural class balance, so per-class metrics measure what the imbalance cost.
+
+``train_eval`` adds a second validation loader over the *clean* training set: the training
+examples in their stored order, through the transfer every validation batch takes
+(standardisation only: no augmentation, no shuffling, not the training sampler). Scored with the
+model in eval mode, it is the training side of a train-validation gap; training metrics, logged
+with augmentation and dropout on, understate it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from torch.utils.data import (
 )
 
 from ablab.data.augment import BatchAugment
-from ablab.data.module import DataModule
+from ablab.data.module import TRAIN_EVAL, DataModule
 from ablab.errors import ConfigError, unknown_choice
 
 #: ``normalize`` options; ``true`` means ``channel`` and ``false`` means ``none``.
@@ -68,13 +74,17 @@ class ImageDataModule(DataModule):
         normalize: bool | Literal["channel", "per_pixel_mean", "none"] = True,
         augmentation: BatchAugment | nn.Module | None = None,
         imbalance_ratio: float = 1.0,
+        train_eval: bool = False,
+        train_eval_limit: int | None = None,
     ) -> None:
         """``order_seed`` (default: ``seed``) shuffles the training set; ``augmentation`` is a
         :class:`BatchAugment`, or any image-only module, which is then wrapped in one;
         ``imbalance_ratio`` ≥ 1 subsamples the training split to a long tail (1: as it is);
         ``normalize`` is ``channel`` (true: per-channel mean and std of the training split),
         ``per_pixel_mean`` (the training split's mean image subtracted, no division; He et al.
-        2016) or ``none`` (false)."""
+        2016) or ``none`` (false). ``train_eval`` makes :meth:`val_dataloader` also return the
+        clean training loader (:meth:`clean_train_dataloader`), of at most ``train_eval_limit``
+        examples (``None``: all)."""
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
@@ -107,6 +117,12 @@ class ImageDataModule(DataModule):
             raise unknown_choice("data.normalize", normalize, NORMALIZE)
         self.normalize = normalize
         self.imbalance_ratio = imbalance_ratio
+        if train_eval_limit is not None and train_eval_limit < 1:
+            raise ConfigError(
+                f"data.train_eval_limit must be a positive number of training examples or null "
+                f"(all of them), got {train_eval_limit}"
+            )
+        self.train_eval, self.train_eval_limit = train_eval, train_eval_limit
         if not isinstance(augmentation, BatchAugment):
             ops = {} if augmentation is None else {type(augmentation).__name__: augmentation}
             augmentation = BatchAugment(
@@ -197,8 +213,37 @@ class ImageDataModule(DataModule):
         )
         return self._loader("train", shuffle=False, sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        """The validation loader; with ``train_eval``, ``{"val": it, "train_eval": the clean
+        training loader}``: Lightning runs both in its validation loop (model in eval mode, no
+        gradients, the same weights), and the task namespaces each one's metrics by its key."""
+        val = self._loader("val", shuffle=False)
+        if not self.train_eval:
+            return val  # one loader, as before: nothing extra to run or name
+        return {"val": val, TRAIN_EVAL: self.clean_train_dataloader()}
+
+    def clean_train_dataloader(self) -> DataLoader:
+        """The training split as validation sees it: every example (or a fixed subset of
+        ``train_eval_limit``) in stored order, batches augmented never (only training batches
+        are, in :meth:`on_after_batch_transfer`) and standardised like validation's.
+
+        The subset is a uniform draw without replacement seeded with ``seed`` (the split seed),
+        kept in stored order, so every epoch and every variant of a study scores the same
+        examples. Under DDP Lightning gives each rank its share (a non-shuffling sampler), as it
+        does for the validation loader.
+        """
+        self.setup()
+        train = self.splits["train"]
+        limit = self.train_eval_limit
+        if limit is not None and limit < len(train):
+            generator = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(len(train), generator=generator)[:limit].sort().values
+            train = (
+                take(train, keep)
+                if isinstance(train, TensorDataset | Subset)
+                else Subset(train, keep.tolist())
+            )
+        return self._loader(train, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
@@ -296,12 +341,14 @@ class ImageDataModule(DataModule):
     def run_artifacts(self) -> dict[str, str]:
         return {"config/augmentation.txt": "\n".join(self.augmentation.describe()) + "\n"}
 
-    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None):
+    def _loader(self, split: str | Dataset, shuffle: bool, sampler: Sampler | None = None):
+        """A loader over split ``split`` (a name in :attr:`splits`, or a dataset drawn from one)."""
         if self.splits is None:
             self.setup()
+        dataset = self.splits[split] if isinstance(split, str) else split
         world_size = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.rank_batch_size(world_size),
             shuffle=shuffle,
             sampler=sampler,
@@ -312,7 +359,7 @@ class ImageDataModule(DataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # In memory, a batch is one indexing per tensor (InMemory), already collated.
-            collate_fn=as_batch if isinstance(self.splits[split], InMemory) else None,
+            collate_fn=as_batch if isinstance(dataset, InMemory) else None,
         )
 
 

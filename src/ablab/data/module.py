@@ -10,6 +10,10 @@ import pytorch_lightning as pl
 
 from ablab.errors import ConfigError
 
+#: Name of the validation loader over the clean training set (a data module's ``train_eval``):
+#: its metrics are logged as ``train_eval/<metric>``, beside ``train/…`` and ``val/…``.
+TRAIN_EVAL = "train_eval"
+
 
 class DataModule(pl.LightningDataModule):
     """A LightningDataModule whose ``batch_size`` is the global batch over all processes."""

@@ -11,7 +11,10 @@ A task is a LightningModule around networks built elsewhere. It declares:
   the validation metric that says which epoch is best. The checkpoint callback, early stopping
   and the value returned to sweepers (``<monitor>_best``) follow it from there (a study's
   quantities still name their metric and mode themselves);
-- its own metrics (torchmetrics) and artifacts, logged from its hooks.
+- its own metrics (torchmetrics) and artifacts, logged from its hooks. Validation may run
+  several named loaders (a data module's ``val_dataloader`` returning ``{"val": ...,
+  "train_eval": ...}``); :meth:`Task.validation_sets` names the one a ``dataloader_idx`` is, and
+  the task decides what it scores on each.
 
 Everything a task needs from the data it checks in :meth:`Task.check`, which the core calls
 before any MLflow run exists, so a mismatch is one line and no run.
@@ -19,7 +22,7 @@ before any MLflow run exists, so a mismatch is one line and no run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -87,6 +90,13 @@ class Task(pl.LightningModule):
                     f"{key}={metric} is not a validation metric of {type(self).__name__}; it "
                     f"logs: {', '.join(sorted(names))}"
                 )
+
+    def validation_sets(self) -> list[str]:
+        """The name of each validation loader, in ``dataloader_idx`` order: the keys when the
+        loaders come as a dict (Lightning keeps the dict, and numbers its loaders in key order),
+        else ``["val"]``. A task namespaces each loader's metrics with its name."""
+        loaders = self.trainer.val_dataloaders
+        return list(loaders) if isinstance(loaders, Mapping) else ["val"]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """What the optimizer gets: every trainable parameter, in one group."""

@@ -4,6 +4,11 @@ Validation and test also score macro F1, macro recall and per-class recall: on c
 data accuracy is dominated by the common classes, while macro recall, the balanced accuracy of
 Brodersen et al. 2010 ("The balanced accuracy and its posterior distribution"), weighs every
 class equally and the per-class recalls show what the rare classes lost.
+
+With a clean training loader in validation (``data.train_eval=true``) the same network, in eval
+mode (dropout off, batch norm on its running statistics) and on unaugmented training examples,
+is scored as ``train_eval/acc`` and ``train_eval/loss``: the training side of a train-validation
+gap, which ``train/acc`` (dropout and augmentation on, weights changing within the epoch) is not.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, M
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ablab.data.base import ImageDataModule, dataset_targets
+from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
 from ablab.tasks.base import OptimizerFactory, Task
 
@@ -27,10 +33,13 @@ from ablab.tasks.base import OptimizerFactory, Task
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
 warnings.filterwarnings(
     "ignore",
-    message=r"It is recommended to use `self\.log\('(train|val|test)/"
+    message=r"It is recommended to use `self\.log\('(train|train_eval|val|test)/"
     r"(loss|acc|acc_top5|f1_macro|recall_macro|recall/\d+)'",
     category=PossibleUserWarning,
 )
+
+#: Stages that also score per class (F1, macro and per-class recall): the held-out ones.
+CLASS_SCORED = ("val", "test")
 
 
 class ClassifierModule(Task):
@@ -39,7 +48,9 @@ class ClassifierModule(Task):
     Validation and test also log ``f1_macro`` (mean over classes of 2·P·R / (P + R)),
     ``recall_macro`` (mean per-class recall, i.e. balanced accuracy) and ``recall/<class>``
     (TP_c / (TP_c + FN_c)), and ``acc_top5`` with more than five classes; training skips them
-    to keep steps cheap.
+    to keep steps cheap. A validation loader named ``train_eval`` (the clean training set) is
+    scored like validation without the per-class scores: ``train_eval/loss`` (loss_fn alone, no
+    auxiliary or l1 term, as ``val/loss``), ``train_eval/acc`` and ``acc_top5``.
 
     The network is built elsewhere and injected (see :class:`~ablab.tasks.base.Task`); ``loss``
     comes from the ``loss`` group, and a loss that needs the training set's class counts (a
@@ -81,7 +92,9 @@ class ClassifierModule(Task):
             raise ConfigError(f"task.l1={l1} must be >= 0")
         self.decay_norm_and_bias, self.l1 = decay_norm_and_bias, l1
         # Training checks no arguments per step (the loss has checked the targets already).
-        for stage, validate in (("train", False), ("val", True), ("test", True)):
+        # train_eval: the clean training set, scored in validation (ablab.data.module.TRAIN_EVAL).
+        stages = (("train", False), ("val", True), ("test", True), (TRAIN_EVAL, True))
+        for stage, validate in stages:
             accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
             metrics = {"acc": accuracy(validate_args=validate)}
             if num_classes > 5 and stage != "train":  # top-5 of training batches: unused, 3%
@@ -165,7 +178,7 @@ class ClassifierModule(Task):
         target = y.argmax(1) if y.dim() == 2 else y
         metrics.update(logits.detach(), target)
         getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
-        if stage != "train":
+        if stage in CLASS_SCORED:
             getattr(self, f"{stage}_class_metrics").update(logits.detach(), target)
         return loss
 
@@ -177,8 +190,20 @@ class ClassifierModule(Task):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def on_validation_epoch_start(self) -> None:
+        # which loader each dataloader_idx is: "val", and "train_eval" when the data adds it
+        self._validation_sets = self.validation_sets()
+        unknown = set(self._validation_sets) - {"val", TRAIN_EVAL}
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} scores the validation loaders 'val' and '{TRAIN_EVAL}', "
+                f"not {', '.join(sorted(unknown))}"
+            )
+
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._shared_step(batch, self._validation_sets[dataloader_idx])
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
@@ -187,7 +212,8 @@ class ClassifierModule(Task):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        for stage in self._validation_sets:
+            self._log_epoch(stage)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -202,7 +228,7 @@ class ClassifierModule(Task):
         scalars, and a value logged at every step costs its bookkeeping at every step.
         """
         collections = [getattr(self, f"{stage}_metrics")]
-        if stage != "train":
+        if stage in CLASS_SCORED:
             collections.append(getattr(self, f"{stage}_class_metrics"))
         loss = getattr(self, f"{stage}_loss")
         shown = {f"{stage}/loss": loss.compute(), **collections[0].compute()}

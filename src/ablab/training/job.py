@@ -55,10 +55,18 @@ ADDED_KEYS = {
     "trainer.threads": "None",
     "seeds.split": "${seed}",
     "tuning": "None",
+    "data.train_eval": "False",
+    "data.train_eval_limit": "None",
 }
 #: Added keys that are left out of the fingerprint while they hold that value, so checkpoints
 #: written before the key existed stay their run's (keys added later than fingerprints).
-UNFINGERPRINTED_DEFAULTS = ("trainer.threads", "seeds.split", "tuning")
+UNFINGERPRINTED_DEFAULTS = (
+    "trainer.threads",
+    "seeds.split",
+    "tuning",
+    "data.train_eval",
+    "data.train_eval_limit",
+)
 
 
 def added_default(key: str, params: Mapping[str, str]) -> str | None:
