@@ -178,6 +178,7 @@ def report_parser() -> argparse.ArgumentParser:
         help="instead: write experiments/README.md (+ .html), every claim of the notes with the "
         "verdicts of the studies' RESULTS.json",
     )  # fmt: skip
+    parser.add_argument("--size", help="the latest parent of this size (default: of any)")
     parser.add_argument("--out", help="folder to write into (default: the study's folder)")
     parser.add_argument("--stem", default="RESULTS", help="file name stem (default: RESULTS)")
     parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
@@ -216,7 +217,7 @@ def report(argv: list[str]) -> StudyReport | None:
         uri = str(cfg.logger.tracking_uri)
     ensure_store(uri)  # a new local store is created once, under its lock
     client = MlflowClient(uri)
-    runs = find_study_runs(client, args.study)
+    runs = find_study_runs(client, args.study, args.size)
     result = collect(client, runs)
     paths = write_report(result, Path(args.out) if args.out else runs.study.folder, args.stem)
     if not args.no_log:
@@ -322,14 +323,18 @@ def study(argv: list[str]) -> None:
     typed = shlex.join(["ablab", "study", args.name, "--size", args.size, *options,
                         *args.overrides])  # fmt: skip
     env = {**os.environ, USER_COMMAND_ENV: typed}
+    design = []
+    if looks is not None:  # fixed before the first run: every stage and round records it
+        design = [f"hydra.sweeper.sequential={{looks:[{','.join(map(str, looks))}],"
+                  f"alpha:{args.alpha:g},spending:{args.spending}}}"]  # fmt: skip
     if spec.tune is not None:
         # Stage 1: every variant at every grid point on the tuning seeds; then the comparison
         # runs each variant at its best point (the same sweep: one parent, jobs appended).
         print(f"ablab: tuning {', '.join(spec.tune.grid)} per variant", file=sys.stderr)
-        code = subprocess.call(command, env=env)
+        code = subprocess.call([*command, *design], env=env)
         if code not in (0, 1):
             raise SystemExit(code)
-        tuned = tuned_points(spec, task)
+        tuned = tuned_points(spec, args.size, task)
         for variant, point in tuned.items():
             print(f"ablab: {variant} tuned to {Tune.label(point)}", file=sys.stderr)
         command = [*command, f"hydra.sweeper.tuned={hydra_value(json.dumps(tuned))}"]
@@ -339,20 +344,18 @@ def study(argv: list[str]) -> None:
             raise SystemExit(code)
         if args.no_report:
             raise SystemExit(code)
-        result = study_report(spec, task)
+        result = study_report(spec, args.size, task)
     else:
         # Every round is the same sweep (hydra.* overrides leave its folder and parent run
         # alone) with more seeds: finished jobs are reported, not trained again.
-        design = (f"hydra.sweeper.sequential={{looks:[{','.join(map(str, looks))}],"
-                  f"alpha:{args.alpha:g},spending:{args.spending}}}")  # fmt: skip
         first = looks[0]
         for k, n in enumerate(looks, 1):
             print(f"ablab: round {k} of {len(looks)}: {n} seeds", file=sys.stderr)
-            rounds = [f"hydra.sweeper.extra_seeds={n - first}", design]
+            rounds = [f"hydra.sweeper.extra_seeds={n - first}", *design]
             code = subprocess.call([*command, *rounds], env=env)
             if code not in (0, 1):
                 raise SystemExit(code)
-            result = study_report(spec, task)
+            result = study_report(spec, args.size, task)
             done = sum(v.outcome != "inconclusive" for v in result.verdicts)
             print(f"ablab: round {k} of {len(looks)} ({n} seeds): {done} of "
                   f"{len(result.verdicts)} claims decided", file=sys.stderr)  # fmt: skip
@@ -367,7 +370,7 @@ def study(argv: list[str]) -> None:
     raise SystemExit(1 if missing else 0)
 
 
-def tuned_points(spec: Study, task: list[str]) -> dict[str, dict[str, Any]]:
+def tuned_points(spec: Study, size: str, task: list[str]) -> dict[str, dict[str, Any]]:
     """Each variant's best grid point from the study's tuning runs in the store its overrides
     name (:func:`ablab.analysis.collect.choose_points`); the comparison's sweep records it on
     the parent run (``tuned.<variant>``)."""
@@ -375,18 +378,26 @@ def tuned_points(spec: Study, task: list[str]) -> dict[str, dict[str, Any]]:
 
     from ablab.analysis.collect import choose_points, find_study_runs, tuning_scores
     from ablab.config import composed
+    from ablab.study import Tune
 
     with composed([o for o in task if o.startswith(("logger.", "paths."))]) as cfg:
         uri = str(cfg.logger.tracking_uri)
     client = MlflowClient(uri)
-    runs = find_study_runs(client, str(spec.folder))
+    runs = find_study_runs(client, str(spec.folder), size)
+    tags = runs.parent.data.tags
+    if all(f"tuned.{v}" in tags for v in spec.variants):
+        # Chosen once: the comparison's runs were made at these points (a rerun that finished
+        # a tuning job the first choice lacked must not move them).
+        points = {Tune.label(p): p for p in spec.tune.points()}
+        return {v: points[tags[f"tuned.{v}"]] for v in spec.variants}
     return choose_points(spec, tuning_scores(client, spec, runs.children))
 
 
-def study_report(spec: Study, task: list[str]) -> StudyReport:
-    """``ablab report`` of the study just run, in the store its overrides name."""
+def study_report(spec: Study, size: str, task: list[str]) -> StudyReport:
+    """``ablab report`` of the study just run (its size's latest parent), in the store its
+    overrides name."""
     stored = [o for o in task if o.startswith(("logger.", "paths."))]
-    result = report([str(spec.folder), *stored])
+    result = report([str(spec.folder), "--size", size, *stored])
     assert result is not None  # a study's report, not --all
     return result
 

@@ -113,6 +113,15 @@ class Quantity:
     #: is not where the run ended); a number states the study's reading explicitly, e.g. 0.1
     #: for the accuracy of a 10-class net whose weights are NaN (it predicts one class).
     diverged_value: float | None = None
+    #: a quantity that is the same on every seed by construction (a parameter count, MACs, a
+    #: ratio at initialisation), whose difference is stated, not tested, when each side is
+    #: indeed constant; None: true for ``stat: param`` (measured by tracing), else false. Never
+    #: guessed from the values: accuracies at their ceiling are constant too, and are measured.
+    deterministic: bool | None = None
+
+    @property
+    def stated_not_tested(self) -> bool:
+        return self.stat == "param" if self.deterministic is None else self.deterministic
 
     @property
     def pattern(self) -> bool:
@@ -260,7 +269,8 @@ class Study:
         """The seeds of ``size``, then ``extra`` more: the next integers not among them (seeds
         a sequential study adds in rounds)."""
         seeds = list(self._size(size).get("seeds") or self.seeds)
-        more = itertools.count(max(seeds, default=-1) + 1)
+        tuning = set(self.tune.seeds) if self.tune else set()
+        more = (s for s in itertools.count(max(seeds, default=-1) + 1) if s not in tuning)
         return seeds + [s for s, _ in zip(more, range(extra), strict=False)]
 
     def tune_jobs(self, size: str) -> list[Job]:
@@ -433,6 +443,13 @@ def load_study(name_or_path: str | Path) -> Study:
             )
     checks = _checks(path, spec.get("checks") or [])
     tune = _tune(path, spec["tune"]) if spec.get("tune") else None
+    if tune is not None:
+        # a comparison run at a tuning seed would replay the run that chose its point
+        compared = {int(s) for size in (spec.get("sizes") or {}).values()
+                    for s in (size or {}).get("seeds") or []} | set(spec.get("seeds") or [0, 1, 2])  # fmt: skip
+        if shared := sorted(compared & set(tune.seeds)):
+            raise ConfigError(f"{path}: tune.seeds {shared} are also comparison seeds; "
+                              "give the tuning seeds of their own (e.g. [100, 101])")  # fmt: skip
     sizes = spec.get("sizes") or {"quick": {}}
     seeds = [int(s) for s in spec.get("seeds") or [0, 1, 2]]
     return Study(

@@ -30,7 +30,8 @@ def test_a_deterministic_quantity_is_stated_with_no_p_value(other, expected, mar
     """Each side the same on every seed (a parameter count): the difference is a number, its
     verdict read off it; no p, no d_z, no interval wider than the point."""
     base = dict.fromkeys(range(3), 1234.0)
-    c = stats.paired("small", "complexity.params", base, dict.fromkeys(range(3), other))
+    other_values = dict.fromkeys(range(3), other)
+    c = stats.paired("small", "complexity.params", base, other_values, deterministic=True)
     assert c.test == STATED_TEST and "deterministic" in c.test_reason
     assert math.isnan(c.p_value) and math.isnan(c.t_p) and math.isnan(c.effect_size)
     assert c.ci_low == c.ci_high == c.diff_mean == other - 1234.0
@@ -41,8 +42,22 @@ def test_a_deterministic_quantity_is_stated_with_no_p_value(other, expected, mar
 
 def test_a_quantity_that_varies_on_one_side_is_still_tested() -> None:
     base = dict.fromkeys(range(3), 1.0)
-    c = stats.paired("v", "q", base, {0: 1.1, 1: 1.2, 2: 1.15})
+    c = stats.paired("v", "q", base, {0: 1.1, 1: 1.2, 2: 1.15}, deterministic=True)
     assert c.test == "paired t-test" and 0 < c.p_value < 1
+
+
+def test_constant_values_of_an_undeclared_quantity_are_measured_not_stated() -> None:
+    """Accuracy at its ceiling on both sides, or a threshold every run missed: constant, yet
+    measurements; never guessed deterministic (two seeds stay too few, as before)."""
+    ceiling = stats.paired("v", "final val/acc", {0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0})
+    assert ceiling.test != STATED_TEST
+    assert stats.verdict(CLAIM, ceiling, "higher").outcome == "inconclusive"
+    missed = stats.paired(
+        "v", "steps", dict.fromkeys(range(3), 241.0), dict.fromkeys(range(3), 241.0)
+    )
+    assert missed.test != STATED_TEST
+    assert stats.verdict(CLAIM, missed, "lower").outcome == "inconclusive"
+    assert load_study("conv_efficiency").quantities[0].stated_not_tested  # stat: param
 
 
 STUDY = """

@@ -294,11 +294,20 @@ def test_until_decided_adds_a_round_of_seeds_to_the_same_parent(root) -> None:
     assert "--until-decided --max-seeds 4" in tags["user_command"]
     results = (folder / "RESULTS.md").read_text()
     assert "## Sequential design" in results
-    assert "equivalent within ±1" in results and "decided at round 1 of 2" in results
+    assert "equal within ±1, as claimed" in results and "stated, not tested" in results
+    assert "decided at round 1 of 2" in results
     assert "undecided after round 2 of 2 (n = 4 seeds" in results
     data = json.loads((folder / "RESULTS.json").read_text())
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     assert [v["round"] for v in data["verdicts"]] == [1, 2]
+    # the design is fixed once seeds were tested under it: neither another design nor the
+    # fixed-size command may continue this parent (either would spend α again)
+    for other in (["--until-decided", "--max-seeds", "6"], []):
+        again = run_module(["ablab.cli", "study", str(folder), *other], root,
+                           timeout=SAFETY_TIMEOUT_S)  # fmt: skip
+        assert again.returncode == 2, again.stderr[-2000:]
+        assert "was tested under sequential.looks=3,4" in again.stderr
+    assert len(find_study_runs(client, str(folder)).children) == 8  # nothing ran
 
 
 EQUIVALENCE_AND_MORE = """
@@ -340,3 +349,18 @@ def test_an_equivalence_claim_enters_holms_family_with_its_tost_p(root) -> None:
     assert loss.p_holm == pytest.approx(max(2 * tost_p, loss.p_value))
     # the equivalence claim's difference test is not in the family: its p_holm stays empty
     assert math.isnan(acc.p_holm)
+
+
+def test_two_equivalence_claims_on_one_comparison_keep_their_own_margin(root) -> None:
+    text = EQUIVALENCE_AND_MORE.replace(
+        "  - {variant: other, quantity: final val/loss, direction: lower}",
+        "  - {variant: other, quantity: final val/acc, direction: same, margin: 0.05}",
+    )
+    diffs = np.array([0.0, 0.02, -0.02, 0.01, -0.01])
+    base = np.full(5, 0.9)
+    _, (tight, loose) = judge(study_from(text, root), values_of(base, base + diffs), range(5), [])
+    # the ±0.018 claim is judged on its own TOST (p 0.032, the larger of the two: Holm leaves
+    # it as it is), not on the ±0.05 claim's (p 2e-4, doubled)
+    assert "TOST ±0.018" in tight.reason and "p_holm = 0.0318" in tight.reason
+    assert "TOST ±0.05" in loose.reason and "p_holm = 0.0318" not in loose.reason
+    assert tight.outcome == loose.outcome == "holds"

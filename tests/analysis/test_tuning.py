@@ -200,3 +200,27 @@ def test_a_study_that_tunes_runs_both_stages_under_one_parent(root: Path) -> Non
         assert label == max(scores, key=lambda k: scores[k])
     results = (folder / "RESULTS.md").read_text()
     assert "## Tuning" in results and "✓" in results
+
+
+def test_a_diverged_tuning_run_makes_its_point_lose(root: Path) -> None:
+    """relu at lr 0.001 reached 0.99 on one tuning seed, then diverged: that point never wins."""
+    client, parent, _ = fabricate(root)
+    runs = find_study_runs(client, parent)
+    experiment = runs.parent.info.experiment_id
+    run = client.create_run(experiment, tags={"mlflow.parentRunId": parent,
+                                              "failure": "nonfinite_loss"}).info.run_id  # fmt: skip
+    client.log_batch(run, metrics=[Metric("val/acc", 0.99, 0, 3)],
+                     params=[Param("variant", "relu"), Param("seed", "102"),
+                             Param("tuning", "optimizer.lr=0.1")])  # fmt: skip
+    client.set_terminated(run, "FAILED")
+    runs = find_study_runs(client, parent)
+    scores = tuning_scores(client, runs.study, runs.children)
+    assert len(scores["relu"]["optimizer.lr=0.1"]) == 3
+    assert choose_points(runs.study, scores)["relu"] == {"optimizer.lr": 0.01}
+
+
+def test_tuning_seeds_stay_apart_from_the_comparisons(root: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("tune.seeds [1] are also comparison seeds")):
+        load_study(write_study(root, STUDY.replace("seeds: [100, 101]", "seeds: [1, 100]")))
+    study = load_study(write_study(root, STUDY.replace("seeds: [100, 101]", "seeds: [3, 4]"), "x"))
+    assert study.seeds_for("quick", 3) == [0, 1, 2, 5, 6, 7]  # added seeds skip 3 and 4

@@ -40,7 +40,7 @@ from ablab.errors import ConfigError
 from ablab.locks import process_gone
 from ablab.study import Check, Expectation, Quantity, Study, Tune, load_study
 from ablab.tracking.status import end_lost_run
-from ablab.tracking.sweep import SWEEP_LOCK
+from ablab.tracking.sweep import DESIGN_TAGS, SWEEP_LOCK
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -54,10 +54,11 @@ class StudyRuns:
     children: list[Run]
 
 
-def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
-    """The parent run ``study_or_run`` (a run id) or the latest parent of study ``study_or_run``,
-    with its children, those whose process is gone ended first (:func:`end_lost_runs`).
-    Raises ConfigError when there is none."""
+def find_study_runs(client: MlflowClient, study_or_run: str, size: str | None = None) -> StudyRuns:
+    """The parent run ``study_or_run`` (a run id) or the latest parent of study ``study_or_run``
+    (of that ``size`` when given: ``ablab study`` reads the size it just ran), with its
+    children, those whose process is gone ended first (:func:`end_lost_runs`). Raises
+    ConfigError when there is none."""
     if RUN_ID.match(study_or_run):
         parent = client.get_run(study_or_run)
         if "study" not in parent.data.tags:
@@ -67,7 +68,8 @@ def find_study_runs(client: MlflowClient, study_or_run: str) -> StudyRuns:
         experiments = [e.experiment_id for e in client.search_experiments()]
         parents = client.search_runs(
             experiments,
-            f"tags.study = '{study.name}' and tags.sweep = 'parent'",
+            f"tags.study = '{study.name}' and tags.sweep = 'parent'"
+            + (f" and tags.study_size = '{size}'" if size else ""),
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -375,10 +377,13 @@ def judge(
         found = values.get(variant, {}).get(quantity, {})
         return {seed: v for seed, v in found.items() if seed in keep}
 
+    declared = {q.name: q.stated_not_tested for q in study.quantities}
+
     def compare(variant: str, quantity: str, reference: Mapping[int, float]) -> Comparison:
         return stats.paired(
-            variant, quantity, reference, of(variant, quantity), confidence, alpha=alpha
-        )
+            variant, quantity, reference, of(variant, quantity), confidence, alpha=alpha,
+            deterministic=declared.get(quantity, False),
+        )  # fmt: skip
 
     comparisons = [
         compare(name, q.name, of(study.baseline, q.name))
@@ -404,14 +409,17 @@ def judge(
 
     # The family Holm corrects is the set of claims the verdicts are drawn from, each by the
     # test that decides it: the difference test for "higher"/"lower", TOST for "same".
+    # Members: one per directional comparison claimed (two claims on it share its test), one
+    # per equivalence claim (each margin is its own TOST).
     by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
-    members: dict[tuple[tuple[str, str, str], bool], Comparison] = {}
+    members: dict[tuple[tuple[str, str, str], float | None], Comparison] = {}
     for e in study.expect:
         k, same = key(e.variant, e.quantity, e.against), e.direction == "same"
         c = by_key[k]
-        members[(k, same)] = replace(c, p_value=stats.tost(c, e.margin)[0]) if same else c
+        member = (k, e.margin) if same else (k, None)
+        members[member] = replace(c, p_value=stats.tost(c, e.margin)[0]) if same else c
     family = dict(zip(members, stats.holm(list(members.values()), alpha), strict=True))
-    adjusted = {k: c for (k, same), c in family.items() if not same}
+    adjusted = {k: c for (k, margin), c in family.items() if margin is None}
     comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
     lost = [e for e in left_out if e.seed in keep]
@@ -425,7 +433,7 @@ def judge(
                     alpha=alpha,
                     margin=e.margin,
                     tost_holm=(
-                        family[(key(e.variant, e.quantity, e.against), True)].p_holm
+                        family[(key(e.variant, e.quantity, e.against), e.margin)].p_holm
                         if e.direction == "same"
                         else float("nan")
                     ),
@@ -451,7 +459,7 @@ class Design:
     alpha: float
     spending: str
 
-    TAGS = ("sequential.looks", "sequential.alpha", "sequential.spending")
+    TAGS = DESIGN_TAGS
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Design | None:
@@ -477,8 +485,9 @@ class Design:
             f"`{self.spending}`: {stats.SPENDING_NAMES[self.spending]} (Lan & DeMets 1983, "
             f"Biometrika 70:659–663). Each look tests at the α it spends ({levels}): a "
             "Bonferroni split over the looks, so the chance that any look decides a true null "
-            "stays at most α whatever the correlation between looks (conservative; it needs no "
-            "normal approximation, so it holds for a t-test on a few seeds). Holm's correction "
+            "stays at most α whatever the correlation between looks (conservative, and free of "
+            "the normal approximation behind classical group-sequential boundaries; each look's "
+            "own test is as valid as its paired t-test or permutation test). Holm's correction "
             "runs over the claims within each look. A claim is "
             "decided at the first look where it holds or does not hold, and later seeds do not "
             "overturn it; intervals are at 1 − the look's α."
@@ -715,7 +724,11 @@ def tuning_scores(
         if point is None or left_out_reason(run) is not None:
             continue
         if variant in scores and point in scores[variant]:
-            scores[variant][point].append(quantity_value(client, run, quantity))
+            # a run that diverged never scores: its best value before the blow-up would make
+            # an unstable point win (NaN excludes the point, whatever its other seeds did)
+            diverged = run.data.tags.get("failure") == "nonfinite_loss"
+            value = float("nan") if diverged else quantity_value(client, run, quantity)
+            scores[variant][point].append(value)
     return scores
 
 

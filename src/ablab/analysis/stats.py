@@ -99,6 +99,7 @@ def paired(
     method: Literal["auto", "t", "bootstrap"] = "auto",
     rng: int | np.random.Generator = 0,
     alpha: float = 0.05,
+    deterministic: bool = False,
 ) -> Comparison:
     """``other − baseline`` paired by seed (only seeds present in both, recorded in ``seeds``).
 
@@ -119,9 +120,11 @@ def paired(
     JOSS 5:2173). Below ``ROBUST_MIN_SEEDS`` a forced bootstrap still runs (its smallest p
     cannot reach 0.05 and a bootstrap of 3–5 values undercovers).
 
-    A deterministic quantity — each side has one value on every seed, up to rounding (a
-    parameter count, MACs) — is stated, not tested: ``test`` is :data:`STATED_TEST`, the interval
-    is the point [d, d], and p and d_z are NaN (no p-value: it is no sample of anything).
+    A quantity declared ``deterministic`` (a parameter count, MACs) whose sides indeed have
+    one value each on every seed, up to rounding, is stated, not tested: ``test`` is
+    :data:`STATED_TEST`, the interval is the point [d, d], and p and d_z are NaN (no p-value:
+    it is no sample of anything). Undeclared constant values (an accuracy at its ceiling, a
+    threshold every run missed) are tested like any other.
 
     Degenerate cases, decided here rather than left to scipy's NaN/inf and warnings:
     fewer than 2 pairs → NaN interval, p and d_z; a non-finite difference (a diverged run)
@@ -143,7 +146,7 @@ def paired(
         return replace(base, test=test or "paired t-test")
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
     tie = _ROUNDING_ULPS * np.finfo(float).eps * scale
-    if _identical(a, scale) and _identical(b, scale):
+    if deterministic and _identical(a, scale) and _identical(b, scale):
         # Each side the same on every seed (a parameter count, MACs, a ratio at init): a
         # deterministic quantity. Its difference is a number to state; a test of it is noise.
         mean = 0.0 if abs(mean) <= tie else mean  # equal up to the rounding of the inputs

@@ -60,6 +60,11 @@ SWEEP_LOCK = "sweep.lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: Tags that say how an earlier attempt of a continued parent ended.
 PARENT_END_TAGS = ("killed_by", "jobs_failed")
+#: A sequential study's design (``ablab study --until-decided``), fixed before its first look:
+#: a continued parent keeps it, or the error rate it promises no longer holds.
+DESIGN_TAGS = ("sequential.looks", "sequential.alpha", "sequential.spending")
+#: Prefix of the verdict tags ``ablab report`` writes on a parent: its data were looked at.
+VERDICT_TAG_PREFIX = "verdict/"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -337,6 +342,17 @@ class SweepTracker(Callback):
                               f"does not have ({err.error_code}); {hint}") from None  # fmt: skip
         if run.info.lifecycle_stage == "deleted":
             raise ConfigError(f"parent run {parent} of {sweep_dir} was deleted; {hint}")
+        tags = run.data.tags
+        before = {k: tags[k] for k in DESIGN_TAGS if k in tags}
+        now = {k: self.plan.tags[k] for k in DESIGN_TAGS if k in self.plan.tags}
+        looked = any(k.startswith(VERDICT_TAG_PREFIX) for k in tags)
+        if before != now and (before or looked):
+            was = ", ".join(f"{k}={v}" for k, v in before.items()) or "a fixed number of seeds"
+            raise ConfigError(
+                f"parent run {parent} of {sweep_dir} was tested under {was}; continuing it "
+                "under another design would spend α again on seeds already tested: run the "
+                f"same command as before, or {hint}"
+            )
         self.attempt = int(run.data.tags.get("attempt", "1")) + 1
         for key in PARENT_END_TAGS:
             if key in run.data.tags:
