@@ -169,3 +169,21 @@ def test_a_studys_scale_names_its_data_models_and_budget(tmp_path: Path) -> None
     assert study.scale("quick") == "digits, 2 steps"
     assert study.scale("smoke") == "data=digits, model=lenet5, 1 epochs"
     assert study.pilots == ["lr 0.1: diverged on 2 of 3 seeds"]
+
+
+def test_not_equivalent_needs_the_whole_interval_beyond_the_margin() -> None:
+    """A significant difference of 0.6 margins whose interval only reaches past the margin is
+    not shown to differ by more than it: inconclusive, not 'does not hold'."""
+    rng = np.random.default_rng(5)
+    base = dict(enumerate(rng.normal(0.9, 0.01, 10).tolist()))
+    noise = rng.normal(0, 1, 10)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)
+    reaching = {s: base[s] + 0.006 + 0.008 * noise[s] for s in base}
+    c = stats.paired("v", "q", base, reaching)
+    assert c.ci_low > 0 and c.ci_low < 0.01 < c.ci_high  # significant, reaches past ±0.01
+    assert stats.verdict(CLAIM, c, "same", margin=0.01).outcome == "inconclusive"
+    beyond = {s: base[s] + 0.02 + 0.005 * noise[s] for s in base}
+    c = stats.paired("v", "q", base, beyond)
+    assert c.ci_low > 0.01
+    v = stats.verdict(CLAIM, c, "same", margin=0.01)
+    assert v.outcome == "does not hold" and "differs by more than the margin 0.01" in v.reason
