@@ -83,7 +83,7 @@ def _conf_defaults() -> dict[str, Any]:
 
 _DEFAULTS = _conf_defaults()
 STUDY_FILE = "study.yaml"
-STATS = ("final", "first", "best", "steps_to", "diverged", "param")
+STATS = ("final", "first", "best", "steps_to", "diverged", "param", "tuning_width")
 DIRECTIONS = ("higher", "lower", "same")
 
 
@@ -92,12 +92,16 @@ class Quantity:
     """A number per run: the ``final``, ``first`` (e.g. a diagnostic at step 0, the
     initialisation) or ``best`` value of ``metric``, the first step at which
     it reaches ``threshold`` (``steps_to``), 1/0 for whether training diverged (``diverged``:
-    stopped by the non-finite loss guard), or a numeric run parameter (``param``, e.g.
-    ``complexity.params``, measured by tracing when the run was built); ``mode`` says which way
-    is better."""
+    stopped by the non-finite loss guard), a numeric run parameter (``param``, e.g.
+    ``complexity.params``, measured by tracing when the run was built), or, read off the
+    study's tuning grid (``tuning_width``, ``metric`` a key of ``tune.grid``), the width in
+    decades (log10 max − log10 min) of the contiguous range of the key's grid values around the
+    variant's best whose tuning scores are within ``within`` of it: how tolerant the arm is of
+    that setting. ``mode`` says
+    which way is better."""
 
     metric: str
-    stat: Literal["final", "first", "best", "steps_to", "diverged", "param"]
+    stat: Literal["final", "first", "best", "steps_to", "diverged", "param", "tuning_width"]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
     #: "log" compares log10 of the values: for quantities that differ by orders of magnitude
@@ -118,10 +122,17 @@ class Quantity:
     #: indeed constant; None: true for ``stat: param`` (measured by tracing), else false. Never
     #: guessed from the values: accuracies at their ceiling are constant too, and are measured.
     deterministic: bool | None = None
+    #: ``tuning_width``: how far below the best tuning score a grid value may be and count
+    within: float | None = None
 
     @property
     def stated_not_tested(self) -> bool:
         return self.stat == "param" if self.deterministic is None else self.deterministic
+
+    @property
+    def from_tuning(self) -> bool:
+        """Read off the tuning grid (on the tuning seeds), not off the comparison's runs."""
+        return self.stat == "tuning_width"
 
     @property
     def pattern(self) -> bool:
@@ -140,6 +151,8 @@ class Quantity:
             return "diverged"
         if self.stat == "param":
             return self.metric
+        if self.stat == "tuning_width":
+            return f"width of {self.metric} within {self.within:g} of best"
         if self.pattern:
             return f"{self.stat} {self.reduce} {self.metric}"
         return f"{self.stat} {self.metric}"
@@ -402,7 +415,10 @@ def load_study(name_or_path: str | Path) -> Study:
             label = ",".join(f"{k}={_value(v)}" for k, v in overrides.items())
             variants[label] = _vary(path, label, base_overrides, overrides)
     quantities = [Quantity(**q) for q in spec.get("quantities") or []]
+    tune = _tune(path, spec["tune"]) if spec.get("tune") else None
     for q in quantities:
+        if q.from_tuning:
+            _check_width(path, q, tune)
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
         if q.minus is not None and q.stat not in ("final", "first", "best"):
@@ -415,6 +431,8 @@ def load_study(name_or_path: str | Path) -> Study:
             )
         if q.scale not in ("linear", "log"):
             raise ConfigError(f"{path}: quantity scale '{q.scale}'; valid: linear, log")
+        if q.within is not None and not q.from_tuning:
+            raise ConfigError(f"{path}: 'within' belongs to stat tuning_width, not {q.stat}")
         if q.stat == "steps_to" and q.threshold is None:
             raise ConfigError(f"{path}: quantity steps_to {q.metric} needs a threshold")
     names = {q.name for q in quantities}
@@ -442,7 +460,6 @@ def load_study(name_or_path: str | Path) -> Study:
                 f"{path}: expect names quantity '{e.quantity}'; valid: {', '.join(sorted(names))}"
             )
     checks = _checks(path, spec.get("checks") or [])
-    tune = _tune(path, spec["tune"]) if spec.get("tune") else None
     if tune is not None:
         # a comparison run at a tuning seed would replay the run that chose its point
         compared = {int(s) for size in (spec.get("sizes") or {}).values()
@@ -470,6 +487,24 @@ def load_study(name_or_path: str | Path) -> Study:
         tune=tune,
         pilots=[str(p) for p in spec.get("pilots") or []],
     )
+
+
+def _check_width(path: Path, q: Quantity, tune: Tune | None) -> None:
+    """A ``tuning_width`` quantity reads a key of the study's grid, on a log scale: it needs
+    ``tune``, a grid key of positive numbers and a ``within`` > 0."""
+    if tune is None:
+        raise ConfigError(f"{path}: quantity tuning_width {q.metric} reads the tuning grid; "
+                          "the study declares no tune")  # fmt: skip
+    if q.metric not in tune.grid:
+        raise ConfigError(f"{path}: quantity tuning_width {q.metric} is not a tune.grid key; "
+                          f"valid: {', '.join(tune.grid)}")  # fmt: skip
+    values = tune.grid[q.metric]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{path}: tuning_width reads tune.grid.{q.metric} in decades: its "
+                          f"values must be positive numbers, got {values}")  # fmt: skip
+    if q.within is None or not q.within > 0:
+        raise ConfigError(f"{path}: quantity tuning_width {q.metric} needs within > 0 (how "
+                          f"far below the best score still counts), got {q.within}")  # fmt: skip
 
 
 def _tune(path: Path, spec: dict[str, Any]) -> Tune:

@@ -224,3 +224,78 @@ def test_tuning_seeds_stay_apart_from_the_comparisons(root: Path) -> None:
         load_study(write_study(root, STUDY.replace("seeds: [100, 101]", "seeds: [1, 100]")))
     study = load_study(write_study(root, STUDY.replace("seeds: [100, 101]", "seeds: [3, 4]"), "x"))
     assert study.seeds_for("quick", 3) == [0, 1, 2, 5, 6, 7]  # added seeds skip 3 and 4
+
+
+WIDTH = STUDY.replace("grid: {optimizer.lr: [0.001, 0.01, 0.1]}",
+                      "grid: {optimizer.lr: [0.001, 0.01, 0.1, 1.0]}").replace(
+    "  - {metric: val/acc, stat: final}\n",
+    "  - {metric: val/acc, stat: final}\n"
+    "  - {metric: optimizer.lr, stat: tuning_width, within: 0.05}\n",
+) + "  - {variant: tanh, quantity: width of optimizer.lr within 0.05 of best, direction: higher}\n"
+
+
+def test_a_sensitivity_claim_reads_the_width_of_the_grid_range_near_each_arms_best(
+    root: Path,
+) -> None:
+    """The width is the contiguous range of rates around the best within x of it, per tuning
+    seed; a diverged point ends it; the claim is stated from the grid, never tested."""
+    study = load_study(write_study(root, WIDTH))
+    (q,) = [q for q in study.quantities if q.from_tuning]
+    nan = float("nan")
+    table = {
+        # seed 100: best 0.9 at 0.01; 0.1 (0.88) and 1.0 (0.86) within 0.05: 2 decades;
+        # seed 101: the diverged 0.1 ends the range, though 1.0 (0.89) is within: 0 decades
+        "relu": {"optimizer.lr=0.001": {100: 0.5, 101: 0.5}, "optimizer.lr=0.01": {100: 0.9, 101: 0.9},
+                 "optimizer.lr=0.1": {100: 0.88, 101: nan}, "optimizer.lr=1.0": {100: 0.86, 101: 0.89}},
+        # best 0.8 at 0.1 alone on seed 100; on 101 no finite score at all
+        "tanh": {"optimizer.lr=0.001": {100: 0.6, 101: nan}, "optimizer.lr=0.01": {100: 0.7, 101: nan},
+                 "optimizer.lr=0.1": {100: 0.8, 101: nan}, "optimizer.lr=1.0": {100: 0.1, 101: nan}},
+    }  # fmt: skip
+    from ablab.analysis.collect import tuning_widths
+
+    widths = tuning_widths(study, q, table)
+    assert widths["relu"] == {100: pytest.approx(2.0), 101: pytest.approx(0.0)}
+    assert widths["tanh"][100] == pytest.approx(0.0)
+    assert widths["tanh"][101] != widths["tanh"][101]  # NaN: nothing finite on that seed
+
+    # through the report, on fabricated runs: relu 0.5/0.7/0.9/0.88 over the grid -> 0.1..1.0
+    # (1 decade), tanh 0.6/0.8/0.4/0.1 -> 0.01 alone (0 decades)
+    (root / "runs").mkdir()
+    client, parent, folder = fabricate(root / "runs")
+    (folder / "study.yaml").write_text(WIDTH)
+    experiment = client.get_run(parent).info.experiment_id
+    for variant, val in (("relu", 0.88), ("tanh", 0.1)):
+        for k, seed in enumerate((100, 101)):
+            run = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+            client.log_batch(run, metrics=[Metric("val/acc", val + 0.01 * k, 0, 5)],
+                             params=[Param("variant", variant), Param("seed", str(seed)),
+                                     Param("tuning", "optimizer.lr=1.0")])  # fmt: skip
+            client.set_terminated(run, "FINISHED")
+    report = collect(client, find_study_runs(client, parent))
+    name = "width of optimizer.lr within 0.05 of best"
+    by_variant = {v.name: v.summaries[name] for v in report.variants}
+    assert by_variant["relu"].mean == pytest.approx(1.0)
+    assert by_variant["tanh"].mean == pytest.approx(0.0)
+    (verdict,) = [v for v in report.verdicts if v.quantity == name]
+    assert verdict.outcome == "does not hold"  # tanh's range is narrower, not wider
+    assert "read off the tuning grid on 2 tuning seed(s)" in verdict.reason
+    (comparison,) = [c for c in report.comparisons if c.quantity == name]
+    assert comparison.p_value != comparison.p_value and comparison.p_holm != comparison.p_holm
+    assert comparison.test == "stated (tuning grid)"
+
+
+def test_a_width_needs_a_grid_key_of_positive_numbers_and_a_within(root: Path) -> None:
+    bad = {
+        "no tune": (STUDY.split("tune:")[0] + "quantities:\n"
+                    "  - {metric: optimizer.lr, stat: tuning_width, within: 0.1}\nexpect: []\n",
+                    "declares no tune"),
+        "key": (WIDTH.replace("metric: optimizer.lr, stat: tuning_width", "metric: model.act, "
+                              "stat: tuning_width").replace("width of optimizer.lr", "width of model.act"),
+                "not a tune.grid key; valid: optimizer.lr"),
+        "within": (WIDTH.replace("within: 0.05}\n", "within: 0}\n", 1), "needs within > 0"),
+        "elsewhere": (WIDTH.replace("{metric: val/acc, stat: final}", "{metric: val/acc, stat: final, within: 1}"),
+                      "'within' belongs to stat tuning_width"),
+    }  # fmt: skip
+    for i, (text, message) in enumerate(bad.values()):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_study(write_study(root, text, name=f"bad{i}"))

@@ -271,21 +271,30 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         for q in study.quantities
         if q.stat == "steps_to"
     }
+    table = tuning_table(client, study, runs.children)
+    # read off the tuning grid, on the tuning seeds
+    widths = {q.name: tuning_widths(study, q, table) for q in study.quantities if q.from_tuning}
     values: dict[str, dict[str, dict[int, float]]] = {}
     variants = []
     for name in study.variants:
         seeded = by_variant.get(name, {})
         values[name] = {
-            q.name: {
-                seed: quantity_value(client, run, q, horizons.get(q.metric))
-                for seed, run in seeded.items()
-            }
+            q.name: (
+                widths[q.name].get(name, {})
+                if q.from_tuning
+                else {
+                    seed: quantity_value(client, run, q, horizons.get(q.metric))
+                    for seed, run in seeded.items()
+                }
+            )
             for q in study.quantities
         }
         summaries = {
             q.name: replace(
                 stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
-                stated=[i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)],
+                stated=[] if q.from_tuning else [
+                    i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)
+                ],
                 censored=censored(q, values[name][q.name], horizons.get(q.metric)),
             )
             for q in study.quantities
@@ -343,8 +352,11 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         size=tags.get("study_size", ""),
         commit=tags.get("git_commit", "")[:10],
         tuning={
-            v: {label: float(np.mean(x)) if x else float("nan") for label, x in points.items()}
-            for v, points in tuning_scores(client, study, runs.children).items()
+            v: {
+                label: float(np.mean(list(x.values()))) if x else float("nan")
+                for label, x in points.items()
+            }
+            for v, points in table.items()
         },
         tuned={v: tags[f"tuned.{v}"] for v in study.variants if f"tuned.{v}" in tags},
         scale=study.scale(tags["study_size"]) if tags.get("study_size") in study.sizes else "",
@@ -373,13 +385,18 @@ def judge(
     """
     keep = set(seeds)
 
+    # quantities read off the tuning grid: measured on the tuning seeds, whatever the look
+    grid = {q.name for q in study.quantities if q.from_tuning}
+
     def of(variant: str, quantity: str) -> dict[int, float]:
         found = values.get(variant, {}).get(quantity, {})
-        return {seed: v for seed, v in found.items() if seed in keep}
+        return {seed: v for seed, v in found.items() if seed in keep or quantity in grid}
 
     declared = {q.name: q.stated_not_tested for q in study.quantities}
 
     def compare(variant: str, quantity: str, reference: Mapping[int, float]) -> Comparison:
+        if quantity in grid:
+            return stats.grid_reading(variant, quantity, reference, of(variant, quantity))
         return stats.paired(
             variant, quantity, reference, of(variant, quantity), confidence, alpha=alpha,
             deterministic=declared.get(quantity, False),
@@ -706,30 +723,80 @@ def run_tuning(run: Run) -> str | None:
     return None if point in (None, "", "None") else point
 
 
-def tuning_scores(
+def tuning_table(
     client: MlflowClient, study: Study, children: Iterable[Run]
-) -> dict[str, dict[str, list[float]]]:
-    """``{variant: {grid point: [score per tuning seed]}}`` of the finished tuning runs: the
+) -> dict[str, dict[str, dict[int, float]]]:
+    """``{variant: {grid point: {tuning seed: score}}}`` of the finished tuning runs: the
     study's ``tune.stat`` of ``tune.metric``, a validation metric (:func:`ablab.study._tune`):
-    nothing else of the runs is read."""
+    nothing else of the runs is read. A seed tried twice at a point keeps its newest run."""
     tune = study.tune
     if tune is None:
         return {}
     quantity = Quantity(tune.metric, tune.stat, mode=tune.mode)
-    scores: dict[str, dict[str, list[float]]] = {
-        v: {Tune.label(p): [] for p in tune.points()} for v in study.variants
+    scores: dict[str, dict[str, dict[int, float]]] = {
+        v: {Tune.label(p): {} for p in tune.points()} for v in study.variants
     }
-    for run in children:
-        point, variant = run_tuning(run), run_variant(run)
-        if point is None or left_out_reason(run) is not None:
+    for run in sorted(children, key=lambda r: r.info.start_time or 0):
+        point, variant, seed = run_tuning(run), run_variant(run), run_seed(run)
+        if point is None or seed is None or left_out_reason(run) is not None:
             continue
         if variant in scores and point in scores[variant]:
             # a run that diverged never scores: its best value before the blow-up would make
             # an unstable point win (NaN excludes the point, whatever its other seeds did)
             diverged = run.data.tags.get("failure") == "nonfinite_loss"
             value = float("nan") if diverged else quantity_value(client, run, quantity)
-            scores[variant][point].append(value)
+            scores[variant][point][seed] = value
     return scores
+
+
+def tuning_scores(
+    client: MlflowClient, study: Study, children: Iterable[Run]
+) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {grid point: [score per tuning seed]}}`` (:func:`tuning_table`)."""
+    return {
+        variant: {point: [s for _, s in sorted(seeded.items())] for point, seeded in points.items()}
+        for variant, points in tuning_table(client, study, children).items()
+    }
+
+
+def tuning_widths(
+    study: Study, quantity: Quantity, table: Mapping[str, Mapping[str, Mapping[int, float]]]
+) -> dict[str, dict[int, float]]:
+    """``{variant: {tuning seed: width}}`` of a ``tuning_width`` quantity: on each tuning seed,
+    the width in decades (log10 max − log10 min) of the contiguous run of grid values of
+    ``quantity.metric``, around the seed's best, whose scores (each the best over the grid's
+    other keys at that value) are within ``quantity.within`` of the best: 0 when only the best
+    value is, NaN when the seed has no finite score. A diverged point (NaN) is never within, and
+    a value out of reach ends the range (a rate that trains again beyond one that fails is not
+    a tolerated rate)."""
+    tune = study.tune
+    assert tune is not None and quantity.within is not None
+    sign = 1.0 if tune.mode == "max" else -1.0
+    points = {Tune.label(p): p for p in tune.points()}
+    grid = sorted({float(v) for v in tune.grid[quantity.metric]})
+    widths: dict[str, dict[int, float]] = {}
+    for variant, by_point in table.items():
+        seeds = sorted({s for seeded in by_point.values() for s in seeded})
+        widths[variant] = {}
+        for seed in seeds:
+            at = dict.fromkeys(grid, -np.inf)  # grid value -> best signed score there
+            for label, seeded in by_point.items():
+                score = sign * seeded.get(seed, float("nan"))
+                value = float(points[label][quantity.metric])
+                if np.isfinite(score):
+                    at[value] = max(at[value], score)
+            scores = [at[v] for v in grid]
+            if not np.isfinite(scores).any():
+                widths[variant][seed] = float("nan")
+                continue
+            best = int(np.argmax(scores))
+            low = high = best
+            while low > 0 and scores[low - 1] >= scores[best] - quantity.within:
+                low -= 1
+            while high < len(grid) - 1 and scores[high + 1] >= scores[best] - quantity.within:
+                high += 1
+            widths[variant][seed] = float(np.log10(grid[high]) - np.log10(grid[low]))
+    return widths
 
 
 def choose_points(

@@ -31,7 +31,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ablab.analysis.results import STATED_TEST, Band, StudyReport
+from ablab.analysis.results import GRID_TEST, STATED_TEST, Band, StudyReport
 
 #: What an undefined number (NaN) shows as.
 DASH = "—"
@@ -357,6 +357,7 @@ TEST_LABELS = {
     "paired t-test": "t",
     "sign-flip permutation test, BCa bootstrap CI": "permutation, BCa",
     STATED_TEST: "stated",
+    GRID_TEST: "tuning grid",
 }
 
 

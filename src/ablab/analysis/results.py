@@ -14,6 +14,10 @@ Outcome = Literal["holds", "does not hold", "inconclusive"]
 Direction = Literal["higher", "lower", "same"]
 #: The "test" of a deterministic quantity: none, its values are stated (``stats.paired``).
 STATED_TEST = "stated (deterministic)"
+#: The "test" of a quantity read off the tuning grid (``stats.grid_reading``): none, stated.
+GRID_TEST = "stated (tuning grid)"
+#: Comparisons whose difference is stated, not tested: no p-value, no place in Holm's family.
+UNTESTED = (STATED_TEST, GRID_TEST)
 
 
 @dataclass

@@ -34,7 +34,9 @@ from statsmodels.stats.weightstats import ttost_paired
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from ablab.analysis.results import (
+    GRID_TEST,
     STATED_TEST,
+    UNTESTED,
     Band,
     Comparison,
     Direction,
@@ -344,6 +346,30 @@ def look_levels(looks: Sequence[int], alpha: float = 0.05, spending: str = "poco
     return [b - a for a, b in zip([0.0, *spent[:-1]], spent, strict=True)]
 
 
+def grid_reading(
+    variant: str, quantity: str, baseline: Mapping[int, float], other: Mapping[int, float]
+) -> Comparison:
+    """``other − baseline`` of a quantity read off the tuning grid (the width of the range of a
+    setting within x of an arm's best): the difference of the means over the tuning seeds,
+    stated, not tested (:data:`GRID_TEST`). The grid's resolution makes the widths discrete, a
+    few tuning seeds often agree exactly, and a test of them would claim a precision the grid
+    does not have; the per-seed values go into the reason."""
+    a = {s: v for s, v in baseline.items() if math.isfinite(v)}
+    b = {s: v for s, v in other.items() if math.isfinite(v)}
+    seeds = sorted(set(a) & set(b))
+    d = [b[s] - a[s] for s in seeds]
+    mean = float(np.mean(d)) if d else NAN
+
+    def listed(x: Mapping[int, float]) -> str:
+        return ", ".join(f"{x[s]:.3g}" for s in seeds)
+
+    return Comparison(
+        variant, quantity, seeds, mean, mean, mean, NAN, NAN, diffs=d, test=GRID_TEST,
+        test_reason=f"read off the tuning grid on {len(seeds)} tuning seed(s) ({listed(b)} "
+        f"against {listed(a)}): stated, not tested",
+    )  # fmt: skip
+
+
 def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
     """Copies of ``comparisons`` with ``p_holm`` set by Holm's step-down procedure (Holm 1979,
     ``statsmodels ... multipletests(method="holm")``): the i-th smallest of m p-values becomes
@@ -418,6 +444,8 @@ def verdict(
         raise ValueError(f"verdict: expected direction '{expected}'; valid: higher, lower, same")
     if expected == "same" and not margin:
         raise ValueError("verdict: an equivalence claim (expected 'same') needs a margin")
+    if c.test == GRID_TEST and math.isfinite(c.diff_mean):
+        return _stated(c, expected, margin, out)
     if c.test == STATED_TEST and n >= 2 and math.isfinite(c.diff_mean):
         return _stated(c, expected, margin, out)
     if n < min_seeds:
@@ -482,6 +510,8 @@ def _stated(c: Comparison, expected: Direction, margin: float | None, out) -> Ve
     not hold*. ``same``: holds when |diff| < margin."""
     n = len(c.seeds)
     numbers = f"diff {c.diff_mean:+.6g} on each of {n} seeds: a deterministic quantity, stated, not tested"
+    if c.test == GRID_TEST:
+        numbers = f"diff {c.diff_mean:+.6g}, {c.test_reason}"
     d = c.diff_mean
     if expected == "same":
         if abs(d) < margin:
@@ -509,7 +539,7 @@ def tost(c: Comparison, margin: float) -> tuple[float, str]:
     |diff| < margin, else 1. A comparison made without its differences has NaN (its interval
     decides, :func:`verdict`)."""
     d = np.asarray(c.diffs, dtype=float)
-    if c.test == STATED_TEST:  # no test, and no member of Holm's family (:func:`_stated` decides)
+    if c.test in UNTESTED:  # no test, and no member of Holm's family (:func:`_stated` decides)
         return NAN, "stated"
     if d.size != len(c.seeds) or d.size < 2 or not np.isfinite(d).all():
         return NAN, f"{_interval_name(c.test)} inside ±{margin:g}"
