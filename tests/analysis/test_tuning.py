@@ -226,12 +226,16 @@ def test_tuning_seeds_stay_apart_from_the_comparisons(root: Path) -> None:
     assert study.seeds_for("quick", 3) == [0, 1, 2, 5, 6, 7]  # added seeds skip 3 and 4
 
 
-WIDTH = STUDY.replace("grid: {optimizer.lr: [0.001, 0.01, 0.1]}",
-                      "grid: {optimizer.lr: [0.001, 0.01, 0.1, 1.0]}").replace(
-    "  - {metric: val/acc, stat: final}\n",
-    "  - {metric: val/acc, stat: final}\n"
-    "  - {metric: optimizer.lr, stat: tuning_width, within: 0.05}\n",
-) + "  - {variant: tanh, quantity: width of optimizer.lr within 0.05 of best, direction: higher}\n"
+WIDTH = (
+    STUDY.replace(
+        "grid: {optimizer.lr: [0.001, 0.01, 0.1]}", "grid: {optimizer.lr: [0.001, 0.01, 0.1, 1.0]}"
+    ).replace(
+        "  - {metric: val/acc, stat: final}\n",
+        "  - {metric: val/acc, stat: final}\n"
+        "  - {metric: optimizer.lr, stat: tuning_width, within: 0.05}\n",
+    )
+    + "  - {variant: tanh, quantity: width of optimizer.lr within 0.05 of best, direction: higher}\n"
+)
 
 
 def test_a_sensitivity_claim_reads_the_width_of_the_grid_range_near_each_arms_best(

@@ -292,9 +292,9 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         summaries = {
             q.name: replace(
                 stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
-                stated=[] if q.from_tuning else [
-                    i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)
-                ],
+                stated=[]
+                if q.from_tuning
+                else [i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)],
                 censored=censored(q, values[name][q.name], horizons.get(q.metric)),
             )
             for q in study.quantities
