@@ -385,11 +385,11 @@ def tuned_points(spec: Study, size: str, task: list[str]) -> dict[str, dict[str,
     client = MlflowClient(uri)
     runs = find_study_runs(client, str(spec.folder), size)
     tags = runs.parent.data.tags
-    if all(f"tuned.{v}" in tags for v in spec.variants):
+    if all(f"tuned.{v}" in tags for v in spec.tuned_variants):
         # Chosen once: the comparison's runs were made at these points (a rerun that finished
         # a tuning job the first choice lacked must not move them).
         points = {Tune.label(p): p for p in spec.tune.points()}
-        return {v: points[tags[f"tuned.{v}"]] for v in spec.variants}
+        return {v: points[tags[f"tuned.{v}"]] for v in spec.tuned_variants}
     return choose_points(spec, tuning_scores(client, spec, runs.children))
 
 

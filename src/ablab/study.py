@@ -29,6 +29,7 @@ Declared in ``experiments/<study>/study.yaml``::
       metric: val/acc                        # the selection metric: validation only
       stat: best                             # best | final value of it per run
       seeds: [100]                           # tuning seeds, apart from the comparison's
+      variants: [bn, no_bn]                  # the arms that tune (default: all)
 
 With ``tune``, ``ablab study`` first runs every variant at every grid point on the tuning seeds,
 picks each variant's best point by the mean of the selection metric, then runs the comparison
@@ -200,13 +201,16 @@ class Check:
 class Tune:
     """Per-arm tuning (the study's ``tune``): every combination of ``grid`` is a point; each
     variant runs every point on ``seeds`` and keeps the point whose mean ``stat`` of ``metric``
-    (a validation metric: a test metric is refused) is best by ``mode``."""
+    (a validation metric: a test metric is refused) is best by ``mode``. ``variants``, when
+    given, are the arms that tune; the others run as declared (an arm that fixes the very
+    setting the others tune, e.g. BN and no BN both at lr 0.5)."""
 
     grid: dict[str, list[Any]]
     metric: str = "val/acc"
     stat: Literal["best", "final"] = "best"
     mode: Literal["max", "min"] = "max"
     seeds: tuple[int, ...] = (100,)
+    variants: tuple[str, ...] = ()
 
     def points(self) -> list[dict[str, Any]]:
         keys = list(self.grid)
@@ -278,6 +282,13 @@ class Study:
             parts.append(f"{_value(merged['trainer.max_epochs'])} epochs")
         return ", ".join(parts)
 
+    @property
+    def tuned_variants(self) -> list[str]:
+        """The variants that tune (every one unless ``tune.variants`` names some), in order."""
+        if self.tune is None:
+            return []
+        return [v for v in self.variants if not self.tune.variants or v in self.tune.variants]
+
     def seeds_for(self, size: str, extra: int = 0) -> list[int]:
         """The seeds of ``size``, then ``extra`` more: the next integers not among them (seeds
         a sequential study adds in rounds)."""
@@ -293,7 +304,8 @@ class Study:
             return []
         size_overrides = self._size(size).get("overrides") or {}
         jobs = []
-        for variant, overrides in self.variants.items():
+        for variant in self.tuned_variants:
+            overrides = self.variants[variant]
             for point in self.tune.points():
                 for seed in self.tune.seeds:
                     merged = {**self.common, **size_overrides, **overrides, **point}
@@ -416,6 +428,8 @@ def load_study(name_or_path: str | Path) -> Study:
             variants[label] = _vary(path, label, base_overrides, overrides)
     quantities = [Quantity(**q) for q in spec.get("quantities") or []]
     tune = _tune(path, spec["tune"]) if spec.get("tune") else None
+    if tune is not None and (stray := [v for v in tune.variants if v not in variants]):
+        raise ConfigError(f"{path}: tune.variants names {stray}; valid: {', '.join(variants)}")
     for q in quantities:
         if q.from_tuning:
             _check_width(path, q, tune)
@@ -509,7 +523,7 @@ def _check_width(path: Path, q: Quantity, tune: Tune | None) -> None:
 
 def _tune(path: Path, spec: dict[str, Any]) -> Tune:
     """The study's ``tune``, checked: a grid of lists, a validation metric, a known stat."""
-    known = {"grid", "metric", "stat", "mode", "seeds"}
+    known = {"grid", "metric", "stat", "mode", "seeds", "variants"}
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown tune key(s) {sorted(unknown)}; valid: {sorted(known)}")
     grid = spec.get("grid") or {}
@@ -522,6 +536,7 @@ def _tune(path: Path, spec: dict[str, Any]) -> Tune:
         stat=spec.get("stat", "best"),
         mode=spec.get("mode", "max"),
         seeds=tuple(int(s) for s in spec.get("seeds") or (100,)),
+        variants=tuple(str(v) for v in spec.get("variants") or ()),
     )
     # The choice is made on validation data only: a test metric would leak the test set into
     # the design that the test set then judges.

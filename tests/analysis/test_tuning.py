@@ -303,3 +303,20 @@ def test_a_width_needs_a_grid_key_of_positive_numbers_and_a_within(root: Path) -
     for i, (text, message) in enumerate(bad.values()):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_study(write_study(root, text, name=f"bad{i}"))
+
+
+def test_only_the_arms_tune_variants_names_tune(root: Path) -> None:
+    """An arm that fixes the tuned setting itself (BN and no BN both at lr 0.5) runs as declared."""
+    text = STUDY.replace("overrides: {model.act: relu}}", "overrides: {model.act: relu, optimizer.lr: 0.05}}").replace("  tanh: {model.act: tanh}\n",
+                         "  tanh: {model.act: tanh}\n  relu_lr0.5: {optimizer.lr: 0.5}\n").replace(
+        "  seeds: [100, 101]\n", "  seeds: [100, 101]\n  variants: [relu, tanh]\n")  # fmt: skip
+    study = load_study(write_study(root, text))
+    assert study.tuned_variants == ["relu", "tanh"]
+    assert {j.variant for j in study.tune_jobs("quick")} == {"relu", "tanh"}
+    scores = {"relu": {"optimizer.lr=0.1": [0.9]}, "tanh": {"optimizer.lr=0.01": [0.8]}}
+    tuned = choose_points(study, scores)
+    assert tuned == {"relu": {"optimizer.lr": 0.1}, "tanh": {"optimizer.lr": 0.01}}
+    fixed = [j for j in study.jobs("quick", tuned=tuned) if j.variant == "relu_lr0.5"]
+    assert fixed and all("optimizer.lr=0.5" in j.overrides for j in fixed)
+    with pytest.raises(ConfigError, match=r"tune.variants names \['gelu'\]; valid: relu"):
+        load_study(write_study(root, text.replace("[relu, tanh]", "[relu, gelu]"), name="bad"))

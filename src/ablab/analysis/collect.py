@@ -734,7 +734,7 @@ def tuning_table(
         return {}
     quantity = Quantity(tune.metric, tune.stat, mode=tune.mode)
     scores: dict[str, dict[str, dict[int, float]]] = {
-        v: {Tune.label(p): {} for p in tune.points()} for v in study.variants
+        v: {Tune.label(p): {} for p in tune.points()} for v in study.tuned_variants
     }
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
         point, variant, seed = run_tuning(run), run_variant(run), run_seed(run)
@@ -809,7 +809,7 @@ def choose_points(
     points = {Tune.label(p): p for p in study.tune.points()}
     sign = 1.0 if study.tune.mode == "max" else -1.0
     chosen = {}
-    for variant in study.variants:
+    for variant in study.tuned_variants:
         means = {
             label: float(np.mean(values))
             for label, values in scores.get(variant, {}).items()
