@@ -110,6 +110,9 @@ class Quantity:
     scale: Literal["linear", "log"] = "linear"
     #: another metric whose value (same stat) is subtracted: a gap, e.g. train/acc - val/acc
     minus: str | None = None
+    #: another metric whose value (same stat) divides it: a ratio, e.g. the activation std of
+    #: the last layer over the first's (with ``scale: log``, log10 of the ratio)
+    over: str | None = None
     #: with a glob ``metric`` (``diag/dead/*``, ``test/recall/[5-9]``): how the matching
     #: metrics' values combine into one number per run
     reduce: Literal["mean", "max", "min"] = "mean"
@@ -142,6 +145,7 @@ class Quantity:
     @property
     def name(self) -> str:
         base = self._name() + (f" - {self.minus}" if self.minus else "")
+        base += f" / {self.over}" if self.over else ""
         return f"log10 {base}" if self.scale == "log" else base
 
     def _name(self) -> str:
@@ -435,8 +439,11 @@ def load_study(name_or_path: str | Path) -> Study:
             _check_width(path, q, tune)
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
-        if q.minus is not None and q.stat not in ("final", "first", "best"):
-            raise ConfigError(f"{path}: 'minus' needs stat final, first or best, not {q.stat}")
+        for key in ("minus", "over"):
+            if getattr(q, key) is not None and q.stat not in ("final", "first", "best"):
+                raise ConfigError(f"{path}: '{key}' needs stat final, first or best, not {q.stat}")
+        if q.minus is not None and q.over is not None:
+            raise ConfigError(f"{path}: a quantity takes 'minus' or 'over', not both")
         if q.reduce not in ("mean", "max", "min"):
             raise ConfigError(f"{path}: quantity reduce '{q.reduce}'; valid: mean, max, min")
         if q.pattern and q.stat in ("steps_to", "diverged", "param"):

@@ -15,7 +15,7 @@ from ablab.analysis import stats
 from ablab.analysis.collect import censored, censoring_note, judge
 from ablab.analysis.render import report_tables, to_markdown
 from ablab.analysis.results import STATED_TEST, Summary
-from ablab.study import load_study
+from ablab.study import Study, load_study
 
 CLAIM = "0. A fabricated claim."
 
@@ -38,6 +38,18 @@ def test_a_deterministic_quantity_is_stated_with_no_p_value(other, expected, mar
     assert math.isnan(stats.holm([c])[0].p_holm)  # no member of the family
     v = stats.verdict(CLAIM, c, expected, margin=margin)
     assert v.outcome == outcome and "stated, not tested" in v.reason and "p =" not in v.reason
+
+
+def test_a_declared_quantity_whose_difference_is_the_same_on_every_seed_is_stated() -> None:
+    """The same random draws rescaled (Xavier against He at initialisation, in log10): the
+    values vary with the seed, their difference does not; declared, it is stated."""
+    base = {0: -1.2, 1: -0.7, 2: -1.9}
+    other = {s: v - 3.362 for s, v in base.items()}
+    c = stats.paired("xavier", "log10 act_std", base, other, deterministic=True)
+    assert c.test == STATED_TEST and "the difference is the same on every seed" in c.test_reason
+    assert math.isnan(c.p_value) and c.diff_mean == pytest.approx(-3.362)
+    undeclared = stats.paired("xavier", "log10 act_std", base, other)
+    assert undeclared.test != STATED_TEST
 
 
 def test_a_quantity_that_varies_on_one_side_is_still_tested() -> None:
@@ -97,15 +109,38 @@ def test_a_stated_claim_does_not_take_a_place_in_holms_family(tmp_path: Path) ->
     assert rows[0][4] == rows[0][5] == "—"  # no p, no p Holm
 
 
-def test_censored_runs_are_those_past_the_studys_last_step() -> None:
-    quantity = load_study("bn_vs_nobn").quantities[2]
+CENSORED = """
+claim: "1. BatchNorm speeds convergence."
+question: Does BN reach 90% in fewer steps?
+baseline: {name: bn, overrides: {model.norm: bn}}
+variants:
+  no_bn: {model.norm: none}
+sizes: {quick: {}}
+quantities:
+  - {metric: val/acc, stat: final}
+  - {metric: val/acc, stat: best}
+  - {metric: val/acc, stat: steps_to, threshold: 0.9}
+expect:
+  - {variant: no_bn, quantity: steps to val/acc >= 0.9, direction: higher}
+"""
+
+
+def censored_study(tmp_path: Path) -> Study:
+    folder = tmp_path / "censored"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(CENSORED)
+    return load_study(folder)
+
+
+def test_censored_runs_are_those_past_the_studys_last_step(tmp_path: Path) -> None:
+    quantity = censored_study(tmp_path).quantities[2]
     assert quantity.stat == "steps_to"
     assert censored(quantity, {0: 120.0, 2: 241.0, 1: 241.0}, horizon=240) == [1, 2]
     assert censored(quantity, {0: 120.0}, horizon=None) == []
 
 
-def test_a_censored_threshold_is_marked_in_the_tables_and_the_verdict() -> None:
-    study = load_study("bn_vs_nobn")
+def test_a_censored_threshold_is_marked_in_the_tables_and_the_verdict(tmp_path: Path) -> None:
+    study = censored_study(tmp_path)
     name = "steps to val/acc >= 0.9"
     values = {"bn": {name: {0: 60.0, 1: 72.0, 2: 60.0}},
               "no_bn": {name: {0: 180.0, 1: 241.0, 2: 241.0}}}  # fmt: skip
@@ -150,11 +185,16 @@ def test_an_inconclusive_result_against_the_claim_is_named_as_such() -> None:
 
 
 def test_a_studys_scale_names_its_data_models_and_budget(tmp_path: Path) -> None:
-    assert load_study("bn_vs_nobn").scale("quick") == "data=digits, model=lenet5, 8 epochs"
-    # the model is what the variants change: every one is named
-    assert load_study("plain_vs_residual").scale("quick") == (
-        "data=digits, model=plain20/plain56/resnet20/resnet56, 4 epochs"
-    )
+    folder = tmp_path / "sized"
+    folder.mkdir()
+    (folder / "study.yaml").write_text(
+        CENSORED.replace("sizes: {quick: {}}", "sizes: {quick: {overrides: "
+                         "{data: digits, trainer: cpu, trainer.max_epochs: 8}}}")
+        .replace("no_bn: {model.norm: none}", "no_bn: {model.norm: none}\n  deep: {model: plain56}")
+        .replace("overrides: {model.norm: bn}", "overrides: {model.norm: bn, model: lenet5}")
+    )  # fmt: skip
+    # the model is what a variant changes: every one is named
+    assert load_study(folder).scale("quick") == "data=digits, model=lenet5/plain56, 8 epochs"
     # a size may say it in its own words; a trainer group without epochs gives its own
     folder = tmp_path / "scaled"
     folder.mkdir()

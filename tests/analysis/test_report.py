@@ -278,6 +278,12 @@ def test_log_scale_quantities_compare_orders_of_magnitude(root: Path) -> None:
     gap = Quantity("train/acc", "final", minus="diag/act_std/last")
     assert gap.name == "final train/acc - diag/act_std/last"
     assert quantity_value(client, run, gap) == pytest.approx(0.99 - 5.0)
+    # a ratio of two metrics of the run, in log10: the signal's change over the layers
+    client.log_metric(run.info.run_id, "diag/act_std/first", 1e-1, step=0)
+    run = client.get_run(run.info.run_id)
+    ratio = Quantity("diag/act_std/last", "first", over="diag/act_std/first", scale="log")
+    assert ratio.name == "log10 first diag/act_std/last / diag/act_std/first"
+    assert quantity_value(client, run, ratio) == pytest.approx(-2.0)
 
 
 def test_param_and_pattern_quantities(root: Path) -> None:

@@ -142,8 +142,9 @@ def quantity_value(
 
     A run that never reaches a ``steps_to`` threshold counts as ``horizon + 1`` (censored: slower
     than any run that got there), ``horizon`` being the last step any run of the study logged.
-    With ``scale: log`` the value is log10 of the measured one (-inf for 0: undefined, so any
-    comparison with it is inconclusive).
+    ``minus`` subtracts, ``over`` divides by, the same stat of another metric of the run. With
+    ``scale: log`` the value is log10 of the result (-inf for 0: undefined, so any comparison
+    with it is inconclusive).
 
     The ``final`` value of a diverged run is the quantity's ``diverged_value`` (NaN unless the
     study states one): the last value logged before the blow-up is not where the run ended.
@@ -155,6 +156,14 @@ def quantity_value(
     value = _quantity_value(client, run, quantity, horizon)
     if quantity.minus:
         value -= _quantity_value(client, run, replace(quantity, metric=quantity.minus), horizon)
+    if quantity.over:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = float(
+                np.divide(
+                    value,
+                    _quantity_value(client, run, replace(quantity, metric=quantity.over), horizon),
+                )
+            )
     if quantity.scale == "log":
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.log10(value))

@@ -123,7 +123,8 @@ def paired(
     cannot reach 0.05 and a bootstrap of 3–5 values undercovers).
 
     A quantity declared ``deterministic`` (a parameter count, MACs) whose sides indeed have
-    one value each on every seed, up to rounding, is stated, not tested: ``test`` is
+    one value each on every seed, or whose paired difference is the same on every seed (a
+    rescaling of the same random draws), up to rounding, is stated, not tested: ``test`` is
     :data:`STATED_TEST`, the interval is the point [d, d], and p and d_z are NaN (no p-value:
     it is no sample of anything). Undeclared constant values (an accuracy at its ceiling, a
     threshold every run missed) are tested like any other.
@@ -148,10 +149,14 @@ def paired(
         return replace(base, test=test or "paired t-test")
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
     tie = _ROUNDING_ULPS * np.finfo(float).eps * scale
-    if deterministic and _identical(a, scale) and _identical(b, scale):
-        # Each side the same on every seed (a parameter count, MACs, a ratio at init): a
-        # deterministic quantity. Its difference is a number to state; a test of it is noise.
+    sides = _identical(a, scale) and _identical(b, scale)
+    if deterministic and (sides or _identical(d, scale)):
+        # Each side the same on every seed (a parameter count, MACs), or the same difference
+        # on every seed (the same random draws rescaled by a fixed factor, e.g. Xavier against
+        # He at initialisation): a deterministic quantity. Its difference is a number to
+        # state; a test of it is noise.
         mean = 0.0 if abs(mean) <= tie else mean  # equal up to the rounding of the inputs
+        what = "each side has the same value" if sides else "the difference is the same"
         return replace(
             base,
             diff_mean=mean,
@@ -159,8 +164,7 @@ def paired(
             ci_high=mean,
             test=STATED_TEST,
             prob_improvement=float(np.mean(np.where(np.abs(d) <= tie, 0.5, d > 0))),
-            test_reason="each side has the same value on every seed: a deterministic "
-            "quantity, stated, not tested",
+            test_reason=f"{what} on every seed: a deterministic quantity, stated, not tested",
         )
     identical = _identical(d, scale)
     zero = identical and abs(mean) <= tie
