@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ablab.errors import ConfigError
-from ablab.training.losses import balanced_cross_entropy, focal_loss
+from ablab.training.losses import balanced_cross_entropy, balanced_focal_loss, focal_loss
 from ablab.training.run import build
 from conftest import CONF
 
@@ -139,6 +139,21 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
     alpha = torch.where(y == 0, 0.75, 0.25)  # kornia: 1 − α for class 0 (background), α others
     expected = (-alpha * (1 - p_t) ** 2 * p_t.log()).mean()
     assert torch.allclose(focal_loss(gamma=2.0, alpha=0.25)(logits, y), expected, atol=1e-6)
+
+
+def test_balanced_focal_loss_separates_focusing_from_weighting() -> None:
+    """At γ = 0 it is class-balanced CE; at γ = 2 each sample's focal term weighted by its
+    class's N / (C · n_c), in the weighted mean."""
+    counts = torch.tensor([90, 9, 1])
+    logits, y = torch.randn(64, 3), torch.randint(0, 3, (64,))
+    balanced = balanced_cross_entropy(counts)(logits, y)
+    assert torch.allclose(balanced_focal_loss(counts, gamma=0.0)(logits, y), balanced, atol=1e-6)
+    w = (counts.sum() / (3 * counts.float()))[y]
+    p_t = logits.softmax(1).gather(1, y[:, None]).squeeze(1)
+    expected = (w * -((1 - p_t) ** 2) * p_t.log()).sum() / w.sum()
+    assert torch.allclose(balanced_focal_loss(counts)(logits, y), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="balanced focal loss: classes \\[1\\] have no"):
+        balanced_focal_loss(torch.tensor([5, 0]))
 
 
 def test_balanced_weights_equalise_class_totals() -> None:
