@@ -252,12 +252,13 @@ def study_parser() -> argparse.ArgumentParser:
         help="with --until-decided: seeds added per round (default: the size's seed count)",
     )  # fmt: skip
     parser.add_argument(
-        "--spending", default="pocock",
-        help="with --until-decided: the alpha-spending function, pocock or obrien_fleming",
+        "--spending", default=None,
+        help="with --until-decided: the alpha-spending function, pocock (default) or "
+        "obrien_fleming",
     )  # fmt: skip
     parser.add_argument(
-        "--alpha", type=float, default=0.05,
-        help="with --until-decided: the overall significance level the looks share",
+        "--alpha", type=float, default=None,
+        help="with --until-decided: the overall significance level the looks share (0.05)",
     )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="applied to every job, after the study's")
     return parser
@@ -269,10 +270,15 @@ def sequential_looks(args: argparse.Namespace, first: int) -> list[int] | None:
     parser = study_parser()
     if not args.until_decided:
         given = [o for o, v in (("--max-seeds", args.max_seeds),
-                                ("--seeds-per-round", args.seeds_per_round)) if v is not None]  # fmt: skip
+                                ("--seeds-per-round", args.seeds_per_round),
+                                ("--spending", args.spending),
+                                ("--alpha", args.alpha)) if v is not None]  # fmt: skip
         if given:
             parser.error(f"{', '.join(given)} needs --until-decided")
         return None
+    # defaults that only a sequential design reads
+    args.spending = "pocock" if args.spending is None else args.spending
+    args.alpha = 0.05 if args.alpha is None else args.alpha
     from ablab.analysis import stats
 
     if args.no_report:

@@ -100,13 +100,39 @@ def test_a_stated_claim_does_not_take_a_place_in_holms_family(tmp_path: Path) ->
         "small": {"complexity.params": dict.fromkeys(range(4), 1200.0),
                   "final val/acc": {0: 0.88, 1: 0.9, 2: 0.9, 3: 0.89}},
     }  # fmt: skip
-    comparisons, (params, _) = judge(study, values, range(4), [])
+    comparisons, (params, accuracy) = judge(study, values, range(4), [])
     assert params.outcome == "holds" and "stated, not tested" in params.reason
     c = next(c for c in comparisons if c.quantity == "final val/acc")
     assert c.p_holm == c.p_value  # a family of one: the stated claim is not counted
+    # each verdict carries the p that decided it: none for the stated one
+    assert math.isnan(params.p) and accuracy.p == c.p_holm
+    # an equivalence claim carries its TOST's p (after Holm), not the difference test's
+    same = load_study(
+        write(
+            tmp_path / "same",
+            STUDY.replace(
+                "final val/acc, direction: lower}", "final val/acc, direction: same, margin: 0.05}"
+            ),
+        )
+    )
+    _, (_, equivalent) = judge(same, values, range(4), [])
+    assert (
+        equivalent.outcome == "holds"
+        and equivalent.p
+        == pytest.approx(
+            stats.tost(c, 0.05)[0]  # a family of one
+        )
+        and equivalent.p != c.p_value
+    )
     rows = report_tables(make_report(comparisons=comparisons)).comparisons.rows
     assert [r[6] for r in rows] == ["stated", "t"]
     assert rows[0][4] == rows[0][5] == "—"  # no p, no p Holm
+
+
+def write(folder: Path, text: str) -> Path:
+    folder.mkdir()
+    (folder / "study.yaml").write_text(text)
+    return folder
 
 
 CENSORED = """

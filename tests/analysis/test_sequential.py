@@ -235,6 +235,7 @@ def test_added_seeds_only_append_jobs_so_every_job_keeps_its_folder() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--max-seeds", "6"], "--max-seeds needs --until-decided"),
+     (["--spending", "obrien_fleming", "--alpha", "0.01"], "--spending, --alpha needs --until-decided"),
      (["--until-decided"], "needs --max-seeds N"),
      (["--until-decided", "--max-seeds", "2"], "--max-seeds 2 is below the size's"),
      (["--until-decided", "--max-seeds", "6", "--spending", "x"], "valid: pocock, obrien_fleming"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from mlflow.entities import Run
 
 from ablab.analysis import stats
 from ablab.analysis.results import (
+    UNTESTED,
     Band,
     Comparison,
     LeftOut,
@@ -449,6 +451,15 @@ def judge(
     comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
     lost = [e for e in left_out if e.seed in keep]
+
+    def decided_by(e: Expectation) -> float:
+        c = family.get(
+            (key(e.variant, e.quantity, e.against), e.margin if e.direction == "same" else None)
+        )
+        if c is None or c.test in UNTESTED:
+            return float("nan")
+        return c.p_value if math.isnan(c.p_holm) else c.p_holm
+
     verdicts = [
         lost_seeds(
             replace(
@@ -465,6 +476,7 @@ def judge(
                     ),
                 ),
                 against=key(e.variant, e.quantity, e.against)[2],
+                p=decided_by(e),
             ),
             {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
             lost,

@@ -1042,8 +1042,9 @@ def note_markdown(report: StudyReport, max_chars: int = NOTE_MAX_CHARS) -> str:
         if c is None:
             diff, p, n = DASH, DASH, DASH
         else:
-            # the p the verdict was decided on: Holm's across the study's claims, when run
-            p_used = c.p_value if math.isnan(c.p_holm) else c.p_holm
+            # the p the verdict was decided on (Holm's across the study's claims; TOST's for an
+            # equivalence claim; none for a stated quantity)
+            p_used = v.p
             diff, interval = fmt_signed(c.diff_mean), fmt_interval(c.ci_low, c.ci_high)
             diff += f" {interval}" if interval != DASH else ""
             p, n = fmt_p(p_used), str(len(c.seeds))

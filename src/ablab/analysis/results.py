@@ -101,6 +101,9 @@ class Verdict:
     #: in a sequential study, the round (look) whose test gave this verdict: the first that
     #: decided it, else the last one run; 0 for a study of fixed size
     round: int = 0
+    #: the p that decided it: the difference test's (after Holm) for "higher"/"lower", TOST's
+    #: (after Holm) for "same"; NaN for a stated quantity, which has none
+    p: float = float("nan")
 
 
 @dataclass

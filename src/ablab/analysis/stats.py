@@ -91,6 +91,11 @@ ROBUST_MIN_SEEDS = 6
 POWER = 0.8
 
 
+#: The level of the Shapiro–Wilk pre-test that switches to the robust tests: fixed, not the
+#: look's (small, spent) α, at which normality would practically never be rejected.
+NORMALITY_ALPHA = 0.05
+
+
 def paired(
     variant: str,
     quantity: str,
@@ -118,7 +123,8 @@ def paired(
 
     Which test decides (``test``, with ``test_reason``): ``method="t"`` or ``"bootstrap"``
     force one; ``"auto"`` takes the t-test unless there are enough seeds for the robust tests
-    and Shapiro–Wilk rejects normal differences at ``alpha`` (autorank's rule; Herbold 2020,
+    and Shapiro–Wilk rejects normal differences at :data:`NORMALITY_ALPHA` (0.05, whatever the
+    test's own ``alpha``: autorank's rule; Herbold 2020,
     JOSS 5:2173). Below ``ROBUST_MIN_SEEDS`` a forced bootstrap still runs (its smallest p
     cannot reach 0.05 and a bootstrap of 3–5 values undercovers).
 
@@ -213,9 +219,11 @@ def paired(
     elif not robust:
         use_robust = False
         reason = f"n = {n} < {ROBUST_MIN_SEEDS}: too few seeds for a permutation test"
-    elif not math.isnan(normality) and normality < alpha:
+    elif not math.isnan(normality) and normality < NORMALITY_ALPHA:
         use_robust = True
-        reason = f"Shapiro–Wilk rejects normal differences (p = {normality:.3g} < {alpha:.3g})"
+        reason = (
+            f"Shapiro–Wilk rejects normal differences (p = {normality:.3g} < {NORMALITY_ALPHA:g})"
+        )
     else:
         use_robust = False
         reason = (
