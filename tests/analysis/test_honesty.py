@@ -235,6 +235,19 @@ def test_a_studys_scale_names_its_data_models_and_budget(tmp_path: Path) -> None
     assert study.scale("quick") == "digits, 2 steps"
     assert study.scale("smoke") == "data=digits, model=lenet5, 1 epochs"
     assert study.pilots == ["lr 0.1: diverged on 2 of 3 seeds"]
+    # overrides the study's command added to every job (recorded by the sweeper) are named
+    from omegaconf import OmegaConf
+
+    from ablab.analysis.collect import scale_text
+    from hydra_plugins.ablab_study import StudySweeper
+
+    config = OmegaConf.create({"study": str(folder), "size": "quick"})
+    plan = StudySweeper.plan(config, ["trainer.max_epochs=1"])
+    assert plan["tags"]["study_overrides"] == "trainer.max_epochs=1"
+    assert scale_text(study, plan["tags"]) == (
+        "digits, 2 steps; with trainer.max_epochs=1 on the command line"
+    )
+    assert "study_overrides" not in StudySweeper.plan(config, [])["tags"]
 
 
 def test_not_equivalent_needs_the_whole_interval_beyond_the_margin() -> None:

@@ -370,12 +370,22 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             for v, points in table.items()
         },
         tuned={v: tags[f"tuned.{v}"] for v in study.variants if f"tuned.{v}" in tags},
-        scale=study.scale(tags["study_size"]) if tags.get("study_size") in study.sizes else "",
+        scale=scale_text(study, tags),
         pilots=study.pilots,
         design=design.text() if design else "",
         rounds=rounds,
         planned_looks=list(design.looks) if design else [],
     )
+
+
+def scale_text(study: Study, tags: Mapping[str, str]) -> str:
+    """What the verdicts were measured at: the size's scale (:meth:`Study.scale`), and the
+    overrides the study's command added to every job, which the study file does not know."""
+    size = tags.get("study_size")
+    text = study.scale(size) if size in study.sizes else ""
+    if extra := tags.get("study_overrides"):
+        text = f"{text}; with {extra} on the command line" if text else f"with {extra}"
+    return text
 
 
 def judge(

@@ -80,6 +80,8 @@ class StudySweeper(Sweeper):
         tags = {"study": study.name, "study_size": str(config.size),
                 "study_file": str(study.folder / "study.yaml"),
                 "study_seeds": ",".join(map(str, seeds))}  # fmt: skip
+        if arguments:  # what the command changed in every job: the report's scale says so
+            tags["study_overrides"] = " ".join(arguments)
         for variant, point in (tuned or {}).items():
             tags[f"tuned.{variant}"] = Tune.label(point)
         # A sequential study (ablab study --until-decided): its design, which the report reads.
