@@ -1,16 +1,19 @@
 """Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
 random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, the
-best value of the task's monitored metric and the points where held metrics reach the store."""
+best value of the task's monitored metric, the points where held metrics reach the store, and
+the run's record of which weights were tested."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from mlflow.entities import RunTag
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
@@ -233,3 +236,66 @@ class ModelCheckpoint(LightningModelCheckpoint):
         # skipped when the parent just saved at this step (its last.ckpt is current)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def last_epoch(trainer: pl.Trainer) -> int:
+    """The index of the last training epoch started (−1 before any): ``epoch`` as Lightning
+    logs it and names checkpoints (``epoch007.ckpt``)."""
+    return trainer.fit_loop.epoch_progress.current.started - 1
+
+
+def set_run_tags(trainer: pl.Trainer, tags: dict[str, str]) -> None:
+    """Set ``tags`` on the run of every MLflow logger of the trainer (global rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            entries = [RunTag(key, value) for key, value in tags.items()]
+            logger.experiment.log_batch(logger.run_id, tags=entries)
+
+
+class TestedWeights(Callback):
+    """Tag the run with the weights ``trainer.test`` scores: ``tested_weights`` (``best val/acc
+    checkpoint (epoch 7)``, ``last epoch (9)``...), ``tested_weights.kind`` (``best``, ``last``
+    or ``checkpoint``) and ``tested_epoch`` (the epoch they were saved at, 0-based as Lightning's
+    ``epoch`` metric and checkpoint names: ``val/acc`` at that epoch is their validation score).
+
+    A checkpoint file is ``best`` when its own checkpoint-callback state names it the best
+    one, ``last`` when it names it the last one (``last.ckpt``), else ``checkpoint``; testing
+    the weights in memory after ``fit`` (no checkpointing) is ``last`` (``initial``, epoch −1,
+    when no epoch was trained).
+    """
+
+    __test__ = False  # named Test…: not a class of tests for pytest to collect
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.tags = tested_weights(trainer)
+        set_run_tags(trainer, self.tags)
+
+
+def tested_weights(trainer: pl.Trainer) -> dict[str, str]:
+    """The tags :class:`TestedWeights` sets, for the checkpoint ``trainer.test`` loaded."""
+    if not trainer.ckpt_path:
+        epoch = last_epoch(trainer)
+        kind, text = ("last", f"last epoch ({epoch})") if epoch >= 0 else ("initial", "initial")
+    else:
+        path = Path(trainer.ckpt_path)
+        # mmap: the weights are not read again, only the few values wanted here
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = state["epoch"]
+        kind, text = "checkpoint", f"checkpoint {path.name} (epoch {epoch})"
+        for key, saved in state.get("callbacks", {}).items():
+            if "ModelCheckpoint" not in key:
+                continue
+            # by name: a job folder set aside (previous/<run id>/) keeps its file names
+            monitored = saved.get("monitor")  # None: it kept every epoch, none is best
+            if monitored and Path(saved.get("best_model_path") or "").name == path.name:
+                kind, text = "best", f"best {monitored} checkpoint (epoch {epoch})"
+            elif Path(saved.get("last_model_path") or "").name == path.name:
+                kind, text = "last", f"{path.name} (epoch {epoch})"
+    return {"tested_weights": text, "tested_weights.kind": kind, "tested_epoch": str(epoch)}
