@@ -132,6 +132,7 @@ def test_metrics_are_reduced_over_both_ranks(ddp_root: Path, expected: dict[str,
         assert logged == pytest.approx(expected[f"{split}/acc"], abs=1e-6), split
     assert run.data.metrics["tested_val/acc"] == run.data.metrics["val/acc"]
     assert run.data.tags["tested_weights"] == "best val/acc checkpoint (epoch 0)"
+    assert run.data.tags["stopped"] == "max_epochs at epoch 0"
 
 
 @shared_run

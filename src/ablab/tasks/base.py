@@ -91,16 +91,31 @@ class Task(pl.LightningModule):
         a monitored metric that is not among them before training (:meth:`check_monitors`)."""
         return None
 
-    def check_monitors(self, monitors: dict[str, str | None]) -> None:
+    def training_metric_names(self) -> set[str] | None:
+        """Epoch-level names this task logs in training (``None``: not known in advance)."""
+        return None
+
+    def check_monitors(
+        self, monitors: dict[str, str | None], training: dict[str, str | None] | None = None
+    ) -> None:
         """Refuse, before training, a metric that something monitors (config key -> metric name)
-        and this task does not log in validation: Lightning would fail after the run exists."""
-        names = self.validation_metric_names()
-        for key, metric in {"task.monitor": self.monitor, **monitors}.items():
-            if names is not None and metric is not None and metric not in names:
-                raise ConfigError(
-                    f"{key}={metric} is not a validation metric of {type(self).__name__}; it "
-                    f"logs: {', '.join(sorted(names))}"
-                )
+        and this task does not log in validation, or, for the ``training`` monitors (read at a
+        training epoch's end), in training: Lightning would fail after the run exists."""
+        stages = [
+            (
+                "validation",
+                self.validation_metric_names(),
+                {"task.monitor": self.monitor, **monitors},
+            ),
+            ("training", self.training_metric_names(), training or {}),
+        ]
+        for stage, names, wanted in stages:
+            for key, metric in wanted.items():
+                if names is not None and metric is not None and metric not in names:
+                    raise ConfigError(
+                        f"{key}={metric} is not a {stage} metric of {type(self).__name__}; it "
+                        f"logs: {', '.join(sorted(names))}"
+                    )
 
     def validation_sets(self) -> list[str]:
         """The name of each validation loader, in ``dataloader_idx`` order: the keys when the

@@ -151,6 +151,12 @@ class ClassifierModule(Task):
         names = {"val/loss", *self.val_metrics.keys(), "val/f1_macro", "val/recall_macro"}
         return names | {f"val/recall/{c}" for c in range(self.num_classes)}
 
+    def training_metric_names(self) -> set[str]:
+        names = {"train/loss", *self.train_metrics.keys()}
+        if self.l1 > 0:
+            names.add("train/l1_penalty")
+        return names | ({"train/loss_aux"} if hasattr(self.net, "forward_with_aux") else set())
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 

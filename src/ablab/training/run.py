@@ -37,7 +37,7 @@ from ablab.init import initialize
 from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
-from ablab.training.callbacks import FlushMetrics, MonitorBest, TestedWeights
+from ablab.training.callbacks import FlushMetrics, MonitorBest, Plateau, StopReason, TestedWeights
 from ablab.training.cuda_probe import skip_nvml_probe_without_driver
 from ablab.training.precision import warn_emulated_bf16
 from ablab.training.threads import ThreadBudget, apply_threads
@@ -118,10 +118,13 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         monitor_best = MonitorBest(task.monitor, task.mode)
         named = {name: c for name, c in cfg.callbacks.items() if c is not None}
         callbacks = [instantiate(c) for c in named.values()]
-        monitors = {f"callbacks.{name}.monitor": getattr(c, "monitor", None)
-                    for name, c in zip(named, callbacks, strict=True)}  # fmt: skip
+        monitors: dict[str, str | None] = {}
+        training: dict[str, str | None] = {}  # read at a training epoch's end (a plateau)
+        for name, callback in zip(named, callbacks, strict=True):
+            watched = training if isinstance(callback, Plateau) else monitors
+            watched[f"callbacks.{name}.monitor"] = getattr(callback, "monitor", None)
         monitors["scheduler.monitor"] = (scheduler or {}).get("monitor")
-        task.check_monitors(monitors)
+        task.check_monitors(monitors, training)
         logger = None
         if is_tracked(cfg):
             # Lightning's MLFlowLogger opens its store as it is made: a new local store is
@@ -135,10 +138,10 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             callbacks.append(FlushMetrics(logger))  # where the metrics the logger holds are written
         else:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        tested = TestedWeights()  # tags the run with the weights trainer.test scores
+        tested = TestedWeights()  # with StopReason: the run's record of how fit and test went
         trainer = build_trainer(
             cfg,
-            callbacks=[monitor_best, tested, *callbacks],
+            callbacks=[monitor_best, StopReason(), tested, *callbacks],
             logger=logger if logger else False,
         )
         datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
