@@ -123,12 +123,16 @@ def test_one_run_from_rank_zero_in_one_folder(ddp_root: Path) -> None:
 @shared_run
 @pytest.mark.slow
 def test_metrics_are_reduced_over_both_ranks(ddp_root: Path, expected: dict[str, float]) -> None:
-    """Each rank sees half of the val/test split; the logged accuracy is over all of it."""
+    """Each rank sees half of the val/test split; the logged accuracy is over all of it, also
+    when test scores validation again (tested_val, the same weights: one epoch)."""
     (run,) = all_runs(ddp_root)
     for split in ("val", "test"):
         assert expected[f"{split}/acc"] != expected[f"{split}/acc_rank0"]  # halves differ here
         logged = run.data.metrics[f"{split}/acc"]
         assert logged == pytest.approx(expected[f"{split}/acc"], abs=1e-6), split
+    assert run.data.metrics["tested_val/acc"] == run.data.metrics["val/acc"]
+    assert run.data.tags["tested_weights"] == "best val/acc checkpoint (epoch 0)"
+    assert run.data.tags["stopped"] == "max_epochs at epoch 0"
 
 
 @shared_run

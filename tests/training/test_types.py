@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 import pytest
+from annotated_types import Ge, Interval
 
 from ablab.errors import ConfigError
-from ablab.training.types import check_types, type_name
+from ablab.training.types import check_node, check_types, type_name
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,26 @@ def test_type_name() -> None:
     assert type_name(int | None) == "int | None"
     assert type_name(Literal["a", 1]) == "'a' | 1"
     assert type_name(list[int]) == "list[int]"
+    assert type_name(Annotated[float, Ge(0)]) == "float >= 0"
+    assert type_name(Annotated[int, Interval(ge=1, lt=10)]) == "int >= 1 and < 10"
+    assert type_name(Annotated[int, "a note"]) == "int"
+
+
+class Bounded:
+    def __init__(self, patience: Annotated[int, Ge(1)] = 1, rate: Annotated[float, Ge(0)] = 0.0):
+        self.patience, self.rate = patience, rate
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"patience": 0}, "x.patience=0: expected int >= 1"),
+        ({"rate": -0.5}, "x.rate=-0.5: expected float >= 0"),
+        ({"patience": 1.5}, "x.patience=1.5: expected int >= 1"),
+    ],
+)
+def test_a_value_outside_its_annotated_range_is_refused_with_the_range(node, message) -> None:
+    target = f"{__name__}.{Bounded.__qualname__}"
+    check_node({"_target_": target, "patience": 2, "rate": 0}, "x")  # in range: int 0 is a float
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_node({"_target_": target, **node}, "x")

@@ -20,6 +20,10 @@ examples in their stored order, through the transfer every validation batch take
 (standardisation only: no augmentation, no shuffling, not the training sampler). Scored with the
 model in eval mode, it is the training side of a train-validation gap; training metrics, logged
 with augmentation and dropout on, understate it.
+
+Test runs the test loader and, after it, the validation loaders again (``{"test", "val",
+"train_eval"}``): the tested weights (an ablab run tests its best checkpoint) are then scored on
+validation too, so a final validation/test pair or gap never mixes two sets of weights.
 """
 
 from __future__ import annotations
@@ -245,8 +249,16 @@ class ImageDataModule(DataModule):
             )
         return self._loader(train, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> dict[str, DataLoader]:
+        """``{"test": the test loader, "val": the validation loader}``, and ``"train_eval"`` with
+        ``train_eval``: Lightning tests the same weights on each, in that order
+        (``dataloader_idx`` 0, 1, 2), and the task namespaces each one's metrics (``test/…``,
+        ``tested_val/…``). ``trainer.limit_test_batches`` applies to each of them."""
+        val = self.val_dataloader()
+        return {
+            "test": self._loader("test", shuffle=False),
+            **(val if isinstance(val, dict) else {"val": val}),
+        }
 
     def on_after_batch_transfer(
         self, batch: tuple[Tensor, Tensor], dataloader_idx: int

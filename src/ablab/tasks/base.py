@@ -14,7 +14,10 @@ A task is a LightningModule around networks built elsewhere. It declares:
 - its own metrics (torchmetrics) and artifacts, logged from its hooks. Validation may run
   several named loaders (a data module's ``val_dataloader`` returning ``{"val": ...,
   "train_eval": ...}``); :meth:`Task.validation_sets` names the one a ``dataloader_idx`` is, and
-  the task decides what it scores on each.
+  the task decides what it scores on each. Test may run several too (an image data module's
+  ``test_dataloader`` returns ``{"test": ..., "val": ..., "train_eval": ...}``, so that the
+  tested weights are scored on validation as well): :meth:`Task.test_sets` names them, and
+  :func:`tested_stage` is the namespace of each one's metrics (``test``, ``tested_val``...).
 
 Everything a task needs from the data it checks in :meth:`Task.check`, which the core calls
 before any MLflow run exists, so a mismatch is one line and no run.
@@ -34,6 +37,14 @@ from ablab.errors import ConfigError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 MODES = ("min", "max")
+#: Namespace prefix of a non-test loader scored in the test stage: ``tested_val/acc`` is the
+#: tested weights' accuracy on the validation set, beside their ``test/acc``.
+TESTED = "tested_"
+
+
+def tested_stage(loader: str) -> str:
+    """The metric namespace of test loader ``loader``: ``test``, else ``tested_<loader>``."""
+    return "test" if loader == "test" else f"{TESTED}{loader}"
 
 
 class Task(pl.LightningModule):
@@ -80,16 +91,31 @@ class Task(pl.LightningModule):
         a monitored metric that is not among them before training (:meth:`check_monitors`)."""
         return None
 
-    def check_monitors(self, monitors: dict[str, str | None]) -> None:
+    def training_metric_names(self) -> set[str] | None:
+        """Epoch-level names this task logs in training (``None``: not known in advance)."""
+        return None
+
+    def check_monitors(
+        self, monitors: dict[str, str | None], training: dict[str, str | None] | None = None
+    ) -> None:
         """Refuse, before training, a metric that something monitors (config key -> metric name)
-        and this task does not log in validation: Lightning would fail after the run exists."""
-        names = self.validation_metric_names()
-        for key, metric in {"task.monitor": self.monitor, **monitors}.items():
-            if names is not None and metric is not None and metric not in names:
-                raise ConfigError(
-                    f"{key}={metric} is not a validation metric of {type(self).__name__}; it "
-                    f"logs: {', '.join(sorted(names))}"
-                )
+        and this task does not log in validation, or, for the ``training`` monitors (read at a
+        training epoch's end), in training: Lightning would fail after the run exists."""
+        stages = [
+            (
+                "validation",
+                self.validation_metric_names(),
+                {"task.monitor": self.monitor, **monitors},
+            ),
+            ("training", self.training_metric_names(), training or {}),
+        ]
+        for stage, names, wanted in stages:
+            for key, metric in wanted.items():
+                if names is not None and metric is not None and metric not in names:
+                    raise ConfigError(
+                        f"{key}={metric} is not a {stage} metric of {type(self).__name__}; it "
+                        f"logs: {', '.join(sorted(names))}"
+                    )
 
     def validation_sets(self) -> list[str]:
         """The name of each validation loader, in ``dataloader_idx`` order: the keys when the
@@ -97,6 +123,12 @@ class Task(pl.LightningModule):
         else ``["val"]``. A task namespaces each loader's metrics with its name."""
         loaders = self.trainer.val_dataloaders
         return list(loaders) if isinstance(loaders, Mapping) else ["val"]
+
+    def test_sets(self) -> list[str]:
+        """The name of each test loader, in ``dataloader_idx`` order, as :meth:`validation_sets`
+        (``["test"]`` for a single loader)."""
+        loaders = self.trainer.test_dataloaders
+        return list(loaders) if isinstance(loaders, Mapping) else ["test"]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """What the optimizer gets: every trainable parameter, in one group."""

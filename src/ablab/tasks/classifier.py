@@ -9,6 +9,11 @@ With a clean training loader in validation (``data.train_eval=true``) the same n
 mode (dropout off, batch norm on its running statistics) and on unaugmented training examples,
 is scored as ``train_eval/acc`` and ``train_eval/loss``: the training side of a train-validation
 gap, which ``train/acc`` (dropout and augmentation on, weights changing within the epoch) is not.
+
+Test scores the tested weights on every test loader: the test set (``test/…``), and the
+validation set and clean training set the data module adds (``tested_val/…``,
+``tested_train_eval/…``), so a final validation/test pair or a train-validation gap comes from one
+set of weights, whichever checkpoint was tested.
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from ablab.data.base import ImageDataModule, dataset_targets
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
-from ablab.tasks.base import OptimizerFactory, Task
+from ablab.tasks.base import OptimizerFactory, Task, tested_stage
 
 # Epoch values are logged as values torchmetrics has already reduced over every DDP rank
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
 warnings.filterwarnings(
     "ignore",
-    message=r"It is recommended to use `self\.log\('(train|train_eval|val|test)/"
+    message=r"It is recommended to use `self\.log\('(tested_)?(train|train_eval|val|test)/"
     r"(loss|acc|acc_top5|f1_macro|recall_macro|recall/\d+)'",
     category=PossibleUserWarning,
 )
 
+#: The test stage's namespace for each validation loader (``tested_val``, ``tested_train_eval``).
+TESTED_VAL, TESTED_TRAIN_EVAL = tested_stage("val"), tested_stage(TRAIN_EVAL)
 #: Stages that also score per class (F1, macro and per-class recall): the held-out ones.
-CLASS_SCORED = ("val", "test")
+CLASS_SCORED = ("val", "test", TESTED_VAL)
 
 
 class ClassifierModule(Task):
@@ -50,7 +57,9 @@ class ClassifierModule(Task):
     (TP_c / (TP_c + FN_c)), and ``acc_top5`` with more than five classes; training skips them
     to keep steps cheap. A validation loader named ``train_eval`` (the clean training set) is
     scored like validation without the per-class scores: ``train_eval/loss`` (loss_fn alone, no
-    auxiliary or l1 term, as ``val/loss``), ``train_eval/acc`` and ``acc_top5``.
+    auxiliary or l1 term, as ``val/loss``), ``train_eval/acc`` and ``acc_top5``. Test scores its
+    loaders ``test``, ``val`` and ``train_eval`` as ``test/…``, ``tested_val/…`` (what ``val/…``
+    logs) and ``tested_train_eval/…`` (what ``train_eval/…`` logs).
 
     The network is built elsewhere and injected (see :class:`~ablab.tasks.base.Task`); ``loss``
     comes from the ``loss`` group, and a loss that needs the training set's class counts (a
@@ -93,7 +102,8 @@ class ClassifierModule(Task):
         self.decay_norm_and_bias, self.l1 = decay_norm_and_bias, l1
         # Training checks no arguments per step (the loss has checked the targets already).
         # train_eval: the clean training set, scored in validation (ablab.data.module.TRAIN_EVAL).
-        stages = (("train", False), ("val", True), ("test", True), (TRAIN_EVAL, True))
+        stages = [("train", False)]
+        stages += [(s, True) for s in ("val", "test", TRAIN_EVAL, TESTED_VAL, TESTED_TRAIN_EVAL)]
         for stage, validate in stages:
             accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
             metrics = {"acc": accuracy(validate_args=validate)}
@@ -116,8 +126,8 @@ class ClassifierModule(Task):
             # never updated itself after a reset, would warn at every epoch's compute.
             compute_groups=[["f1_macro", "recall_macro"], ["recall"]],
         )
-        self.val_class_metrics = per_class.clone(prefix="val/")
-        self.test_class_metrics = per_class.clone(prefix="test/")
+        for stage in CLASS_SCORED:
+            setattr(self, f"{stage}_class_metrics", per_class.clone(prefix=f"{stage}/"))
 
     def check(self, datamodule: ImageDataModule) -> None:
         """Give a class-count loss the training split's counts (as trained on, after
@@ -140,6 +150,12 @@ class ClassifierModule(Task):
     def validation_metric_names(self) -> set[str]:
         names = {"val/loss", *self.val_metrics.keys(), "val/f1_macro", "val/recall_macro"}
         return names | {f"val/recall/{c}" for c in range(self.num_classes)}
+
+    def training_metric_names(self) -> set[str]:
+        names = {"train/loss", *self.train_metrics.keys()}
+        if self.l1 > 0:
+            names.add("train/l1_penalty")
+        return names | ({"train/loss_aux"} if hasattr(self.net, "forward_with_aux") else set())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -205,8 +221,22 @@ class ClassifierModule(Task):
     ) -> None:
         self._shared_step(batch, self._validation_sets[dataloader_idx])
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def on_test_epoch_start(self) -> None:
+        # which loader each dataloader_idx is: "test", and "val", "train_eval" when the data adds
+        # them; each is scored in its own namespace (test/, tested_val/, tested_train_eval/)
+        sets = self.test_sets()
+        unknown = set(sets) - {"test", "val", TRAIN_EVAL}
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} scores the test loaders 'test', 'val' and '{TRAIN_EVAL}', "
+                f"not {', '.join(sorted(unknown))}"
+            )
+        self._test_stages = [tested_stage(name) for name in sets]
+
+    def test_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._shared_step(batch, self._test_stages[dataloader_idx])
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -216,7 +246,8 @@ class ClassifierModule(Task):
             self._log_epoch(stage)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        for stage in self._test_stages:
+            self._log_epoch(stage)
 
     def _log_epoch(self, stage: str) -> None:
         """Log the stage's epoch values and start the next epoch afresh.

@@ -1,23 +1,31 @@
 """Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
 random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, the
-best value of the task's monitored metric and the points where held metrics reach the store."""
+best value of the task's monitored metric, the points where held metrics reach the store, a
+training budget that ends at a plateau of the training loss, and the run's record of why
+training stopped and which weights were tested."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from annotated_types import Ge
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from pytorch_lightning.callbacks import Callback
+from mlflow.entities import RunTag
+from pytorch_lightning.callbacks import Callback, EarlyStopping, Timer
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
 
 from ablab.data.base import ImageDataModule
 from ablab.data.preview import batch_grid
+from ablab.errors import ConfigError
 from ablab.tracking.mlflow import ResumableMLFlowLogger
 
 
@@ -233,3 +241,153 @@ class ModelCheckpoint(LightningModelCheckpoint):
         # skipped when the parent just saved at this step (its last.ckpt is current)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class Plateau(EarlyStopping):
+    """Stop once ``monitor`` has not improved on its best by r · |best| for ``patience`` epochs.
+
+    A "train to a plateau" budget beside a fixed epoch count: at the end of every training epoch
+    the epoch value of ``monitor`` (the training loss, ``train/loss``, by default) counts as an
+    improvement when it is below best − r · |best| in ``min`` mode (above best + r · |best| in
+    ``max`` mode), where best is the best epoch value so far and r = ``min_rel_improvement``
+    (0.01: 1%; 0: any improvement at all). After ``patience`` epochs in a row without one,
+    training stops; ``trainer.max_epochs`` stays the cap. The run's ``stopped`` tag then says
+    which ended it (``plateau at epoch 12`` or ``max_epochs at epoch 59``, :class:`StopReason`).
+
+    Lightning's ``EarlyStopping`` with a relative ``min_delta`` (r · |best|, updated at each
+    check), checked at each training epoch's end (where ``train/loss`` is the whole epoch's
+    mean, over every DDP rank) instead of after validation. Its state (best, epochs waited) is
+    saved in checkpoints, so a resumed run keeps counting.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "train/loss",
+        min_rel_improvement: Annotated[float, Ge(0)] = 0.01,
+        patience: Annotated[int, Ge(1)] = 5,
+        mode: str = "min",
+        check_on_train_epoch_end: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not min_rel_improvement >= 0:
+            raise ConfigError(
+                f"min_rel_improvement={min_rel_improvement}: must be >= 0 (0.01 = 1%)"
+            )
+        if patience < 1:
+            raise ConfigError(f"patience={patience}: must be an integer >= 1 (epochs)")
+        super().__init__(
+            monitor=monitor,
+            patience=patience,
+            mode=mode,
+            check_on_train_epoch_end=check_on_train_epoch_end,
+            **kwargs,
+        )
+        self.min_rel_improvement = min_rel_improvement
+
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        # EarlyStopping counts an improvement when current - min_delta beats best, min_delta
+        # being signed by the mode: a relative threshold is r · |best|, renewed at every check
+        best = self.best_score
+        margin = self.min_rel_improvement * float(best.abs()) if torch.isfinite(best) else 0.0
+        self.min_delta = margin if self.monitor_op == torch.gt else -margin
+        return super()._evaluate_stopping_criteria(current)
+
+
+def last_epoch(trainer: pl.Trainer) -> int:
+    """The index of the last training epoch started (−1 before any): ``epoch`` as Lightning
+    logs it and names checkpoints (``epoch007.ckpt``)."""
+    return trainer.fit_loop.epoch_progress.current.started - 1
+
+
+def set_run_tags(trainer: pl.Trainer, tags: dict[str, str]) -> None:
+    """Set ``tags`` on the run of every MLflow logger of the trainer (global rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            entries = [RunTag(key, value) for key, value in tags.items()]
+            logger.experiment.log_batch(logger.run_id, tags=entries)
+
+
+class StopReason(Callback):
+    """Tag the run with why training ended, when it ends without an error: ``stopped``
+    (``plateau at epoch 12``), ``stopped.kind`` and ``stopped_epoch`` (the last epoch trained,
+    0-based as in checkpoint names).
+
+    The kinds: ``plateau`` (:class:`Plateau`), ``early_stopping`` (Lightning's
+    ``EarlyStopping``, ``callbacks=early_stopping``), ``max_steps``, ``max_time``,
+    ``max_epochs``, else ``should_stop`` (something else set ``trainer.should_stop``).
+    """
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        kind, epoch = stop_kind(trainer), last_epoch(trainer)
+        self.tags = {"stopped": f"{kind} at epoch {epoch}", "stopped.kind": kind,
+                     "stopped_epoch": str(epoch)}  # fmt: skip
+        set_run_tags(trainer, self.tags)
+
+
+def stop_kind(trainer: pl.Trainer) -> str:
+    """What ended ``fit`` (see :class:`StopReason`)."""
+    for callback in trainer.callbacks:
+        stopped = getattr(callback, "stopping_reason", EarlyStoppingReason.NOT_STOPPED)
+        if isinstance(callback, EarlyStopping) and stopped != EarlyStoppingReason.NOT_STOPPED:
+            return "plateau" if isinstance(callback, Plateau) else "early_stopping"
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0:
+        return "max_time"
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch:
+        return "max_epochs"
+    return "should_stop"
+
+
+class TestedWeights(Callback):
+    """Tag the run with the weights ``trainer.test`` scores: ``tested_weights`` (``best val/acc
+    checkpoint (epoch 7)``, ``last epoch (9)``...), ``tested_weights.kind`` (``best``, ``last``
+    or ``checkpoint``) and ``tested_epoch`` (the epoch they were saved at, 0-based as Lightning's
+    ``epoch`` metric and checkpoint names: ``val/acc`` at that epoch is their validation score).
+
+    A checkpoint file is ``best`` when its own checkpoint-callback state names it the best
+    one, ``last`` when it names it the last one (``last.ckpt``), else ``checkpoint``; testing
+    the weights in memory after ``fit`` (no checkpointing) is ``last`` (``initial``, epoch −1,
+    when no epoch was trained).
+    """
+
+    __test__ = False  # named Test…: not a class of tests for pytest to collect
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.tags = tested_weights(trainer)
+        set_run_tags(trainer, self.tags)
+
+
+def tested_weights(trainer: pl.Trainer) -> dict[str, str]:
+    """The tags :class:`TestedWeights` sets, for the checkpoint ``trainer.test`` loaded."""
+    if not trainer.ckpt_path:
+        epoch = last_epoch(trainer)
+        kind, text = ("last", f"last epoch ({epoch})") if epoch >= 0 else ("initial", "initial")
+    else:
+        path = Path(trainer.ckpt_path)
+        # mmap: the weights are not read again, only the few values wanted here
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = state["epoch"]
+        kind, text = "checkpoint", f"checkpoint {path.name} (epoch {epoch})"
+        for key, saved in state.get("callbacks", {}).items():
+            if "ModelCheckpoint" not in key:
+                continue
+            # by name: a job folder set aside (previous/<run id>/) keeps its file names
+            monitored = saved.get("monitor")  # None: it kept every epoch, none is best
+            if monitored and Path(saved.get("best_model_path") or "").name == path.name:
+                kind, text = "best", f"best {monitored} checkpoint (epoch {epoch})"
+            elif Path(saved.get("last_model_path") or "").name == path.name:
+                kind, text = "last", f"{path.name} (epoch {epoch})"
+    return {"tested_weights": text, "tested_weights.kind": kind, "tested_epoch": str(epoch)}

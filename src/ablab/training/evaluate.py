@@ -8,7 +8,9 @@ test a checkpoint with the config it was trained with, and log the test metrics.
    split and task are exactly the ones trained; ``key=value`` arguments change single values
    (``data.root=...``, ``trainer.accelerator=gpu``). A checkpoint that names no run (trained
    with ``logger=null``, or not by ablab) is tested with the config composed from the arguments.
-3. **Test** and log ``test/*`` into that run, tagged ``evaluated_checkpoint``; the run keeps the
+3. **Test** and log ``test/*`` (and the same weights' validation scores, ``tested_val/*``) into
+   that run, tagged ``evaluated_checkpoint`` and ``tested_weights`` (which weights those are, as
+   ``ablab train`` tags them: ``best val/acc checkpoint (epoch 7)``); the run keeps the
    status it had (Lightning would mark it FINISHED, and a KILLED or FAILED run must not become
    one a report counts). A run still RUNNING is refused. ``new_run=true`` logs into a new run
    instead, tagged ``evaluates=<run id>`` and ``ablab.kind=eval``.
@@ -91,7 +93,7 @@ def evaluate(arguments: list[str]) -> dict[str, float]:
     logger, trainer = built.logger, built.trainer
     if logger is None:
         results = trainer.test(
-            built.task, datamodule=built.datamodule, ckpt_path=str(source.checkpoint)
+            built.task, datamodule=built.datamodule, ckpt_path=str(source.checkpoint), verbose=False
         )
         status = "FINISHED"
     elif into_source:
@@ -107,12 +109,15 @@ def evaluate(arguments: list[str]) -> dict[str, float]:
                             "config/config.yaml")  # fmt: skip
             client.set_tag(logger.run_id, "ckpt_path", str(source.checkpoint))
             results = trainer.test(
-                built.task, datamodule=built.datamodule, ckpt_path=str(source.checkpoint)
+                built.task,
+                datamodule=built.datamodule,
+                ckpt_path=str(source.checkpoint),
+                verbose=False,
             )
         status = outcome.status
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     report(metrics, logger, str(cfg.logger.tracking_uri) if logger else None, status,
-           str(source.checkpoint))  # fmt: skip
+           str(source.checkpoint), built.tested.tags.get("tested_weights"))  # fmt: skip
     return metrics
 
 
@@ -123,7 +128,7 @@ def test_into(built: Any, source: Source) -> tuple[list[dict[str, float]], str]:
     client.set_tag(source.run_id, "evaluated_checkpoint", str(source.checkpoint))
     try:
         results = built.trainer.test(
-            built.task, datamodule=built.datamodule, ckpt_path=str(source.checkpoint)
+            built.task, datamodule=built.datamodule, ckpt_path=str(source.checkpoint), verbose=False
         )
     finally:  # Lightning ends the run FINISHED after testing, whatever it was
         client.set_terminated(source.run_id, before.status, end_time=before.end_time)

@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from pytorch_lightning.callbacks import Callback
 
 from ablab.errors import ConfigError
+from ablab.tasks.base import TESTED
 
 JOB_FILE = "job.json"
 #: The checkpoint entry that names the run and config a checkpoint belongs to.
@@ -249,6 +250,8 @@ def set_aside(job_dir: Path, state: JobState, checkpoint_dir: Path) -> Path:
 
 
 def metric_summary(metrics: dict[str, Any]) -> dict[str, float]:
-    """What ``train`` returns for a finished run it skips: its test metrics and best scores
+    """What ``train`` returns for a finished run it skips, as it returned them when it ran: its
+    test metrics (``test/*``, and the tested weights' ``tested_val/*``...) and best scores
     (``val/acc_best``, which a sweeper may optimise)."""
-    return {k: float(v) for k, v in metrics.items() if k.startswith("test/") or k.endswith("_best")}
+    return {k: float(v) for k, v in metrics.items()
+            if k.startswith(("test/", TESTED)) or k.endswith("_best")}  # fmt: skip

@@ -376,8 +376,9 @@ def end_if_lost(run_id: str, uri: str) -> bool:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test on the best checkpoint; return the test metrics and the best validation
-    value of the task's monitored metric (``<monitor>_best``, what a sweeper should optimise).
+    """Fit, then test on the best checkpoint; return the test metrics (with the same weights'
+    validation scores, ``tested_val/*``) and the best validation value of the task's monitored
+    metric (``<monitor>_best``, what a sweeper should optimise).
 
     Under DDP every rank runs this (Lightning's launcher re-runs the entry point for ranks
     1..N-1); only global rank 0 holds the job folder and creates, fills and reports the run.
@@ -453,12 +454,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best_value = monitor_best(run)
             checkpointing = trainer.checkpoint_callback
             best = checkpointing.best_model_path if checkpointing else ""
-            results = trainer.test(run.task, datamodule=run.datamodule, ckpt_path=best or None)
+            # verbose=False: Lightning's table repeats every metric under each test loader;
+            # report() prints them once
+            results = trainer.test(
+                run.task, datamodule=run.datamodule, ckpt_path=best or None, verbose=False
+            )
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if best_value is not None:
         metrics[run.monitor_best.name] = best_value
     if trainer.is_global_zero:
-        report(metrics, run.logger, uri, outcome.status, best)
+        tested = run.tested.tags.get("tested_weights")
+        report(metrics, run.logger, uri, outcome.status, best, tested)
     return metrics
 
 

@@ -8,6 +8,7 @@ half-written run behind.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ablab.init import initialize
 from ablab.tasks.base import Task
 from ablab.tracking import flatten_params
 from ablab.tracking.store import ensure_store
-from ablab.training.callbacks import FlushMetrics, MonitorBest
+from ablab.training.callbacks import FlushMetrics, MonitorBest, Plateau, StopReason, TestedWeights
 from ablab.training.cuda_probe import skip_nvml_probe_without_driver
 from ablab.training.precision import warn_emulated_bf16
 from ablab.training.threads import ThreadBudget, apply_threads
@@ -65,6 +66,8 @@ class Run:
     monitor_best: MonitorBest
     #: torch threads this process trains with, and why (:mod:`ablab.training.threads`)
     threads: ThreadBudget
+    #: which weights ``trainer.test`` scored (tagged on the run as ``tested_weights``)
+    tested: TestedWeights
 
 
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
@@ -115,10 +118,13 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         monitor_best = MonitorBest(task.monitor, task.mode)
         named = {name: c for name, c in cfg.callbacks.items() if c is not None}
         callbacks = [instantiate(c) for c in named.values()]
-        monitors = {f"callbacks.{name}.monitor": getattr(c, "monitor", None)
-                    for name, c in zip(named, callbacks, strict=True)}  # fmt: skip
+        monitors: dict[str, str | None] = {}
+        training: dict[str, str | None] = {}  # read at a training epoch's end (a plateau)
+        for name, callback in zip(named, callbacks, strict=True):
+            watched = training if isinstance(callback, Plateau) else monitors
+            watched[f"callbacks.{name}.monitor"] = getattr(callback, "monitor", None)
         monitors["scheduler.monitor"] = (scheduler or {}).get("monitor")
-        task.check_monitors(monitors)
+        task.check_monitors(monitors, training)
         logger = None
         if is_tracked(cfg):
             # Lightning's MLFlowLogger opens its store as it is made: a new local store is
@@ -132,15 +138,18 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             callbacks.append(FlushMetrics(logger))  # where the metrics the logger holds are written
         else:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        tested = TestedWeights()  # with StopReason: the run's record of how fit and test went
         trainer = build_trainer(
-            cfg, callbacks=[monitor_best, *callbacks], logger=logger if logger else False
+            cfg,
+            callbacks=[monitor_best, StopReason(), tested, *callbacks],
+            logger=logger if logger else False,
         )
         datamodule.rank_batch_size(trainer.world_size)  # data.batch_size is the global batch
     except ConfigError:
         raise
     except Exception as err:
         raise as_config_error(err) from err
-    return Run(datamodule, task, trainer, logger, complexity, monitor_best, threads)
+    return Run(datamodule, task, trainer, logger, complexity, monitor_best, threads, tested)
 
 
 def component_class(cfg: DictConfig, group: str, base: type) -> type:
@@ -282,13 +291,19 @@ def report(
     uri: str | None,
     status: str,
     checkpoint: str,
+    tested: str | None = None,
 ) -> None:
-    """The last lines of a run: test metrics, where the run is and how to open it."""
+    """The last lines of a run: test metrics, one line per namespace (``test/``, the same
+    weights' ``tested_val/``..., best scores), which weights they are (``tested``), where the
+    run is and how to open it."""
     console = Console(soft_wrap=True)  # long paths and URLs stay on one line
-    # Per-class recalls (one per class, 100 on CIFAR-100) stay in MLflow, off the summary line.
-    summary = {k: v for k, v in metrics.items() if "/recall/" not in k}
-    shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary.items()))
-    console.print(f"[bold]test[/bold] {shown}", highlight=False)
+    # Per-class recalls (one per class, 100 on CIFAR-100) stay in MLflow, off the summary lines.
+    summary = sorted((k, v) for k, v in metrics.items() if "/recall/" not in k)
+    for i, (_, group) in enumerate(itertools.groupby(summary, key=lambda kv: kv[0].split("/")[0])):
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in group)
+        console.print(f"{'[bold]test[/bold]' if i == 0 else '    '} {shown}", highlight=False)
+    if tested:
+        console.print(f"tested: {tested}", highlight=False, markup=False)
     if checkpoint:
         console.print(f"best checkpoint: {checkpoint}", highlight=False)
     if logger is None:

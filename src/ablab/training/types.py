@@ -3,7 +3,9 @@
 ``conf/<group>/*.yaml`` mirrors constructor signatures through ``_target_``, so the expected type
 of ``trainer.max_epochs`` is the annotation of ``pytorch_lightning.Trainer``'s ``max_epochs``.
 A wrong type fails here in one line naming the key, before anything is built or tracked, instead
-of deep inside a constructor (or, worse, after the MLflow run exists).
+of deep inside a constructor (or, worse, after the MLflow run exists). A constructor states a
+valid range in its hint (``patience: Annotated[int, Ge(1)]``): a value outside it fails here too,
+with the range (``expected int >= 1``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
+import annotated_types
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -82,6 +85,12 @@ def check_node(
 def type_name(annotation: Any) -> str:
     """``int | None``, ``'a' | 'b'``, ``list[int]``: an annotation as a user would write it."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:  # a type with bounds: "float >= 0", "int >= 1 and <= 10"
+        base, *metadata = args
+        bounds = [bound for m in metadata for bound in _bounds(m)]
+        return " and ".join(
+            [f"{type_name(base)} {bounds[0]}", *bounds[1:]] if bounds else [type_name(base)]
+        )
     if origin in (Union, types.UnionType):
         return " | ".join(type_name(a) for a in args)
     if origin is Literal:
@@ -94,6 +103,17 @@ def type_name(annotation: Any) -> str:
             annotation.__qualname__ if module == "builtins" else f"{module}.{annotation.__name__}"
         )
     return str(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _bounds(metadata: Any) -> list[str]:
+    """``[">= 0"]`` for ``annotated_types.Ge(0)``; an Interval gives each of its bounds."""
+    if isinstance(metadata, annotated_types.GroupedMetadata):
+        return [bound for single in metadata for bound in _bounds(single)]
+    if not isinstance(metadata, annotated_types.BaseMetadata):
+        return []
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return [f"{sign} {getattr(metadata, key)}" for key, sign in signs.items()
+            if getattr(metadata, key, None) is not None]  # fmt: skip
 
 
 def _targets(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -134,7 +154,7 @@ def _hints(target: Callable[..., Any]) -> dict[str, Any]:
 
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)  # extras: Annotated bounds
     except Exception:  # one unresolvable hint (a TYPE_CHECKING import): resolve them one by one
         pass
     hints = {}
