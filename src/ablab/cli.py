@@ -348,6 +348,7 @@ def study(argv: list[str]) -> None:
         code = subprocess.call(command, env=env)
         if code not in (0, 1):  # 1: some jobs failed, which the report shows
             raise SystemExit(code)
+        time_stage(spec, args.size, task, env)
         if args.no_report:
             raise SystemExit(code)
         result = study_report(spec, args.size, task)
@@ -361,6 +362,8 @@ def study(argv: list[str]) -> None:
             code = subprocess.call([*command, *rounds], env=env)
             if code not in (0, 1):
                 raise SystemExit(code)
+            if k == 1:
+                time_stage(spec, args.size, task, env)
             result = study_report(spec, args.size, task)
             done = sum(v.outcome != "inconclusive" for v in result.verdicts)
             print(f"ablab: round {k} of {len(looks)} ({n} seeds): {done} of "
@@ -374,6 +377,26 @@ def study(argv: list[str]) -> None:
         print("ablab: every run produced its quantities (a run stopped by the non-finite "
               "loss guard is one of the study's results): nothing to rerun")  # fmt: skip
     raise SystemExit(1 if missing else 0)
+
+
+def time_stage(spec: Study, size: str, task: list[str], env: dict[str, str]) -> None:
+    """A study that declares ``timing``: every variant's network timed interleaved in one fresh
+    process (:mod:`ablab.training.timing`), once the comparison's runs are done (the machine
+    idle); a finished timing run of the parent is kept, not timed again."""
+    if spec.timing is None:
+        return
+    import subprocess
+
+    timing = [sys.executable, "-m", "ablab.training.timing", str(spec.folder), "--size", size]
+    if (code := subprocess.call([*timing, *task], env=env)) != 0:
+        raise SystemExit(code)
+
+
+def time_study(argv: list[str]) -> None:
+    """Time a study's variants interleaved in one process, as a child run of its parent."""
+    from ablab.training.timing import main as run_timing
+
+    run_timing(argv)
 
 
 def tuned_points(spec: Study, size: str, task: list[str]) -> dict[str, dict[str, Any]]:
@@ -473,6 +496,7 @@ COMMANDS = {
     "train": train,
     "eval": evaluate,
     "study": study,
+    "time-study": time_study,
     "report": report,
     "summary": summary,
     "zoo": zoo,

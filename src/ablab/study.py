@@ -30,11 +30,18 @@ Declared in ``experiments/<study>/study.yaml``::
       stat: best                             # best | final value of it per run
       seeds: [100]                           # tuning seeds, apart from the comparison's
       variants: [bn, no_bn]                  # the arms that tune (default: all)
+    timing:                                  # interleaved speed timing (optional): see below
+      {batch_size: 64, rounds: 10, min_run_time: 20, mode: inference}
 
 With ``tune``, ``ablab study`` first runs every variant at every grid point on the tuning seeds,
 picks each variant's best point by the mean of the selection metric, then runs the comparison
 seeds of each variant at its own best point: all children of one parent run, the choice recorded
 on it (``tuned.<variant>``) and shown in the report.
+
+With ``timing``, ``ablab study`` then times every variant's network (built from the variant's
+composed config, at its tuned point; never trained) in one process, alternating in rounds
+(:mod:`ablab.training.timing`), as one more child run of the parent; a quantity
+``{metric: timing/images_per_s, stat: interleaved}`` compares the variants round by round.
 
 A study runs as one Hydra multirun through :class:`hydra_plugins.ablab_study.StudySweeper`
 (``make study name=<study> size=quick``), so any launcher (basic, joblib, SLURM) runs it
@@ -84,7 +91,7 @@ def _conf_defaults() -> dict[str, Any]:
 
 _DEFAULTS = _conf_defaults()
 STUDY_FILE = "study.yaml"
-STATS = ("final", "first", "best", "steps_to", "diverged", "param", "tuning_width")
+STATS = ("final", "first", "best", "steps_to", "diverged", "param", "tuning_width", "interleaved")
 DIRECTIONS = ("higher", "lower", "same")
 
 
@@ -98,11 +105,15 @@ class Quantity:
     study's tuning grid (``tuning_width``, ``metric`` a key of ``tune.grid``), the width in
     decades (log10 max − log10 min) of the contiguous range of the key's grid values around the
     variant's best whose tuning scores are within ``within`` of it: how tolerant the arm is of
-    that setting. ``mode`` says
-    which way is better."""
+    that setting, or, from the study's timing run (``interleaved``, ``metric``
+    ``timing/images_per_s`` or ``timing/ms_per_batch``), the variant's speed in each round of
+    the interleaved timing: one value per round, paired with the other variants' by round.
+    ``mode`` says which way is better."""
 
     metric: str
-    stat: Literal["final", "first", "best", "steps_to", "diverged", "param", "tuning_width"]
+    stat: Literal[
+        "final", "first", "best", "steps_to", "diverged", "param", "tuning_width", "interleaved"
+    ]
     threshold: float | None = None
     mode: Literal["max", "min"] = "max"
     #: "log" compares log10 of the values: for quantities that differ by orders of magnitude
@@ -139,6 +150,11 @@ class Quantity:
         return self.stat == "tuning_width"
 
     @property
+    def from_timing(self) -> bool:
+        """Read off the study's timing run (one value per round), not off the comparison's runs."""
+        return self.stat == "interleaved"
+
+    @property
     def pattern(self) -> bool:
         return any(ch in self.metric for ch in "*?[")
 
@@ -158,6 +174,8 @@ class Quantity:
             return self.metric
         if self.stat == "tuning_width":
             return f"width of {self.metric} within {self.within:g} of best"
+        if self.stat == "interleaved":
+            return f"interleaved {self.metric}"
         if self.pattern:
             return f"{self.stat} {self.reduce} {self.metric}"
         return f"{self.stat} {self.metric}"
@@ -228,6 +246,26 @@ class Tune:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Interleaved speed timing (the study's ``timing``): every variant's network, built from its
+    composed config, timed in one process on one batch of ``batch_size`` inputs, in ``rounds``
+    rounds of alternating blocks (the order reversed every round), ``min_run_time`` seconds per
+    network in all; ``mode`` ``inference`` (eval mode, inference mode) or ``train_step``
+    (train mode, forward and backward, no optimizer step); ``threads`` torch threads (None: the
+    config's ``trainer.threads``, else 1)."""
+
+    batch_size: int = 64
+    rounds: int = 10
+    min_run_time: float = 20.0
+    mode: Literal["inference", "train_step"] = "inference"
+    threads: int | None = None
+
+
+#: What a ``timing`` run logs per variant and round (``stat: interleaved`` reads one).
+TIMING_METRICS = ("timing/images_per_s", "timing/ms_per_batch")
+
+
+@dataclass(frozen=True)
 class Job:
     """One run of a study: a variant at a seed, as Hydra overrides."""
 
@@ -261,6 +299,8 @@ class Study:
     tune: Tune | None = None
     #: the pilot runs that shaped the design, with their numbers (shown in the report)
     pilots: list[str] = field(default_factory=list)
+    #: interleaved speed timing after the comparison, or None
+    timing: Timing | None = None
 
     def scale(self, size: str) -> str:
         """What the study's verdicts were measured at, for every verdict row: the size's
@@ -414,7 +454,8 @@ def load_study(name_or_path: str | Path) -> Study:
     spec = yaml.safe_load(path.read_text()) or {}
     name = path.parent.name
     known = {"claim", "question", "common", "baseline", "variants", "factorial", "seeds", "sizes",
-             "quantities", "expect", "curves", "profiles", "checks", "tune", "pilots"}  # fmt: skip
+             "quantities", "expect", "curves", "profiles", "checks", "tune", "pilots",
+             "timing"}  # fmt: skip
     if unknown := set(spec) - known:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     baseline = spec.get("baseline") or {}
@@ -434,9 +475,12 @@ def load_study(name_or_path: str | Path) -> Study:
     tune = _tune(path, spec["tune"]) if spec.get("tune") else None
     if tune is not None and (stray := [v for v in tune.variants if v not in variants]):
         raise ConfigError(f"{path}: tune.variants names {stray}; valid: {', '.join(variants)}")
+    timing = _timing(path, spec["timing"]) if spec.get("timing") is not None else None
     for q in quantities:
         if q.from_tuning:
             _check_width(path, q, tune)
+        if q.from_timing:
+            _check_timed(path, q, timing)
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
         for key in ("minus", "over"):
@@ -507,6 +551,7 @@ def load_study(name_or_path: str | Path) -> Study:
         checks=checks,
         tune=tune,
         pilots=[str(p) for p in spec.get("pilots") or []],
+        timing=timing,
     )
 
 
@@ -526,6 +571,54 @@ def _check_width(path: Path, q: Quantity, tune: Tune | None) -> None:
     if q.within is None or not q.within > 0:
         raise ConfigError(f"{path}: quantity tuning_width {q.metric} needs within > 0 (how "
                           f"far below the best score still counts), got {q.within}")  # fmt: skip
+
+
+def _check_timed(path: Path, q: Quantity, timing: Timing | None) -> None:
+    """An ``interleaved`` quantity reads the study's timing run: it needs ``timing`` and one of
+    the metrics that run logs."""
+    if timing is None:
+        raise ConfigError(f"{path}: quantity interleaved {q.metric} reads the timing run; "
+                          "the study declares no timing")  # fmt: skip
+    if q.metric not in TIMING_METRICS:
+        raise ConfigError(f"{path}: quantity interleaved {q.metric}: the timing run logs "
+                          f"{', '.join(TIMING_METRICS)}")  # fmt: skip
+
+
+def _timing(path: Path, spec: Any) -> Timing:
+    """The study's ``timing``, checked: positive counts and seconds, a known mode."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: timing needs {{batch_size: 64, rounds: 10, min_run_time: 20, "
+                          f"mode: inference}}, got {spec!r}")  # fmt: skip
+    known = {"batch_size", "rounds", "min_run_time", "mode", "threads"}
+    if unknown := set(spec) - known:
+        raise ConfigError(
+            f"{path}: unknown timing key(s) {sorted(unknown)}; valid: {sorted(known)}"
+        )
+
+    def count(key: str, least: int) -> None:
+        value = spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{path}: timing.{key} must be an integer >= {least}, got {value!r}")
+
+    for key, least in (("batch_size", 1), ("rounds", 2)):  # rounds: the replicates compared
+        if key in spec:
+            count(key, least)
+    if spec.get("threads") is not None:
+        count("threads", 1)
+    seconds = spec.get("min_run_time", Timing.min_run_time)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ConfigError(f"{path}: timing.min_run_time must be a positive number of seconds "
+                          f"per network, got {seconds!r}")  # fmt: skip
+    mode = spec.get("mode", "inference")
+    if mode not in ("inference", "train_step"):
+        raise ConfigError(f"{path}: timing.mode '{mode}'; valid: inference, train_step")
+    return Timing(
+        batch_size=spec.get("batch_size", Timing.batch_size),
+        rounds=spec.get("rounds", Timing.rounds),
+        min_run_time=float(seconds),
+        mode=mode,
+        threads=spec.get("threads"),
+    )
 
 
 def _tune(path: Path, spec: dict[str, Any]) -> Tune:

@@ -38,6 +38,7 @@ from ablab.analysis.results import (
     VariantResult,
     Verdict,
 )
+from ablab.analysis.timing import from_timing, machine_suffix, timing_note, timing_values
 from ablab.errors import ConfigError
 from ablab.locks import process_gone
 from ablab.study import Check, Expectation, Quantity, Study, Tune, load_study
@@ -285,6 +286,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     table = tuning_table(client, study, runs.children)
     # read off the tuning grid, on the tuning seeds
     widths = {q.name: tuning_widths(study, q, table) for q in study.quantities if q.from_tuning}
+    # read off the timing run, one value per round
+    timing_run, timed = timing_values(client, study, runs.children)
     values: dict[str, dict[str, dict[int, float]]] = {}
     variants = []
     for name in study.variants:
@@ -293,6 +296,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             q.name: (
                 widths[q.name].get(name, {})
                 if q.from_tuning
+                else timed[q.name].get(name, {})
+                if q.from_timing
                 else {
                     seed: quantity_value(client, run, q, horizons.get(q.metric))
                     for seed, run in seeded.items()
@@ -304,7 +309,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             q.name: replace(
                 stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
                 stated=[]
-                if q.from_tuning
+                if q.from_tuning or q.from_timing
                 else [i for i, (_, run) in enumerate(sorted(seeded.items())) if stated(q, run)],
                 censored=censored(q, values[name][q.name], horizons.get(q.metric)),
             )
@@ -321,6 +326,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             study, values, declared, left_out, design
         )
     verdicts = [censoring_note(v, study, values, horizons, comparisons) for v in verdicts]
+    verdicts = [timing_note(v, study, timing_run) for v in verdicts]
     curves = {
         metric: {
             name: stats.seed_band(
@@ -347,7 +353,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         claim=study.claim,
         question=study.question,
         command=tags.get("user_command") or study_command(client, parent),
-        machine=machine_text(tags, runs.children),
+        machine=machine_text(tags, runs.children) + machine_suffix(timing_run),
         baseline=study.baseline,
         seeds=sorted({s for seeded in by_variant.values() for s in seeded}),
         variants=variants,
@@ -408,10 +414,12 @@ def judge(
 
     # quantities read off the tuning grid: measured on the tuning seeds, whatever the look
     grid = {q.name for q in study.quantities if q.from_tuning}
+    # ... and off the timing run: keyed by round, whatever the look
+    apart = grid | from_timing(study)
 
     def of(variant: str, quantity: str) -> dict[int, float]:
         found = values.get(variant, {}).get(quantity, {})
-        return {seed: v for seed, v in found.items() if seed in keep or quantity in grid}
+        return {seed: v for seed, v in found.items() if seed in keep or quantity in apart}
 
     declared = {q.name: q.stated_not_tested for q in study.quantities}
 
@@ -460,6 +468,7 @@ def judge(
     adjusted = {k: c for (k, margin), c in family.items() if margin is None}
     comparisons = [adjusted.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     by_key = {(c.variant, c.quantity, c.against): c for c in comparisons}
+    # comparison runs left out take nothing from a quantity of the tuning grid or timing run
     lost = [e for e in left_out if e.seed in keep]
 
     def decided_by(e: Expectation) -> float:
@@ -489,7 +498,7 @@ def judge(
                 p=decided_by(e),
             ),
             {e.variant} if e.against_zero else {e.variant, e.against or study.baseline},
-            lost,
+            [] if e.quantity in apart else lost,
             len(by_key[key(e.variant, e.quantity, e.against)].seeds),
             len(keep),
         )

@@ -352,15 +352,24 @@ def device_clock(device: torch.device) -> Callable[[], float]:
 
 
 def time_alternating(
-    nets: Mapping[str, nn.Module], x: Tensor, min_run_time: float, rounds: int, threads: int
+    nets: Mapping[str, nn.Module],
+    x: Tensor,
+    min_run_time: float,
+    rounds: int,
+    threads: int,
+    *,
+    stmt: str = "net(x)",
+    inference: bool = True,
 ) -> dict[str, Timing]:
-    """``Timer.blocked_autorange`` of each ``net(x)`` under inference mode, in ``rounds``
-    alternating blocks (the order reversed every round), replicates merged per net."""
+    """``Timer.blocked_autorange`` of each net's ``stmt`` (``net(x)``) under inference mode (or,
+    ``inference=False``, with autograd on: a training step), in ``rounds`` alternating blocks
+    (the order reversed every round), replicates merged per net (``Timing.replicates`` keeps
+    each round's)."""
     timers = {
         name: Timer(
-            "net(x)",
+            stmt,
             globals={"net": net, "x": x},
-            label="inference",
+            label="inference" if inference else "train step",
             sub_label=name,
             description=f"batch {tuple(x.shape)}",
             num_threads=threads,
@@ -370,7 +379,7 @@ def time_alternating(
     }
     replicates: dict[str, list[Measurement]] = {name: [] for name in nets}
     order = list(nets)
-    with torch.inference_mode():
+    with torch.inference_mode(inference), torch.set_grad_enabled(not inference):
         for i in range(rounds):
             for name in order if i % 2 == 0 else order[::-1]:
                 replicates[name].append(
