@@ -475,12 +475,31 @@ def load_study(name_or_path: str | Path) -> Study:
     tune = _tune(path, spec["tune"]) if spec.get("tune") else None
     if tune is not None and (stray := [v for v in tune.variants if v not in variants]):
         raise ConfigError(f"{path}: tune.variants names {stray}; valid: {', '.join(variants)}")
+    if tune is not None and tune.variants:
+        # an arm left out of the tuning runs at what it declares itself: every tuned key, or
+        # it would silently inherit the baseline's value of it
+        raw = spec.get("variants") or {}
+        for variant in (v for v in variants if v not in tune.variants):
+            own = base_overrides if variant == base_name else (raw.get(variant) or {})
+            if missing := [k for k in tune.grid if k not in own]:
+                raise ConfigError(
+                    f"{path}: variant '{variant}' does not tune {missing} and does not set it; "
+                    f"add it to tune.variants or give its value in the variant's overrides"
+                )
     timing = _timing(path, spec["timing"]) if spec.get("timing") is not None else None
     for q in quantities:
         if q.from_tuning:
             _check_width(path, q, tune)
         if q.from_timing:
             _check_timed(path, q, timing)
+        if q.from_tuning or q.from_timing:
+            # read off the grid or the timing run, not through a run's metric history
+            stray = [k for k, v in (("threshold", q.threshold), ("minus", q.minus),
+                                    ("over", q.over), ("diverged_value", q.diverged_value),
+                                    ("deterministic", q.deterministic)) if v is not None]  # fmt: skip
+            stray += ["scale: log"] * (q.scale == "log") + ["a metric pattern"] * q.pattern
+            if stray:
+                raise ConfigError(f"{path}: stat {q.stat} ({q.metric}) takes none of {stray}")
         if q.stat not in STATS:
             raise ConfigError(f"{path}: quantity stat '{q.stat}'; valid: {', '.join(STATS)}")
         for key in ("minus", "over"):
@@ -524,6 +543,13 @@ def load_study(name_or_path: str | Path) -> Study:
             raise ConfigError(
                 f"{path}: expect names quantity '{e.quantity}'; valid: {', '.join(sorted(names))}"
             )
+    widths = {q.name for q in quantities if q.from_tuning}
+    tuned = [v for v in variants if tune is not None and (not tune.variants or v in tune.variants)]
+    for e in expect:
+        arms = [e.variant, e.against or base_name]
+        if e.quantity in widths and (untuned := [v for v in arms if v not in tuned]):
+            raise ConfigError(f"{path}: '{e.quantity}' is read off the tuning grid, which "
+                              f"{untuned} do not run; valid arms: {', '.join(tuned)}")  # fmt: skip
     checks = _checks(path, spec.get("checks") or [])
     if tune is not None:
         # a comparison run at a tuning seed would replay the run that chose its point
@@ -600,7 +626,8 @@ def _timing(path: Path, spec: Any) -> Timing:
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{path}: timing.{key} must be an integer >= {least}, got {value!r}")
 
-    for key, least in (("batch_size", 1), ("rounds", 2)):  # rounds: the replicates compared
+    # rounds: the replicates compared (a paired verdict needs 3)
+    for key, least in (("batch_size", 1), ("rounds", 3)):
         if key in spec:
             count(key, least)
     if spec.get("threads") is not None:

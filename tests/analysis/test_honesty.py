@@ -50,6 +50,15 @@ def test_a_declared_quantity_whose_difference_is_the_same_on_every_seed_is_state
     assert math.isnan(c.p_value) and c.diff_mean == pytest.approx(-3.362)
     undeclared = stats.paired("xavier", "log10 act_std", base, other)
     assert undeclared.test != STATED_TEST
+    # as a run logs them: float32 stds, rescaled by a fixed factor, then log10 in float32 (the
+    # rounding spreads the difference by ~1e-7, far beyond float64's ulps)
+    stds = np.random.default_rng(0).uniform(0.1, 3.0, 5).astype(np.float32)
+    scaled = (stds * np.float32(4.3e-4)).astype(np.float32)
+    base32 = {s: float(np.log10(v)) for s, v in enumerate(stds)}
+    other32 = {s: float(np.log10(v)) for s, v in enumerate(scaled)}
+    assert np.ptp([other32[s] - base32[s] for s in base32]) > 0  # not identical in float64
+    c = stats.paired("xavier", "log10 act_std", base32, other32, deterministic=True)
+    assert c.test == STATED_TEST and c.diff_mean == pytest.approx(np.log10(4.3e-4), abs=1e-5)
 
 
 def test_a_quantity_that_varies_on_one_side_is_still_tested() -> None:

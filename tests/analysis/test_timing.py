@@ -115,7 +115,7 @@ def test_without_a_timing_run_the_speed_claim_is_inconclusive_and_says_why(root:
 
 @pytest.mark.parametrize(
     ("timing", "message"),
-    [("{rounds: 1}", "timing.rounds must be an integer >= 2, got 1"),
+    [("{rounds: 2}", "timing.rounds must be an integer >= 3, got 2"),
      ("{batch_size: 0}", "timing.batch_size must be an integer >= 1, got 0"),
      ("{batch_size: true}", "timing.batch_size must be an integer >= 1, got True"),
      ("{min_run_time: -1}", "timing.min_run_time must be a positive number of seconds"),

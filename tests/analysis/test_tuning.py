@@ -5,6 +5,7 @@ arms each at its own best point, all under one parent run."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -257,8 +258,15 @@ def test_a_sensitivity_claim_reads_the_width_of_the_grid_range_near_each_arms_be
     }  # fmt: skip
     from ablab.analysis.collect import tuning_widths
 
-    widths = tuning_widths(study, q, table)
+    widths, edges = tuning_widths(study, q, table)
     assert widths["relu"] == {100: pytest.approx(2.0), 101: pytest.approx(0.0)}
+    assert edges["relu"] == {100: 1.0}  # seed 100's range reached the grid's top: a lower bound
+    # a point no finished run scored (killed, not yet run) is missing, not failed: no width
+    table["relu"]["optimizer.lr=1.0"] = {100: 0.86}
+    table["relu"]["optimizer.lr=0.001"][102] = 0.89
+    table["relu"]["optimizer.lr=0.01"][102] = 0.9
+    widths, _ = tuning_widths(study, q, table)
+    assert math.isnan(widths["relu"][102]) and math.isnan(widths["relu"][101])
     assert widths["tanh"][100] == pytest.approx(0.0)
     assert widths["tanh"][101] != widths["tanh"][101]  # NaN: nothing finite on that seed
 
@@ -320,3 +328,62 @@ def test_only_the_arms_tune_variants_names_tune(root: Path) -> None:
     assert fixed and all("optimizer.lr=0.5" in j.overrides for j in fixed)
     with pytest.raises(ConfigError, match=r"tune.variants names \['gelu'\]; valid: relu"):
         load_study(write_study(root, text.replace("[relu, tanh]", "[relu, gelu]"), name="bad"))
+
+
+def test_a_grid_reading_is_decided_only_when_every_tuning_seed_agrees() -> None:
+    """No uncertainty is claimed from a grid: one tuning seed, seeds that disagree, or a range
+    cut off by the grid's end (the width a lower bound) leave the claim inconclusive."""
+    from ablab.analysis import stats
+
+    def read(base, other, censored=((), ())):
+        c = stats.grid_reading("adam", "width", base, other, censored=censored)
+        return c, stats.verdict("5. claim", c, "higher")
+
+    c, v = read({100: 0.0, 101: 0.0}, {100: 1.0, 101: 0.5})
+    assert (c.grid_signs, v.outcome) == ("++", "holds") and "stated, not tested" in v.reason
+    assert math.isnan(c.p_value) and v.p != v.p
+    assert read({100: 1.0, 101: 0.0}, {100: 0.5, 101: 1.0})[1].outcome == "inconclusive"
+    assert "disagree" in read({100: 1.0, 101: 0.0}, {100: 0.5, 101: 1.0})[1].reason
+    assert read({100: 0.0}, {100: 1.0})[1].outcome == "inconclusive"  # one seed
+    assert read({100: 1.0, 101: 1.0}, {100: 0.0, 101: 0.5})[1].outcome == "does not hold"
+    # the baseline's range reached the grid's end: its true width may exceed the other's
+    c, v = read({100: 0.5, 101: 0.5}, {100: 1.0, 101: 1.0}, censored=({101}, ()))
+    assert c.grid_signs == "+?" and v.outcome == "inconclusive" and "grid's end" in v.reason
+    # the other side censored does not matter for "higher": it is wider still
+    assert read({100: 0.5, 101: 0.5}, {100: 1.0, 101: 1.0}, ((), {100, 101}))[1].outcome == "holds"
+    # a seed without a width is named, not silently dropped
+    c, v = read({100: 0.0, 101: float("nan")}, {100: 1.0, 101: 1.0})
+    assert "tuning seed(s) 101 without a complete grid" in c.test_reason
+    assert v.outcome == "inconclusive"
+
+
+def test_arms_left_out_of_tuning_set_the_tuned_keys_and_grid_claims_name_tuned_arms(
+    root: Path,
+) -> None:
+    text = STUDY.replace(
+        "overrides: {model.act: relu}}", "overrides: {model.act: relu, optimizer.lr: 0.05}}"
+    ).replace("  seeds: [100, 101]\n", "  seeds: [100, 101]\n  variants: [relu]\n")
+    # tanh does not tune and would silently run at the baseline's lr 0.05
+    with pytest.raises(ConfigError, match=r"variant 'tanh' does not tune \['optimizer.lr'\]"):
+        load_study(write_study(root, text, name="inherit"))
+    fixed = text.replace("tanh: {model.act: tanh}", "tanh: {model.act: tanh, optimizer.lr: 0.5}")
+    assert load_study(write_study(root, fixed, name="fixed")).tuned_variants == ["relu"]
+    width = (
+        fixed.replace(
+            "  - {metric: val/acc, stat: final}\n",
+            "  - {metric: val/acc, stat: final}\n"
+            "  - {metric: optimizer.lr, stat: tuning_width, within: 0.05}\n",
+        )
+        + "  - {variant: tanh, quantity: width of optimizer.lr within 0.05 of best, direction: higher}\n"
+    )
+    with pytest.raises(ConfigError, match=r"which \['tanh'\] do not run; valid arms: relu"):
+        load_study(write_study(root, width, name="untuned"))
+    logged = WIDTH.replace(
+        "stat: tuning_width, within: 0.05}", "stat: tuning_width, within: 0.05, scale: log}"
+    )
+    with pytest.raises(ConfigError, match=r"takes none of \['scale: log'\]"):
+        load_study(
+            write_study(
+                root, logged.replace("width of optimizer", "log10 width of optimizer"), name="log"
+            )
+        )

@@ -286,6 +286,8 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     table = tuning_table(client, study, runs.children)
     # read off the tuning grid, on the tuning seeds
     widths = {q.name: tuning_widths(study, q, table) for q in study.quantities if q.from_tuning}
+    edges = {q + AT_GRID_END: ends for q, (_, ends) in widths.items()}
+    widths = {q: found for q, (found, _) in widths.items()}
     # read off the timing run, one value per round
     timing_run, timed = timing_values(client, study, runs.children)
     values: dict[str, dict[str, dict[int, float]]] = {}
@@ -305,6 +307,7 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
             )
             for q in study.quantities
         }
+        values[name] |= {key: ends.get(name, {}) for key, ends in edges.items()}
         summaries = {
             q.name: replace(
                 stats.summarize([v for _, v in sorted(values[name][q.name].items())]),
@@ -415,7 +418,7 @@ def judge(
     # quantities read off the tuning grid: measured on the tuning seeds, whatever the look
     grid = {q.name for q in study.quantities if q.from_tuning}
     # ... and off the timing run: keyed by round, whatever the look
-    apart = grid | from_timing(study)
+    apart = grid | {q + AT_GRID_END for q in grid} | from_timing(study)
 
     def of(variant: str, quantity: str) -> dict[int, float]:
         found = values.get(variant, {}).get(quantity, {})
@@ -423,9 +426,16 @@ def judge(
 
     declared = {q.name: q.stated_not_tested for q in study.quantities}
 
-    def compare(variant: str, quantity: str, reference: Mapping[int, float]) -> Comparison:
+    def compare(
+        variant: str, quantity: str, reference: Mapping[int, float], against: str | None = None
+    ) -> Comparison:
         if quantity in grid:
-            return stats.grid_reading(variant, quantity, reference, of(variant, quantity))
+            low, high = (
+                set(of(v, quantity + AT_GRID_END)) for v in (against or study.baseline, variant)
+            )
+            return stats.grid_reading(
+                variant, quantity, reference, of(variant, quantity), censored=(low, high)
+            )
         return stats.paired(
             variant, quantity, reference, of(variant, quantity), confidence, alpha=alpha,
             deterministic=declared.get(quantity, False),
@@ -445,7 +455,7 @@ def judge(
         return dict.fromkeys(own, 0.0) if e.against_zero else of(e.against, e.quantity)
 
     comparisons += [
-        replace(compare(e.variant, e.quantity, reference(e)), against=e.against)
+        replace(compare(e.variant, e.quantity, reference(e), e.against), against=e.against)
         for e in study.expect
         if e.against not in (None, study.baseline)
     ]
@@ -799,34 +809,45 @@ def tuning_scores(
     }
 
 
+#: The key, beside a ``tuning_width`` quantity's name in a variant's values, of the tuning seeds
+#: whose range reached an end of the grid (value 1.0): their widths are lower bounds.
+AT_GRID_END = " (at the grid's end)"
+
+
 def tuning_widths(
     study: Study, quantity: Quantity, table: Mapping[str, Mapping[str, Mapping[int, float]]]
-) -> dict[str, dict[int, float]]:
-    """``{variant: {tuning seed: width}}`` of a ``tuning_width`` quantity: on each tuning seed,
-    the width in decades (log10 max − log10 min) of the contiguous run of grid values of
-    ``quantity.metric``, around the seed's best, whose scores (each the best over the grid's
-    other keys at that value) are within ``quantity.within`` of the best: 0 when only the best
-    value is, NaN when the seed has no finite score. A diverged point (NaN) is never within, and
-    a value out of reach ends the range (a rate that trains again beyond one that fails is not
-    a tolerated rate)."""
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+    """``{variant: {tuning seed: width}}`` of a ``tuning_width`` quantity, and ``{variant:
+    {tuning seed: 1.0}}`` for the widths whose range reached an end of the grid (a lower bound:
+    the arm might stay within x beyond it).
+
+    On each tuning seed: the width in decades (log10 max − log10 min) of the contiguous run of
+    grid values of ``quantity.metric``, around the seed's best, whose scores (each the best over
+    the grid's other keys at that value) are within ``quantity.within`` of the best; 0 when
+    only the best value is. A diverged point (NaN) is never within, and a value out of reach
+    ends the range (a rate that trains again beyond one that fails is not a tolerated rate). A
+    seed with a grid value no finished run scored (killed, not yet run) has no width (NaN): a
+    missing run is not a failed one."""
     tune = study.tune
     assert tune is not None and quantity.within is not None
     sign = 1.0 if tune.mode == "max" else -1.0
     points = {Tune.label(p): p for p in tune.points()}
     grid = sorted({float(v) for v in tune.grid[quantity.metric]})
     widths: dict[str, dict[int, float]] = {}
+    edges: dict[str, dict[int, float]] = {}
     for variant, by_point in table.items():
         seeds = sorted({s for seeded in by_point.values() for s in seeded})
-        widths[variant] = {}
+        widths[variant], edges[variant] = {}, {}
         for seed in seeds:
-            at = dict.fromkeys(grid, -np.inf)  # grid value -> best signed score there
+            at: dict[float, float] = {}  # grid value -> best signed score there (-inf: diverged)
             for label, seeded in by_point.items():
-                score = sign * seeded.get(seed, float("nan"))
+                if seed not in seeded:
+                    continue
                 value = float(points[label][quantity.metric])
-                if np.isfinite(score):
-                    at[value] = max(at[value], score)
-            scores = [at[v] for v in grid]
-            if not np.isfinite(scores).any():
+                score = sign * seeded[seed]
+                at[value] = max(at.get(value, -np.inf), score if np.isfinite(score) else -np.inf)
+            scores = [at.get(v, np.nan) for v in grid]
+            if np.isnan(scores).any() or not np.isfinite(scores).any():
                 widths[variant][seed] = float("nan")
                 continue
             best = int(np.argmax(scores))
@@ -836,7 +857,9 @@ def tuning_widths(
             while high < len(grid) - 1 and scores[high + 1] >= scores[best] - quantity.within:
                 high += 1
             widths[variant][seed] = float(np.log10(grid[high]) - np.log10(grid[low]))
-    return widths
+            if low == 0 or high == len(grid) - 1:
+                edges[variant][seed] = 1.0
+    return widths, edges
 
 
 def choose_points(

@@ -82,6 +82,9 @@ class Comparison:
     bootstrap_ci: tuple[float, float] = (float("nan"), float("nan"))
     #: why ``test`` decided (the normality check, or too few seeds for the robust tests)
     test_reason: str = ""
+    #: a reading off the tuning grid (:data:`GRID_TEST`): each tuning seed's difference as a
+    #: sign, "+", "-" or "0", or "?" where a range reaching the grid's end leaves it unknown
+    grid_signs: str = ""
 
 
 @dataclass

@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -78,10 +79,15 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     return Summary(x.tolist(), mean, std, float(low), float(high), confidence)
 
 
-def _identical(d: np.ndarray, scale: float) -> bool:
+def _identical(d: np.ndarray, scale: float, ulps: float = _ROUNDING_ULPS) -> bool:
     """Whether all differences are equal up to the rounding of inputs of magnitude ``scale``
     (e.g. 0.75 − 0.70 and 0.80 − 0.75 differ in the last bits)."""
-    return float(np.ptp(d)) <= _ROUNDING_ULPS * np.finfo(float).eps * scale
+    return float(np.ptp(d)) <= ulps * np.finfo(float).eps * scale
+
+
+#: Relative tolerance within which a declared-deterministic quantity's values (or paired
+#: differences) count as one value: float32's rounding of a computed metric, with room.
+DETERMINISTIC_RTOL = 1e-5
 
 
 #: Seeds from which the sign-flip permutation test can reach p < 0.05 (its smallest two-sided p
@@ -155,8 +161,12 @@ def paired(
         return replace(base, test=test or "paired t-test")
     scale = float(max(np.abs(a).max(), np.abs(b).max()))
     tie = _ROUNDING_ULPS * np.finfo(float).eps * scale
-    sides = _identical(a, scale) and _identical(b, scale)
-    if deterministic and (sides or _identical(d, scale)):
+    # a declared-deterministic quantity is read at float32's precision: the metrics behind it
+    # (a std through 19 layers) are float32 reductions, whose rounding spreads a fixed
+    # difference by ~1e-8 relative, far beyond float64's few ulps
+    close = partial(_identical, scale=scale, ulps=DETERMINISTIC_RTOL / np.finfo(float).eps)
+    sides = close(a) and close(b)
+    if deterministic and (sides or close(d)):
         # Each side the same on every seed (a parameter count, MACs), or the same difference
         # on every seed (the same random draws rescaled by a fixed factor, e.g. Xavier against
         # He at initialisation): a deterministic quantity. Its difference is a number to
@@ -359,27 +369,74 @@ def look_levels(looks: Sequence[int], alpha: float = 0.05, spending: str = "poco
 
 
 def grid_reading(
-    variant: str, quantity: str, baseline: Mapping[int, float], other: Mapping[int, float]
+    variant: str,
+    quantity: str,
+    baseline: Mapping[int, float],
+    other: Mapping[int, float],
+    censored: tuple[Collection[int], Collection[int]] = ((), ()),
 ) -> Comparison:
     """``other − baseline`` of a quantity read off the tuning grid (the width of the range of a
-    setting within x of an arm's best): the difference of the means over the tuning seeds,
-    stated, not tested (:data:`GRID_TEST`). The grid's resolution makes the widths discrete, a
-    few tuning seeds often agree exactly, and a test of them would claim a precision the grid
-    does not have; the per-seed values go into the reason."""
-    a = {s: v for s, v in baseline.items() if math.isfinite(v)}
-    b = {s: v for s, v in other.items() if math.isfinite(v)}
-    seeds = sorted(set(a) & set(b))
-    d = [b[s] - a[s] for s in seeds]
+    setting within x of an arm's best), per tuning seed, stated, not tested (:data:`GRID_TEST`):
+    the grid's resolution makes the widths discrete and a few tuning seeds often agree exactly,
+    so a test of them would claim a precision the grid does not have. ``censored`` names the
+    seeds whose range reached an end of the grid, on the baseline's and the other's side: such
+    a width is only a lower bound, so a difference that a wider true range could undo is
+    unknown ("?" in ``grid_signs``). A seed without a width on either side is named, not
+    dropped silently. :func:`verdict` decides only when every seed's sign agrees."""
+    seeds = sorted(set(baseline) | set(other))
+    paired = [s for s in seeds if math.isfinite(baseline.get(s, NAN))
+              and math.isfinite(other.get(s, NAN))]  # fmt: skip
+    d = [other[s] - baseline[s] for s in paired]
     mean = float(np.mean(d)) if d else NAN
+    low, high = censored
 
-    def listed(x: Mapping[int, float]) -> str:
-        return ", ".join(f"{x[s]:.3g}" for s in seeds)
+    def sign(s: int, x: float) -> str:
+        # a censored side's width may be larger than read: the sign it would flip is unknown
+        if (x > 0 and s in low) or (x < 0 and s in high) or (x == 0 and (s in low or s in high)):
+            return "?"
+        return "+" if x > 0 else "-" if x < 0 else "0"
 
+    def listed(x: Mapping[int, float], edge: Collection[int]) -> str:
+        return ", ".join(f"{'≥' if s in edge else ''}{x[s]:.3g}" for s in paired)
+
+    missing = [s for s in seeds if s not in paired]
+    reason = (
+        f"read off the tuning grid on {len(paired)} tuning seed(s) ({listed(other, high)} "
+        f"against {listed(baseline, low)}; ≥: the range reached the grid's end)"
+    )
+    if missing:
+        reason += f"; tuning seed(s) {', '.join(map(str, missing))} without a complete grid"
     return Comparison(
-        variant, quantity, seeds, mean, mean, mean, NAN, NAN, diffs=d, test=GRID_TEST,
-        test_reason=f"read off the tuning grid on {len(seeds)} tuning seed(s) ({listed(b)} "
-        f"against {listed(a)}): stated, not tested",
+        variant, quantity, paired, mean, mean, mean, NAN, NAN, diffs=d, test=GRID_TEST,
+        test_reason=reason + ": stated, not tested",
+        grid_signs="".join(sign(s, x) for s, x in zip(paired, d, strict=True)),
     )  # fmt: skip
+
+
+def _grid(c: Comparison, expected: Direction, margin: float | None, out) -> Verdict:
+    """A tuning-grid reading's verdict: decided only when at least two tuning seeds read it and
+    every one agrees (each seed's difference the claimed way, or every one not), else
+    inconclusive with the reason; no p-value, no place in Holm's family."""
+    text = f"diff {c.diff_mean:+.4g}, {c.test_reason}"
+    signs, d = c.grid_signs, np.asarray(c.diffs, dtype=float)
+    if len(signs) < 2:
+        return out("inconclusive", f"fewer than 2 tuning seeds read the grid ({text}).")
+    if "?" in signs:
+        return out("inconclusive", f"a range reached the grid's end, so a width is only a lower "
+                                   f"bound and the direction is unknown ({text}).")  # fmt: skip
+    if expected == "same":
+        if (np.abs(d) < margin).all():
+            return out("holds", f"within ±{margin:g} on every tuning seed, as claimed ({text}).")
+        if (np.abs(d) >= margin).all():
+            return out("does not hold", f"beyond ±{margin:g} on every tuning seed ({text}).")
+        return out("inconclusive", f"the tuning seeds disagree ({text}).")
+    claimed = "+" if expected == "higher" else "-"
+    if all(x == claimed for x in signs) and (margin is None or (np.abs(d) >= margin).all()):
+        return out("holds", f"{expected} on every tuning seed, as claimed ({text}).")
+    if not any(x == claimed for x in signs):
+        way = "the opposite direction" if set(signs) != {"0"} else "no difference"
+        return out("does not hold", f"{way} on every tuning seed ({text}).")
+    return out("inconclusive", f"the tuning seeds disagree ({signs}: {text}).")
 
 
 def holm(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
@@ -456,8 +513,8 @@ def verdict(
         raise ValueError(f"verdict: expected direction '{expected}'; valid: higher, lower, same")
     if expected == "same" and not margin:
         raise ValueError("verdict: an equivalence claim (expected 'same') needs a margin")
-    if c.test == GRID_TEST and math.isfinite(c.diff_mean):
-        return _stated(c, expected, margin, out)
+    if c.test == GRID_TEST:
+        return _grid(c, expected, margin, out)
     if c.test == STATED_TEST and n >= 2 and math.isfinite(c.diff_mean):
         return _stated(c, expected, margin, out)
     if n < min_seeds:
@@ -522,8 +579,6 @@ def _stated(c: Comparison, expected: Direction, margin: float | None, out) -> Ve
     not hold*. ``same``: holds when |diff| < margin."""
     n = len(c.seeds)
     numbers = f"diff {c.diff_mean:+.6g} on each of {n} seeds: a deterministic quantity, stated, not tested"
-    if c.test == GRID_TEST:
-        numbers = f"diff {c.diff_mean:+.6g}, {c.test_reason}"
     d = c.diff_mean
     if expected == "same":
         if abs(d) < margin:
