@@ -50,6 +50,7 @@ unchanged; each job is ``study=<name> variant=<variant> seed=<seed>`` plus its o
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +326,20 @@ class Study:
         if merged.get("trainer.max_epochs") is not None:
             parts.append(f"{_value(merged['trainer.max_epochs'])} epochs")
         return ", ".join(parts)
+
+    def timing_fingerprint(
+        self, size: str, tuned: dict[str, dict[str, Any]] | None, extra: str = ""
+    ) -> str:
+        """What a timing run measured: the study's ``timing`` and each variant's first job
+        (its overrides at its tuned point) plus the command's ``extra`` overrides, hashed; a
+        timing run made under another design is not this design's measurement."""
+        first: dict[str, tuple[str, ...]] = {}
+        for job in self.jobs(size, tuned=tuned):
+            first.setdefault(
+                job.variant, tuple(o for o in job.overrides if not o.startswith("seed="))
+            )
+        text = repr((self.timing, sorted(first.items()), extra))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def tuned_variants(self) -> list[str]:

@@ -48,8 +48,10 @@ def write_study(root: Path, text: str = STUDY) -> Path:
 
 def fabricate(root: Path, timed: bool = True) -> tuple[MlflowClient, str]:
     """A parent with three comparison runs per variant (seed 2 of separable killed) and, when
-    ``timed``, a failed timing run then a finished one (the one the report must read)."""
+    ``timed``, a failed timing run then a finished one (the one the report must read), then a
+    newer finished one of another design (other overrides: never read)."""
     folder = write_study(root)
+    fingerprint = load_study(folder).timing_fingerprint("quick", {}, "")
     client = MlflowClient(tracking_uri(root))
     experiment = client.create_experiment("speed", artifact_location=str(root / "a"))
     tags = {"sweep": "parent", "study": "speed", "study_file": str(folder / "study.yaml"),
@@ -68,8 +70,10 @@ def fabricate(root: Path, timed: bool = True) -> tuple[MlflowClient, str]:
                        "timing.threads": "1", "timing.batch_shape": "64x1x28x28",
                        "timing.device": "cpu", "timing.precision": "32-true",
                        "timing.torch": "2.x"}  # fmt: skip
-        for status, scale in (("FAILED", 0.1), ("FINISHED", 1.0)):
-            run = client.create_run(experiment, tags=timing_tags).info.run_id
+        for status, scale, design in (("FAILED", 0.1, fingerprint), ("FINISHED", 1.0, fingerprint),
+                                      ("FINISHED", 0.01, "another design")):  # fmt: skip
+            tagged = {**timing_tags, "timing.fingerprint": design}
+            run = client.create_run(experiment, tags=tagged).info.run_id
             metrics = [
                 Metric(f"timing/images_per_s/{variant}", scale * value, 0, step)
                 for variant, values in (("standard", STANDARD), ("separable", SEPARABLE))

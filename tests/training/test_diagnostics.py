@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 from ablab.config import composed
 from ablab.errors import ConfigError
@@ -292,6 +292,28 @@ def test_leaky_units_never_positive_still_pass_gradient(act) -> None:
     with torch.no_grad():
         net[-1].weight[:, 7] = 0.0  # no gradient from above into channel 7
     assert probe_snapshot(net)["dead"] == {"1": 1 / WIDTH}
+
+
+class Tokens(nn.Module):
+    """(N, 20) → (N, 5, 4) tokens → Linear(4 → 8) → ReLU → mean over tokens → Linear(8 → 3):
+    a transformer MLP's layout, hidden units last; units 0-3 forced never positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.act, self.out = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)
+        with torch.no_grad():
+            self.up.bias[:4] = -1e3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.act(self.up(x.view(len(x), 5, 4))).mean(1))
+
+
+def test_token_activations_count_their_hidden_units_not_their_positions() -> None:
+    diag = LayerDiagnostics(kinds=["act"])
+    torch.manual_seed(0)
+    diag.probe, diag.probe_target = torch.randn(16, 20), torch.randint(0, 3, (16,))
+    values = diag.measure_forward(Holder(Tokens()), step=0).values
+    assert values["dead"] == {"act": 0.5} and values["never_positive"] == {"act": 0.5}
 
 
 def test_a_unit_positive_for_one_probe_sample_is_not_dead() -> None:

@@ -289,7 +289,14 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
     edges = {q + AT_GRID_END: ends for q, (_, ends) in widths.items()}
     widths = {q: found for q, (found, _) in widths.items()}
     # read off the timing run, one value per round
-    timing_run, timed = timing_values(client, study, runs.children)
+    tags = runs.parent.data.tags
+    fingerprint = None
+    if study.timing is not None and tags.get("study_size") in study.sizes:
+        tuned = {v: dict(p) for v, p in tuned_from_tags(study, tags).items()}
+        fingerprint = study.timing_fingerprint(
+            tags.get("study_size", ""), tuned, tags.get("study_overrides", "")
+        )
+    timing_run, timed = timing_values(client, study, runs.children, fingerprint)
     values: dict[str, dict[str, dict[int, float]]] = {}
     variants = []
     for name in study.variants:
@@ -385,6 +392,16 @@ def collect(client: MlflowClient, runs: StudyRuns) -> StudyReport:
         rounds=rounds,
         planned_looks=list(design.looks) if design else [],
     )
+
+
+def tuned_from_tags(study: Study, tags: Mapping[str, str]) -> dict[str, dict]:
+    """Each tuned variant's point as the parent records it (``tuned.<variant>``); those not
+    recorded yet are left out."""
+    if study.tune is None:
+        return {}
+    points = {Tune.label(p): p for p in study.tune.points()}
+    return {v: points[tags[f"tuned.{v}"]] for v in study.tuned_variants
+            if tags.get(f"tuned.{v}") in points}  # fmt: skip
 
 
 def scale_text(study: Study, tags: Mapping[str, str]) -> str:

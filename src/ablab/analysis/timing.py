@@ -22,12 +22,13 @@ from ablab.tracking import timing as names
 
 
 def timing_values(
-    client: MlflowClient, study: Study, children: Iterable[Run]
+    client: MlflowClient, study: Study, children: Iterable[Run], fingerprint: str | None = None
 ) -> tuple[Run | None, dict[str, dict[str, dict[int, float]]]]:
-    """The newest finished timing run among ``children`` (None when there is none) and, per
-    ``interleaved`` quantity, ``{variant: {round: value}}`` read off it (empty without it)."""
+    """The newest finished timing run among ``children`` of the design ``fingerprint`` names
+    (:meth:`ablab.study.Study.timing_fingerprint`; None: any) — None when there is none — and,
+    per ``interleaved`` quantity, ``{variant: {round: value}}`` read off it (empty without)."""
     quantities = [q for q in study.quantities if q.from_timing]
-    run = names.latest_timing_run(children) if quantities else None
+    run = names.latest_timing_run(children, fingerprint) if quantities else None
     values: dict[str, dict[str, dict[int, float]]] = {q.name: {} for q in quantities}
     if run is None:
         return None, values
@@ -69,8 +70,9 @@ def timing_note(verdict: Verdict, study: Study, run: Run | None) -> Verdict:
         return verdict
     if run is None:
         note = (
-            "no finished timing run of this parent: `ablab study` times the variants after "
-            "the comparison (or `ablab time-study <study>`)"
+            "no finished timing run of this parent for this design (a timing of other "
+            "overrides or another timing spec is not read): `ablab study` times the variants "
+            "after the comparison (or `ablab time-study <study>`)"
         )
     else:
         tags = run.data.tags

@@ -18,6 +18,9 @@ from mlflow.entities import Run
 
 #: The tag that marks a study's timing run.
 TAG = "timing"
+#: a hash of what was timed (the timing spec, each variant's overrides at its tuned point, the
+#: command's overrides): a timing run of another design is neither kept nor reported
+FINGERPRINT = "timing.fingerprint"
 #: Tags the timing run records about how it timed (besides ``hw.*``, ``python``, ``lib.*``).
 MODE, ROUNDS, SECONDS, THREADS, BATCH_SHAPE, DEVICE, PRECISION, TORCH, LOAD = (
     "timing.mode", "timing.rounds", "timing.min_run_time", "timing.threads",
@@ -45,8 +48,10 @@ def is_timing_run(run: Run) -> bool:
     return run.data.tags.get(TAG) == "true"
 
 
-def latest_timing_run(children: Iterable[Run]) -> Run | None:
-    """The newest FINISHED timing run among a parent's ``children``, or None: a timing run that
+def latest_timing_run(children: Iterable[Run], fingerprint: str | None = None) -> Run | None:
+    """The newest FINISHED timing run among a parent's ``children`` (of the design
+    ``fingerprint`` names, when given: its ``FINGERPRINT`` tag), or None: a timing run that
     failed or was killed gives nothing, and a later one (``--again``) supersedes an earlier."""
-    finished = [r for r in children if is_timing_run(r) and r.info.status == "FINISHED"]
+    finished = [r for r in children if is_timing_run(r) and r.info.status == "FINISHED"
+                and (fingerprint is None or r.data.tags.get(FINGERPRINT) == fingerprint)]  # fmt: skip
     return max(finished, key=lambda r: r.info.start_time or 0, default=None)

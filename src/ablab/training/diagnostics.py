@@ -139,13 +139,16 @@ class Snapshot:
 class _UnitMask:
     """Per-unit OR over a module's calls of "true somewhere": (…, C, …) → (C,) booleans."""
 
-    def __init__(self, unit_dim: int) -> None:
+    def __init__(self, unit_dim: int | None) -> None:
         self.unit_dim = unit_dim
         self.mask: Tensor | None = None
         self.consistent = True
 
     def update(self, flags: Tensor) -> None:
-        dims = [d for d in range(flags.ndim) if d != self.unit_dim % flags.ndim]
+        # None: by layout, channels-first (N, C, ...) and (N, C), but a transformer's tokens
+        # (N, L, D) have their units (features) last
+        unit = self.unit_dim if self.unit_dim is not None else (-1 if flags.ndim == 3 else 1)
+        dims = [d for d in range(flags.ndim) if d != unit % flags.ndim]
         units = flags.any(dim=dims) if dims else flags
         if self.mask is None:
             self.mask = units
@@ -165,7 +168,7 @@ class _UnitMask:
 class _OutputStats:
     """A module's outputs in one probe forward: per-call (size, mean, var), units ever > 0."""
 
-    unit_dim: int
+    unit_dim: int | None
     track_positive: bool
     calls: list[tuple[int, Tensor, Tensor]] = field(default_factory=list)
     positive: _UnitMask = field(init=False)
@@ -357,9 +360,11 @@ class LayerDiagnostics(Callback):
         inputs: dict[str, list[Tensor]] = {}  # activation inputs, in call order
         handles = []
         for name, module in self.layers.outputs:
-            # Linear maps the last dim (tokens are (N, L, D)); convs, norms and ablab's
-            # activations work channels-first, so units are dim 1
+            # Linear maps the last dim (tokens are (N, L, D)); convs and norms work
+            # channels-first, so units are dim 1; an activation follows its input's layout
+            # (channels-first, or (N, L, D) tokens in a transformer's MLP)
             unit_dim = -1 if isinstance(module, nn.Linear) else 1
+            unit_dim = None if isinstance(module, KINDS["act"]) else unit_dim
             if record:
                 stats = outputs[name] = _OutputStats(unit_dim, isinstance(module, RELU_FAMILY))
 
@@ -385,7 +390,7 @@ class LayerDiagnostics(Callback):
 
                 handles.append(module.register_forward_pre_hook(capture))
         precision = trainer.precision_plugin.train_step_context() if trainer else nullcontext()
-        flowing = {name: _UnitMask(1) for name in inputs}
+        flowing = {name: _UnitMask(None) for name in inputs}
         try:
             with self.probe_mode(net), torch.set_grad_enabled(backward):
                 with precision:

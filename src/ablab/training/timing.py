@@ -240,7 +240,12 @@ def time_study(
 
 
 def log_timing(
-    client: Any, parent: Any, timed: TimedRounds, timing: Timing, clock: Callable[[], float]
+    client: Any,
+    parent: Any,
+    timed: TimedRounds,
+    timing: Timing,
+    clock: Callable[[], float],
+    fingerprint: str = "",
 ) -> str:
     """One child run of ``parent`` holding ``timed`` (the tags and metrics the module docstring
     lists); returns its id."""
@@ -258,6 +263,7 @@ def log_timing(
         names.DEVICE: timed.device,
         names.PRECISION: timed.precision,
         names.TORCH: torch.__version__,
+        names.FINGERPRINT: fingerprint,
     }
     if hasattr(os, "getloadavg"):  # how idle the machine was as the timing began
         tags[names.LOAD] = f"{os.getloadavg()[0]:.2f}"
@@ -334,16 +340,20 @@ def main(argv: Sequence[str] | None = None) -> str | None:
         uri = str(cfg.logger.tracking_uri)
     client = MlflowClient(uri)
     runs = find_study_runs(client, str(study.folder), args.size)
-    done = names.latest_timing_run(runs.children)
+    tags = runs.parent.data.tags
+    tuned = tuned_points(study, tags)
+    # a timing of another design (timing spec, a variant's overrides, the tuned points, the
+    # command's overrides changed since) is not kept: this design is timed anew
+    fingerprint = study.timing_fingerprint(args.size, tuned, tags.get("study_overrides", ""))
+    done = names.latest_timing_run(runs.children, fingerprint)
     if done is not None and not args.again:
         print(f"ablab: timing: finished timing run {done.info.run_id} of this parent kept "
               "(--again times anew)", file=sys.stderr)  # fmt: skip
         return None
-    tuned = tuned_points(study, runs.parent.data.tags)
     print(f"ablab: timing {len(study.variants)} variants interleaved, {study.timing.rounds} "
           f"rounds", file=sys.stderr)  # fmt: skip
     timed = time_study(study, args.size, args.overrides, tuned)
-    run_id = log_timing(client, runs.parent, timed, study.timing, time.time)
+    run_id = log_timing(client, runs.parent, timed, study.timing, time.time, fingerprint)
     for variant in timed.seconds:
         print(f"ablab: timing: {variant}: median {timed.median_images_per_s(variant):,.0f} "
               f"images/s over {timed.rounds} rounds", file=sys.stderr)  # fmt: skip
