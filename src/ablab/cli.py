@@ -190,6 +190,9 @@ def report(argv: list[str]) -> StudyReport | None:
     """Compare a study's variants from its MLflow runs: verdicts, tables, plots (MD + HTML)."""
     parser = report_parser()
     args = parser.parse_intermixed_args(argv)  # overrides before or after options
+    # a report downloads a small artifact per run (layer profiles, the sweep's command): MLflow's
+    # progress bar for each would bury the verdicts
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.all:
         from pathlib import Path
 
