@@ -171,6 +171,16 @@ def test_a_strong_effect_is_decided_at_the_first_look_and_a_null_runs_every_look
     assert acc.reason.startswith(f"decided at round 1 of 3 (n = 3 seeds, α = {levels[0]:.3g}): ")
     assert loss.outcome == "inconclusive" and loss.round == 3
     assert loss.reason.startswith("undecided after round 3 of 3 (n = 10 seeds")
+    # a stated claim spends no α: its round says only how many seeds had run
+    stated = study_from(
+        TWO_CLAIMS.replace("{metric: val/loss, stat: final}",
+                           "{metric: val/loss, stat: final, deterministic: true}"), root, "s"
+    )  # fmt: skip
+    values["other"]["final val/loss"] = {
+        s: v - 0.2 for s, v in values["base"]["final val/loss"].items()
+    }
+    _, (_, fixed_loss), _ = judge_sequentially(stated, values, range(10), [], design)
+    assert fixed_loss.reason.startswith("decided at round 1 of 3 (3 seeds run): lower, as claimed")
     # each claim's comparison is the one that gave its verdict, at 1 − that look's α
     by_quantity = {c.quantity: c for c in comparisons}
     assert by_quantity["final val/acc"].seeds == [0, 1, 2]

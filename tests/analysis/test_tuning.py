@@ -160,6 +160,8 @@ def test_the_report_shows_each_arms_scores_over_the_grid_and_its_choice(root: Pa
     markdown = to_markdown(report, {})
     assert "## Tuning" in markdown and "the test set is never read to choose" in markdown
     assert "| tanh | 0.605 | 0.805 ✓ | 0.405 | optimizer.lr=0.01 |" in markdown
+    # relu's best is the grid's top: the best may lie beyond it, and the row says so
+    assert "| 0.905 ✓ | optimizer.lr=0.1 (the grid's end) |" in markdown
     data = to_json(report)
     assert data["tuned"] == report.tuned
     json.dumps(data, allow_nan=False)

@@ -607,7 +607,11 @@ def judge_sequentially(
             if i in decided:
                 continue
             state = "undecided after" if v.outcome == "inconclusive" else "decided at"
-            prefix = f"{state} round {k} of {planned} (n = {n} seeds, α = {level:.3g}): "
+            c = by_key[(v.variant, v.quantity, v.against)]
+            # a stated quantity spends no α and a grid reading's or timing's n is not the seeds
+            tested = c.test not in UNTESTED and v.quantity not in apart_from_seeds(study)
+            at = f"n = {n} seeds, α = {level:.3g}" if tested else f"{n} seeds run"
+            prefix = f"{state} round {k} of {planned} ({at}): "
             chosen[i] = (
                 replace(v, round=k, reason=prefix + v.reason),
                 by_key[(v.variant, v.quantity, v.against)],
@@ -620,6 +624,12 @@ def judge_sequentially(
     final = {(c.variant, c.quantity, c.against): c for _, c in chosen.values()}
     comparisons = [final.get((c.variant, c.quantity, c.against), c) for c in comparisons]
     return comparisons, [chosen[i][0] for i in range(len(study.expect))], rounds
+
+
+def apart_from_seeds(study: Study) -> set[str]:
+    """Quantities not measured on the comparison's seeds: read off the tuning grid (tuning
+    seeds) or the timing run (rounds)."""
+    return {q.name for q in study.quantities if q.from_tuning} | from_timing(study)
 
 
 def _rank(study: Study, variant: str) -> int:

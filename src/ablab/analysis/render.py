@@ -560,7 +560,9 @@ def tuning_table(report: StudyReport) -> Table:
         cells = [
             fmt(scores.get(label, math.nan)) + (" ✓" if label == chosen else "") for label in labels
         ]
-        rows.append((variant, *cells, chosen or "not yet chosen"))
+        # a single setting's best at either end of its grid may lie beyond it
+        edge = len(labels) > 1 and "," not in chosen and chosen in (labels[0], labels[-1])
+        rows.append((variant, *cells, (chosen + " (the grid's end)" * edge) or "not yet chosen"))
     return Table(
         "tuning",
         ("variant", *labels, "compared at"),
@@ -568,7 +570,8 @@ def tuning_table(report: StudyReport) -> Table:
         note=(
             "Each variant tried every grid point on the tuning seeds (runs apart from the "
             "comparison's); the score is the mean of the selection metric, a validation metric "
-            "(the test set is never read to choose); ✓ the point each variant was then compared at."
+            "(the test set is never read to choose); ✓ the point each variant was then compared at; "
+            "a point at the grid's end may not be the best, which could lie beyond it."
         ),
         numeric=frozenset(range(1, len(labels) + 1)),
     )
