@@ -37,23 +37,20 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.utils.data import (
-    DataLoader,
     Dataset,
-    DistributedSampler,
-    Sampler,
     Subset,
     TensorDataset,
 )
 
 from ablab.data.augment import BatchAugment
-from ablab.data.module import TRAIN_EVAL, DataModule
+from ablab.data.module import InMemory, SplitDataModule, take
 from ablab.errors import ConfigError, unknown_choice
 
 #: ``normalize`` options; ``true`` means ``channel`` and ``false`` means ``none``.
 NORMALIZE = ("channel", "per_pixel_mean", "none")
 
 
-class ImageDataModule(DataModule):
+class ImageDataModule(SplitDataModule):
     """Splits, loaders, device-side augmentation and standardisation common to all image data.
 
     In-memory subclasses implement :meth:`load`; file-backed ones override :meth:`build_splits`.
@@ -89,15 +86,20 @@ class ImageDataModule(DataModule):
         2016) or ``none`` (false). ``train_eval`` makes :meth:`val_dataloader` also return the
         clean training loader (:meth:`clean_train_dataloader`), of at most ``train_eval_limit``
         examples (``None``: all)."""
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            seed=seed,
+            order_seed=order_seed,
+            num_workers=num_workers,
+            train_eval=train_eval,
+            train_eval_limit=train_eval_limit,
+        )
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {num_classes}")
         if in_channels not in (1, 3):
             raise ConfigError(f"data.in_channels must be 1 or 3, got {in_channels}")
         if image_size < 1:
             raise ConfigError(f"data.image_size must be positive, got {image_size}")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < frac < 1.0:
                 raise ConfigError(f"data.{key} must be in (0, 1), got {frac}")
@@ -109,24 +111,14 @@ class ImageDataModule(DataModule):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.seed = seed
-        self.order_seed = seed if order_seed is None else order_seed
-        self.num_workers = num_workers
         if isinstance(normalize, bool):
             normalize = "channel" if normalize else "none"
         if normalize not in NORMALIZE:
             raise unknown_choice("data.normalize", normalize, NORMALIZE)
         self.normalize = normalize
         self.imbalance_ratio = imbalance_ratio
-        if train_eval_limit is not None and train_eval_limit < 1:
-            raise ConfigError(
-                f"data.train_eval_limit must be a positive number of training examples or null "
-                f"(all of them), got {train_eval_limit}"
-            )
-        self.train_eval, self.train_eval_limit = train_eval, train_eval_limit
         if not isinstance(augmentation, BatchAugment):
             ops = {} if augmentation is None else {type(augmentation).__name__: augmentation}
             augmentation = BatchAugment(
@@ -136,7 +128,6 @@ class ImageDataModule(DataModule):
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self.mean = torch.zeros(in_channels)
         self.std = torch.ones(in_channels)
-        self.splits: dict[str, Dataset] | None = None
         #: Examples per class in the training split as trained on, after :meth:`setup`.
         self.train_class_counts: list[int] | None = None
 
@@ -200,65 +191,6 @@ class ImageDataModule(DataModule):
         if "val" not in raw:
             raw["train"], raw["val"] = self.stratified_split(*raw["train"], self.val_fraction)
         return {split: InMemory(x, y) for split, (x, y) in raw.items()}
-
-    def train_dataloader(self) -> DataLoader:
-        # The order of epoch e is a permutation drawn from seed order_seed + e (torch's
-        # DistributedSampler; Lightning calls its set_epoch each epoch): a job resumed at epoch e
-        # sees the order an uninterrupted one would, and a second loader (the batch preview)
-        # leaves the order alone. With several processes each rank takes its share of it.
-        self.setup()
-        trainer = self.trainer
-        sampler = DistributedSampler(
-            self.splits["train"],
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-            shuffle=True,
-            seed=self.order_seed,
-        )
-        return self._loader("train", shuffle=False, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader | dict[str, DataLoader]:
-        """The validation loader; with ``train_eval``, ``{"val": it, "train_eval": the clean
-        training loader}``: Lightning runs both in its validation loop (model in eval mode, no
-        gradients, the same weights), and the task namespaces each one's metrics by its key."""
-        val = self._loader("val", shuffle=False)
-        if not self.train_eval:
-            return val  # one loader, as before: nothing extra to run or name
-        return {"val": val, TRAIN_EVAL: self.clean_train_dataloader()}
-
-    def clean_train_dataloader(self) -> DataLoader:
-        """The training split as validation sees it: every example (or a fixed subset of
-        ``train_eval_limit``) in stored order, batches augmented never (only training batches
-        are, in :meth:`on_after_batch_transfer`) and standardised like validation's.
-
-        The subset is a uniform draw without replacement seeded with ``seed`` (the split seed),
-        kept in stored order, so every epoch and every variant of a study scores the same
-        examples. Under DDP Lightning gives each rank its share (a non-shuffling sampler), as it
-        does for the validation loader.
-        """
-        self.setup()
-        train = self.splits["train"]
-        limit = self.train_eval_limit
-        if limit is not None and limit < len(train):
-            generator = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(len(train), generator=generator)[:limit].sort().values
-            train = (
-                take(train, keep)
-                if isinstance(train, TensorDataset | Subset)
-                else Subset(train, keep.tolist())
-            )
-        return self._loader(train, shuffle=False)
-
-    def test_dataloader(self) -> dict[str, DataLoader]:
-        """``{"test": the test loader, "val": the validation loader}``, and ``"train_eval"`` with
-        ``train_eval``: Lightning tests the same weights on each, in that order
-        (``dataloader_idx`` 0, 1, 2), and the task namespaces each one's metrics (``test/…``,
-        ``tested_val/…``). ``trainer.limit_test_batches`` applies to each of them."""
-        val = self.val_dataloader()
-        return {
-            "test": self._loader("test", shuffle=False),
-            **(val if isinstance(val, dict) else {"val": val}),
-        }
 
     def on_after_batch_transfer(
         self, batch: tuple[Tensor, Tensor], dataloader_idx: int
@@ -353,42 +285,6 @@ class ImageDataModule(DataModule):
     def run_artifacts(self) -> dict[str, str]:
         return {"config/augmentation.txt": "\n".join(self.augmentation.describe()) + "\n"}
 
-    def _loader(self, split: str | Dataset, shuffle: bool, sampler: Sampler | None = None):
-        """A loader over split ``split`` (a name in :attr:`splits`, or a dataset drawn from one)."""
-        if self.splits is None:
-            self.setup()
-        dataset = self.splits[split] if isinstance(split, str) else split
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        return DataLoader(
-            dataset,
-            batch_size=self.rank_batch_size(world_size),
-            shuffle=shuffle,
-            sampler=sampler,
-            # Every new iterator draws its workers' base seed from this generator; without one
-            # it would come from the global generator, which dropout shares: a resumed job,
-            # creating loaders at other moments, would then draw different dropout masks.
-            generator=torch.Generator().manual_seed(self.order_seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            # In memory, a batch is one indexing per tensor (InMemory), already collated.
-            collate_fn=as_batch if isinstance(dataset, InMemory) else None,
-        )
-
-
-class InMemory(TensorDataset):
-    """A ``TensorDataset`` that hands the loader whole batches: ``dataset[[i, j, ...]]`` is one
-    index per tensor instead of one ``__getitem__`` per sample and a stack (0.45 -> 0.20 ms per
-    batch of 64 digits; the loader's collate is then :func:`as_batch`)."""
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
-        index = torch.as_tensor(indices)
-        return tuple(t[index] for t in self.tensors)
-
-
-def as_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """The collate of a loader over :class:`InMemory`: the batch is already one."""
-    return batch
-
 
 def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
     """n_c = max(1, ⌊n_max · ρ^(−c/(C−1))⌋) for c = 0..C−1: class 0 keeps n_max, class C−1
@@ -423,14 +319,6 @@ def dataset_targets(dataset: Dataset, decode: bool = True) -> Tensor | None:
     if not decode:
         return None
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
-
-
-def take(dataset: TensorDataset | Subset, index: Tensor) -> TensorDataset | Subset:
-    """The examples at ``index``: still in memory for a TensorDataset; for a Subset, a subset of
-    the same underlying dataset (not a subset of a subset)."""
-    if isinstance(dataset, TensorDataset):
-        return InMemory(*(t[index] for t in dataset.tensors))
-    return Subset(dataset.dataset, [dataset.indices[i] for i in index.tolist()])
 
 
 def match_channels(x: Tensor, channels: int) -> Tensor:

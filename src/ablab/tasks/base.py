@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 from torch import nn
 from torch.optim import Optimizer
 
+from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -129,6 +130,86 @@ class Task(pl.LightningModule):
         (``["test"]`` for a single loader)."""
         loaders = self.trainer.test_dataloaders
         return list(loaders) if isinstance(loaders, Mapping) else ["test"]
+
+    # -- stages: one step and one epoch log per loader ------------------------------------------
+    # A task keeps, for each stage it scores (``train``, ``val``, ``test``, ``train_eval``,
+    # ``tested_val``, ``tested_train_eval``), a batch-size-weighted ``<stage>_loss`` (MeanMetric)
+    # and the collections :meth:`epoch_metrics` names, updated in :meth:`_shared_step` and logged
+    # once per epoch by :meth:`_log_epoch`.
+
+    def _shared_step(self, batch: Any, stage: str) -> Any:
+        """Score one batch of ``stage``: update that stage's loss and metrics; return the loss."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _shared_step()")
+
+    def epoch_metrics(self, stage: str) -> list[Any]:
+        """The metric collections of ``stage`` logged at its epoch's end: the first one on the
+        progress bar (beside ``<stage>/loss``), the others only to the logger."""
+        return [getattr(self, f"{stage}_metrics")]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = self._shared_step(batch, "train")
+        # Only on the steps Lightning passes to the logger (every trainer.log_every_n_steps):
+        # each self.log call costs Lightning's bookkeeping, whether or not the value is written.
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # which loader each dataloader_idx is: "val", and "train_eval" when the data adds it
+        self._validation_sets = self.validation_sets()
+        unknown = set(self._validation_sets) - {"val", TRAIN_EVAL}
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} scores the validation loaders 'val' and '{TRAIN_EVAL}', "
+                f"not {', '.join(sorted(unknown))}"
+            )
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, self._validation_sets[dataloader_idx])
+
+    def on_test_epoch_start(self) -> None:
+        # which loader each dataloader_idx is: "test", and "val", "train_eval" when the data adds
+        # them; each is scored in its own namespace (test/, tested_val/, tested_train_eval/)
+        sets = self.test_sets()
+        unknown = set(sets) - {"test", "val", TRAIN_EVAL}
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} scores the test loaders 'test', 'val' and '{TRAIN_EVAL}', "
+                f"not {', '.join(sorted(unknown))}"
+            )
+        self._test_stages = [tested_stage(name) for name in sets]
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, self._test_stages[dataloader_idx])
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        for stage in self._validation_sets:
+            self._log_epoch(stage)
+
+    def on_test_epoch_end(self) -> None:
+        for stage in self._test_stages:
+            self._log_epoch(stage)
+
+    def _log_epoch(self, stage: str) -> None:
+        """Log the stage's epoch values and start the next epoch afresh.
+
+        Metrics are updated at every step and logged here once (``<stage>/loss``: the
+        batch-size-weighted mean, and every collection of :meth:`epoch_metrics`). torchmetrics
+        reduces each over every DDP rank at ``compute()``, every rank taking part. Lightning
+        would log a metric that has a value per class (``recall/<class>``) only as scalars, and
+        a value logged at every step costs its bookkeeping at every step.
+        """
+        collections = self.epoch_metrics(stage)
+        loss = getattr(self, f"{stage}_loss")
+        shown = {f"{stage}/loss": loss.compute(), **collections[0].compute()}
+        self.log_dict(shown, prog_bar=True)
+        for metrics in collections[1:]:
+            self.log_dict(metrics.compute())
+        for metric in (loss, *collections):
+            metric.reset()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """What the optimizer gets: every trainable parameter, in one group."""

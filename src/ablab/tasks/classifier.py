@@ -198,76 +198,12 @@ class ClassifierModule(Task):
             getattr(self, f"{stage}_class_metrics").update(logits.detach(), target)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
-        # Only on the steps Lightning passes to the logger (every trainer.log_every_n_steps):
-        # each self.log call costs Lightning's bookkeeping, whether or not the value is written.
-        if self.trainer._logger_connector.should_update_logs:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
-
-    def on_validation_epoch_start(self) -> None:
-        # which loader each dataloader_idx is: "val", and "train_eval" when the data adds it
-        self._validation_sets = self.validation_sets()
-        unknown = set(self._validation_sets) - {"val", TRAIN_EVAL}
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__} scores the validation loaders 'val' and '{TRAIN_EVAL}', "
-                f"not {', '.join(sorted(unknown))}"
-            )
-
-    def validation_step(
-        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._shared_step(batch, self._validation_sets[dataloader_idx])
-
-    def on_test_epoch_start(self) -> None:
-        # which loader each dataloader_idx is: "test", and "val", "train_eval" when the data adds
-        # them; each is scored in its own namespace (test/, tested_val/, tested_train_eval/)
-        sets = self.test_sets()
-        unknown = set(sets) - {"test", "val", TRAIN_EVAL}
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__} scores the test loaders 'test', 'val' and '{TRAIN_EVAL}', "
-                f"not {', '.join(sorted(unknown))}"
-            )
-        self._test_stages = [tested_stage(name) for name in sets]
-
-    def test_step(
-        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._shared_step(batch, self._test_stages[dataloader_idx])
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        for stage in self._validation_sets:
-            self._log_epoch(stage)
-
-    def on_test_epoch_end(self) -> None:
-        for stage in self._test_stages:
-            self._log_epoch(stage)
-
-    def _log_epoch(self, stage: str) -> None:
-        """Log the stage's epoch values and start the next epoch afresh.
-
-        Metrics are updated at every step and logged here once (``<stage>/loss``: the
-        batch-size-weighted mean; ``acc``...; validation and test also their per-class scores).
-        torchmetrics reduces each over every DDP rank at ``compute()``, every rank taking part.
-        Lightning would log a metric that has a value per class (``recall/<class>``) only as
-        scalars, and a value logged at every step costs its bookkeeping at every step.
-        """
+    def epoch_metrics(self, stage: str) -> list[MetricCollection]:
+        """Accuracy (on the progress bar), and per-class scores on the held-out stages."""
         collections = [getattr(self, f"{stage}_metrics")]
         if stage in CLASS_SCORED:
             collections.append(getattr(self, f"{stage}_class_metrics"))
-        loss = getattr(self, f"{stage}_loss")
-        shown = {f"{stage}/loss": loss.compute(), **collections[0].compute()}
-        self.log_dict(shown, prog_bar=True)
-        for metrics in collections[1:]:
-            self.log_dict(metrics.compute())
-        for metric in (loss, *collections):
-            metric.reset()
+        return collections
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """Parameters under weight decay and l1: weights of ≥ 2 dims, i.e. not biases or norms."""
