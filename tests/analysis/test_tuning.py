@@ -162,6 +162,10 @@ def test_the_report_shows_each_arms_scores_over_the_grid_and_its_choice(root: Pa
     assert "| tanh | 0.605 | 0.805 ✓ | 0.405 | optimizer.lr=0.01 |" in markdown
     # relu's best is the grid's top: the best may lie beyond it, and the row says so
     assert "| 0.905 ✓ | optimizer.lr=0.1 (the grid's end) |" in markdown
+    # the Variants table shows what the comparison ran: the tuned point, marked, never the
+    # declared value it replaced (a study may declare a starting lr for every arm)
+    assert "| relu (baseline) | model.act=relu optimizer.lr=0.1 (tuned) |" in markdown
+    assert "| tanh | model.act=tanh optimizer.lr=0.01 (tuned) |" in markdown
     data = to_json(report)
     assert data["tuned"] == report.tuned
     json.dumps(data, allow_nan=False)

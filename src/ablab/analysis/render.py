@@ -396,7 +396,7 @@ def report_tables(report: StudyReport) -> ReportTables:
         tuple(
             (
                 label(v.name),
-                " ".join(f"{k}={val}" for k, val in v.overrides.items()) or DASH,
+                overrides_as_run(v.overrides, report.tuned.get(v.name, "")) or DASH,
                 ", ".join(map(str, sorted(v.run_ids))) or DASH,
             )
             for v in report.variants
@@ -723,6 +723,15 @@ def to_markdown(report: StudyReport, images: Mapping[str, str]) -> str:
             out += [f"![{alt}]({quote(images[ref.name])})", ""]
     out += ["---", "", _generated(report)]
     return "\n".join(out) + "\n"
+
+
+def overrides_as_run(overrides: dict[str, Any], tuned: str) -> str:
+    """A variant's overrides as its comparison runs ran them: a tuned key shows the grid point
+    the tuning stage chose (``tuned``, e.g. ``optimizer.lr=0.1``), marked, not the declared value
+    it replaced."""
+    chosen = dict(item.split("=", 1) for item in tuned.split(",") if "=" in item)
+    shown = {k: str(v) for k, v in overrides.items()} | chosen
+    return " ".join(f"{k}={v}" + (" (tuned)" if k in chosen else "") for k, v in shown.items())
 
 
 def _md_note(table: Table) -> str:
