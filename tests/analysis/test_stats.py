@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -426,3 +427,23 @@ def test_identical_differences_are_equivalent_exactly_inside_the_margin() -> Non
     outside = paired("v", "q", base, {s: 1.5 for s in range(4)})
     assert verdict(CLAIM, inside, "same", margin=0.01).outcome == "holds"
     assert verdict(CLAIM, outside, "same", margin=0.01).outcome == "does not hold"
+
+
+def test_an_inconclusive_permutation_verdict_says_when_the_seeds_could_not_reach_alpha() -> None:
+    """6 seeds, every difference positive: the exact sign-flip p is 2/2^6 = 0.031, 0.0625
+    after Holm over two claims, above a look's α of 0.019: no data at 6 seeds could decide it,
+    and the reason says so (with the seeds it needs), instead of only the t-test's power."""
+    base = {s: 0.0 for s in range(6)}
+    skewed = {0: 0.1, 1: 0.8, 2: 0.3, 3: 0.12, 4: 0.25, 5: 0.11}  # Shapiro–Wilk rejects
+    c = paired("v", "final train_eval/loss", base, skewed, method="bootstrap", alpha=0.019)
+    assert c.test.startswith("sign-flip") and c.p_value == pytest.approx(2 / 64)
+    c = replace(c, p_holm=2 * c.p_value)  # Holm over two claims, this one's p the smaller
+    v = verdict("claim", c, "higher", alpha=0.019)
+    assert v.outcome == "inconclusive"
+    assert "cannot reach α = 0.019 at n = 6: its smallest p is 2/2^6 = 0.0312, 0.0625 after " \
+           "Holm; it needs 8 seeds." in v.reason  # fmt: skip
+    # 9 seeds reach it (2/2^9 · 2 = 0.0078): decided, and nothing said of a floor
+    more = paired("v", "q", {s: 0.0 for s in range(9)}, {s: 0.1 + s**2 for s in range(9)},
+                  method="bootstrap", alpha=0.019)  # fmt: skip
+    v = verdict("claim", replace(more, p_holm=2 * more.p_value), "higher", alpha=0.019)
+    assert v.outcome == "holds" and "cannot reach" not in v.reason

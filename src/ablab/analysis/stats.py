@@ -538,7 +538,7 @@ def verdict(
         return out(
             "inconclusive",
             f"not significant after Holm's correction: p_holm = {p:.3g} >= {alpha:g} "
-            f"({numbers}).{_power_text(c)}",
+            f"({numbers}).{_floor_text(c, alpha)}{_power_text(c)}",
         )
     return out(
         "inconclusive",
@@ -558,6 +558,25 @@ def _opposite(c: Comparison, expected: Direction) -> str:
     way = "lower" if expected == "higher" else "higher"
     against = int(np.sum(d < 0) if expected == "higher" else np.sum(d > 0))
     return f"opposite to the claim ({way} on {against} of {d.size} seeds), not significant: "
+
+
+def _floor_text(c: Comparison, alpha: float) -> str:
+    """Said when the sign-flip permutation test decided and could not have reached ``alpha`` at
+    these seeds: its smallest two-sided p is 2 / 2**n (every difference of one sign), times the
+    Holm factor this comparison got; a verdict left inconclusive by that floor was not a weak
+    effect but too few seeds for the test."""
+    if not c.test.startswith("sign-flip") or not c.p_value > 0:
+        return ""
+    n = len(c.seeds)
+    floor = 2.0 / 2**n
+    factor = c.p_holm / c.p_value if math.isfinite(c.p_holm) else 1.0
+    if floor * factor < alpha:
+        return ""
+    needed = math.floor(1 + math.log2(factor / alpha)) + 1  # least n with 2^(1−n)·factor < α
+    return (
+        f" The sign-flip permutation test cannot reach α = {alpha:g} at n = {n}: its smallest p "
+        f"is 2/2^{n} = {floor:.3g}, {floor * factor:.3g} after Holm; it needs {needed} seeds."
+    )
 
 
 def _power_text(c: Comparison) -> str:
