@@ -33,6 +33,21 @@ GROUPS = [
     "debug",
 ]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+#: Options that compose only beside the other groups of a sequence task (a sequence dataset
+#: needs a sequence model and task): each is composed with the rest of SEQUENCE.
+SEQUENCE_OPTIONS = {
+    ("data", "adding"), ("data", "copy"), ("data", "digits_rows"), ("data", "mnist_rows"),
+    ("model", "rnn"), ("model", "lstm"), ("model", "lstm_peephole"), ("model", "gru"),
+    ("task", "sequence"), ("loss", "mse"),
+}  # fmt: skip
+SEQUENCE = {"task": "sequence", "data": "adding", "model": "lstm"}
+
+
+def companions(group: str, option: str) -> list[str]:
+    """The overrides ``group=option`` composes with: the sequence groups for a sequence option."""
+    if (group, option) not in SEQUENCE_OPTIONS:
+        return []
+    return [f"{g}={o}" for g, o in SEQUENCE.items() if g != group]
 
 
 def test_every_group_has_options() -> None:
@@ -53,7 +68,7 @@ def _check_signature(node: DictConfig, where: str, own: tuple[str, ...] = ()) ->
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) -> None:
-    with compose_cfg(f"{group}={option}") as cfg:
+    with compose_cfg(f"{group}={option}", *companions(group, option)) as cfg:
         config = resolved(cfg)  # every interpolation resolves, nothing is missing
         assert config["seed"] == cfg.seed
         check_types(cfg)  # every value has the type its constructor's signature asks for
@@ -72,12 +87,22 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             trainer = build_trainer(cfg, logger=False, enable_progress_bar=False)
             assert trainer.max_epochs == cfg.trainer.max_epochs
         elif group == "data":
-            dm = instantiate(cfg.data)
-            assert dm.num_classes == cfg.data.num_classes
+            if (group, option) in SEQUENCE_OPTIONS:
+                dm = instantiate(
+                    cfg.data, **({"augmentation": None} if "images" in cfg.data else {})
+                )
+                assert dm.example_input().shape[2] == cfg.data.input_size
+            else:
+                dm = instantiate(cfg.data)
+                assert dm.num_classes == cfg.data.num_classes
         elif group in ("model", "init"):
             net = initialize(instantiate(cfg.model), **cfg.init)
-            x = torch.rand(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-            assert net(x).shape == (2, cfg.data.num_classes)
+            if (group, option) in SEQUENCE_OPTIONS:
+                x = torch.rand(2, cfg.data.length, cfg.data.input_size)
+                assert net(x).shape == (2, cfg.data.num_outputs)
+            else:
+                x = torch.rand(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+                assert net(x).shape == (2, cfg.data.num_classes)
         elif group in ("optimizer", "scheduler"):
             params = [torch.nn.Parameter(torch.zeros(3))]
             optimizer = instantiate(cfg.optimizer)(params)
@@ -105,6 +130,9 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             logger = instantiate(cfg.logger)
             assert logger._tracking_uri.startswith("sqlite:///")
             assert logger._initialized is False  # building a logger creates no run
+        elif group == "task" and option == "sequence":
+            assert cfg.task.num_outputs == cfg.data.num_outputs == 1
+            assert (cfg.task.monitor, cfg.task.mode) == ("val/mse", "min")  # adding's values
         elif group == "task":
             assert cfg.task.num_classes == cfg.data.num_classes
 
@@ -118,7 +146,8 @@ def test_train_eval_is_off_by_default_and_one_override(compose_cfg) -> None:
     with compose_cfg("data.train_eval=true") as cfg:
         assert list(instantiate(cfg.data).val_dataloader()) == ["val", "train_eval"]
     for option in sorted(p.stem for p in (CONF / "data").glob("*.yaml")):
-        with compose_cfg(f"data={option}", "data.train_eval=true") as cfg:
+        others = companions("data", option)
+        with compose_cfg(f"data={option}", "data.train_eval=true", *others) as cfg:
             check_types(cfg)
             assert cfg.data.train_eval is True
 

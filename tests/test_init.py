@@ -166,3 +166,24 @@ def test_bad_values_are_one_line_errors(scheme, options, message) -> None:
     with pytest.raises(ConfigError) as info:
         initialize(layers(), scheme, **options)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["ablab", "torch"])
+def test_schemes_set_each_gate_of_a_recurrent_layer_as_a_layer_of_its_own(backend: str) -> None:
+    """Xavier on an LSTM's (4H, H) recurrent matrix: each gate's H x H block gets std
+    √(2 / (H + H)), not the stacked matrix's √(2 / (4H + H)); the gates' biases are zeroed;
+    orthogonal makes every gate's recurrent block orthogonal (Saxe et al. 2014)."""
+    from ablab.models import RecurrentNet
+
+    torch.manual_seed(0)
+    net = RecurrentNet("lstm", 3, 128, 1, backend=backend)
+    initialize(net, "xavier_normal")
+    params = dict(net.named_parameters())
+    (hh,) = [p for n, p in params.items() if "weight_hh" in n]
+    for block in hh.detach().split(128):
+        assert block.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+    assert all(not p.any() for n, p in params.items() if "bias_" in n and "head" not in n)
+    initialize(net, "orthogonal")
+    (hh,) = [p for n, p in net.named_parameters() if "weight_hh" in n]
+    for block in hh.detach().split(128):
+        assert torch.allclose(block @ block.T, torch.eye(128), atol=1e-5)

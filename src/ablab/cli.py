@@ -56,18 +56,21 @@ def show_batch(argv: list[str]) -> None:
 
 
 def measure_configured(overrides: list[str]) -> tuple[str, Complexity]:
-    """(model config name, Complexity) of the model these overrides configure, on one input of
-    the configured data's channels and size."""
+    """(model config name, Complexity) of the model these overrides configure, on the configured
+    data module's example input (an image of its channels and size, a sequence of its length and
+    features...), as a training run traces it; no data is loaded."""
     from hydra.utils import instantiate
 
     from ablab.complexity import measure
     from ablab.config import composed
-    from ablab.training.run import as_config_error
+    from ablab.data.module import DataModule
+    from ablab.training.run import as_config_error, component_class, components
 
     with composed(overrides) as cfg:
-        shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
         try:
-            return cfg.hydra.runtime.choices.model, measure(instantiate(cfg.model), shape)
+            data = component_class(cfg, "data", DataModule)
+            example = instantiate(cfg.data, **components(cfg, data.components)).example_input()
+            return cfg.hydra.runtime.choices.model, measure(instantiate(cfg.model), example)
         except Exception as err:
             raise as_config_error(err) from err
 
@@ -117,7 +120,7 @@ def summary(argv: list[str]) -> None:
 
 
 def zoo(argv: list[str]) -> None:
-    """Params and MACs of every conf/model config at small and ImageNet sizes."""
+    """Params and MACs of every image model config (conf/model) at small and ImageNet sizes."""
     parser = argparse.ArgumentParser(
         prog="ablab zoo",
         description="Params and MACs of every model config, measured by tracing (as `summary`).",
@@ -135,11 +138,17 @@ def zoo(argv: list[str]) -> None:
     from ablab.config import CONFIG_DIR
 
     folder = CONFIG_DIR / "model"
+
+    def form_of(name: str) -> str:
+        found = re.search(r"^# form: (\w+)$", (folder / f"{name}.yaml").read_text(), re.MULTILINE)
+        return found.group(1) if found else "?"
+
+    # The image models: a sequence model (form: sequence) has no image size to be measured at.
     names = args.models or sorted(p.stem for p in folder.glob("*.yaml"))
+    names = [name for name in names if form_of(name) != "sequence"]
     table: dict[str, dict] = {}
     for name in names:
-        form = re.search(r"^# form: (\w+)$", (folder / f"{name}.yaml").read_text(), re.MULTILINE)
-        row: dict = {"form": form.group(1) if form else "?"}
+        row: dict = {"form": form_of(name)}
         for size in args.sizes:
             classes = 1000 if size >= 160 else 10  # ImageNet heads at ImageNet sizes
             overrides = [f"model={name}", "data.in_channels=3", f"data.image_size={size}"]

@@ -160,6 +160,9 @@ def measure(
 
     def hook(name: str):
         def record(module, args, output) -> None:
+            # A recurrent cell or nn.LSTM returns a tuple (output, state): its first tensor.
+            if isinstance(output, (tuple, list)):
+                output = next((o for o in output if isinstance(o, torch.Tensor)), None)
             if isinstance(output, torch.Tensor):
                 shapes[name] = tuple(output.shape[1:])
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -63,17 +64,28 @@ def job_key(overrides: Sequence[str]) -> str:
 def register_resolvers() -> None:
     """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}``,
     ``${job_key:overrides}``, ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)
-    and ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize)."""
+    ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize) and
+    ``${pick:key,{a: x, b: y}}`` (the entry of a table a choice selects: a task's monitored metric
+    by the data's target kind)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
         "job_key": lambda overrides: job_key(list(overrides)),
         "slurm_gpus": lambda accelerator, devices: None if accelerator == "cpu" else devices,
         "optuna_direction": lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
+        "pick": _pick,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def _pick(key: str, table: Any) -> Any:
+    """``table[key]``; an unknown key names the valid ones."""
+    try:
+        return table[key]
+    except KeyError:
+        raise ConfigError(f"'{key}' is not one of: {', '.join(map(str, table))}") from None
 
 
 register_resolvers()

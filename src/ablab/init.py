@@ -1,8 +1,12 @@
 """Weight-initialisation schemes by name, applied once the network is fully built.
 
 Every scheme sets the weights of convolutions and linear layers, zeroes their biases, and resets
-normalisation layers to γ = 1, β = 0; other parameters (class tokens, position embeddings, PReLU
-slopes) keep the model's own initialisation. ``default`` keeps PyTorch's (and the model's) own.
+normalisation layers to γ = 1, β = 0. In recurrent layers (ablab's cells, ``nn.RNN``/``LSTM``/
+``GRU``) it sets each gate's block of ``hidden_size`` rows of the input and recurrent matrices
+(``weight_ih*``, ``weight_hh*``) as the weight of a linear layer of its own, so fans are a gate's
+(H × F, H × H), not the stacked matrix's, and zeroes their biases. Other parameters (class
+tokens, position embeddings, PReLU slopes, peephole weights) keep the model's own
+initialisation. ``default`` keeps PyTorch's (and the model's) own.
 
 For a layer with fan_in inputs per output unit and fan_out outputs per input unit, the variances:
 - ``normal``: std² (small std vanishes, large std explodes the signal with depth);
@@ -36,6 +40,11 @@ WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 #: Normalisation layers reset to γ = 1, β = 0.
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
+#: Parameter names of a recurrent layer's gate matrices and their biases (torch's, and ablab's
+#: cells', which use the same names): gates stacked in blocks of ``hidden_size`` rows.
+RECURRENT_WEIGHTS = ("weight_ih", "weight_hh")
+RECURRENT_BIASES = ("bias_ih", "bias_hh")
+
 MODES = ("fan_in", "fan_out")
 
 
@@ -48,6 +57,12 @@ def _apply(net: nn.Module, set_weight: Callable[[Tensor], Any]) -> None:
         elif isinstance(module, NORMS) and getattr(module, "weight", None) is not None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        for name, param in module.named_parameters(recurse=False):
+            if name.startswith(RECURRENT_WEIGHTS):  # one gate's rows at a time
+                for block in param.data.split(module.hidden_size):
+                    set_weight(block)
+            elif name.startswith(RECURRENT_BIASES):
+                nn.init.zeros_(param)
 
 
 def _check_nonlinearity(nonlinearity: str) -> None:

@@ -2,8 +2,8 @@
 
 One small ``Registry`` class and the tables the rest of the package fills in: ``NORM``
 (normalisation layers), ``ACT`` (activations), ``SHORTCUT`` (residual shortcuts), ``BLOCK``
-(network blocks sharing one signature), ``STEM`` (the first layers of an image classifier) and
-``INIT`` (weight-init schemes).
+(network blocks sharing one signature), ``STEM`` (the first layers of an image classifier),
+``CELL`` (recurrent cells, one time step each) and ``INIT`` (weight-init schemes).
 """
 
 from __future__ import annotations
@@ -56,4 +56,5 @@ ACT: Registry[Callable[..., object]] = Registry("activation")
 SHORTCUT: Registry[Callable[..., object]] = Registry("shortcut")
 BLOCK: Registry[Callable[..., object]] = Registry("block")
 STEM: Registry[Callable[..., object]] = Registry("stem")
+CELL: Registry[Callable[..., object]] = Registry("cell")
 INIT: Registry[Callable[..., None]] = Registry("init scheme")

@@ -1,5 +1,6 @@
 """Every conf/model/*.yaml exports with ``torch.export`` at the input size its config trains on
-(data=digits: 1 x 28 x 28), and the exported program computes the eager net's outputs."""
+(data=digits: 1 x 28 x 28; sequence models: the digits as 28 rows of 28 pixels), and the exported
+program computes the eager net's outputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gc
 import pytest
 import torch
 from hydra.utils import instantiate
+from test_zoo import SEQUENCE_DIGITS, form_of
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import CONF
@@ -31,10 +33,13 @@ def _collect() -> None:
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS]
 )
 def test_exported_program_equals_the_eager_net(name, compose_cfg) -> None:
-    with compose_cfg(f"model={name}") as cfg:  # timm.yaml: pretrained=false, nothing downloaded
+    sequence = form_of(name) == "sequence"
+    overrides = SEQUENCE_DIGITS if sequence else ()
+    with compose_cfg(f"model={name}", *overrides) as cfg:  # timm.yaml: nothing downloaded
         torch.manual_seed(0)
         net = instantiate(cfg.model).eval()
-        x = torch.rand(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+        size = cfg.data.image_size
+        x = torch.rand(2, *((size, size) if sequence else (cfg.data.in_channels, size, size)))
     with torch.no_grad():
         # Running statistics away from (0, 1), so a program that loses them differs.
         for module in net.modules():

@@ -60,9 +60,44 @@ def test_every_scheduler_trains(name, compose_cfg, store) -> None:
     assert any(k.startswith("lr-") for k in run.trainer.callback_metrics)
 
 
+#: A small sequence task: the recurrent models, sequence data and value losses train on it.
+ADDING = ["data=adding", "data.length=8", "data.n_train=256", "data.n_val=64", "data.n_test=64"]
+SEQUENCE = ["task=sequence", "model=lstm", "model.hidden_size=8", *ADDING]
+#: Losses for value targets (the sequence task's), the others for classes.
+VALUE_LOSSES = {"mse"}
+
+
 @pytest.mark.parametrize("name", options("loss"))
 def test_every_loss_trains(name, compose_cfg, store) -> None:
-    assert_trained(fit(compose_cfg, store, f"loss={name}", "data=synthetic"))
+    task = SEQUENCE if name in VALUE_LOSSES else ["data=synthetic"]
+    assert_trained(fit(compose_cfg, store, f"loss={name}", *task))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=rnn"], ["model=rnn", "model.nonlinearity=relu"], ["model=lstm_peephole"],
+        ["model=gru"], ["model=lstm", "model.backend=torch"], ["model=gru", "model.backend=torch"],
+        ["model=lstm", "model.num_layers=2", "model.dropout=0.2", "model.bidirectional=true"],
+        ["model=lstm", "model.bptt=3"], ["data.train_eval=true"], ["init=orthogonal"],
+        ["data=copy", "data.num_classes=4", "data.input_size=5", "data.length=8"],
+        ["data=digits_rows"], ["data=mnist_rows", "data.images.root=MNIST_ROOT"],
+    ],
+    ids=lambda o: " ".join(o),
+)  # fmt: skip
+def test_every_sequence_option_trains(overrides, compose_cfg, store, tmp_path) -> None:
+    """Every sequence data, recurrent model and switch: a fast step through the real build."""
+    from tests.data.formats import make_mnist
+
+    make_mnist(tmp_path / "mnist", "MNIST", n_train=200, n_test=20)
+    overrides = [o.replace("MNIST_ROOT", str(tmp_path / "mnist")) for o in overrides]
+    base = (
+        [o for o in SEQUENCE if o not in ADDING] if overrides[0].startswith("data=") else SEQUENCE
+    )
+    run = fit(compose_cfg, store, *base, *overrides)
+    assert_trained(run)
+    monitor = run.task.monitor
+    assert torch.isfinite(run.trainer.callback_metrics[monitor]), monitor
 
 
 @pytest.mark.parametrize("name", options("init"))

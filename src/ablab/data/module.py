@@ -36,7 +36,9 @@ class DataModule(pl.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement example_input()")
 
     def run_params(self) -> dict[str, Any]:
-        """Numbers measured on the data that the run logs as params (nested dicts flatten)."""
+        """Numbers measured on the data that the run logs as params (nested dicts flatten); each
+        key must be among the measured prefixes of ``ablab.training.job.MEASURED``, so a resumed
+        run does not read it as a changed config."""
         return {}
 
     def run_artifacts(self) -> dict[str, str]:

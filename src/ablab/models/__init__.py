@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ablab.models.mobilenet import MobileNet, MobileNetV3
     from ablab.models.repvgg import RepVGG
     from ablab.models.resnet import ResNet
+    from ablab.models.rnn import RecurrentNet
     from ablab.models.shufflenet import ShuffleNetV2
     from ablab.models.squeezenet import SqueezeNet
     from ablab.models.timm_backbone import timm_model
@@ -32,6 +33,7 @@ FAMILIES = {
     "LeNet5": "lenet",
     "MobileNet": "mobilenet",
     "MobileNetV3": "mobilenet",
+    "RecurrentNet": "rnn",
     "RepVGG": "repvgg",
     "ResNet": "resnet",
     "ShuffleNetV2": "shufflenet",
@@ -56,6 +58,7 @@ __all__ = [
     "LeNet5",
     "MobileNet",
     "MobileNetV3",
+    "RecurrentNet",
     "RepVGG",
     "ResNet",
     "ShuffleNetV2",

@@ -2,5 +2,6 @@
 
 from ablab.tasks.base import Task
 from ablab.tasks.classifier import ClassifierModule
+from ablab.tasks.sequence import SequenceModule
 
-__all__ = ["ClassifierModule", "Task"]
+__all__ = ["ClassifierModule", "SequenceModule", "Task"]

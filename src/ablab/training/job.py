@@ -45,8 +45,9 @@ OWNER_KEY = "ablab_job"
 #: At most this many differing params are named in the refusal.
 SHOWN_DIFFS = 4
 #: Params measured by the run rather than set by the config (prefixes); ``runtime.*`` are facts
-#: of the machine it ran on (``runtime.torch_threads``).
-MEASURED = ("complexity.", "data.train_class_counts", "runtime.")
+#: of the machine it ran on (``runtime.torch_threads``); ``data.*`` ones are what a data module
+#: measured on its splits (``DataModule.run_params``).
+MEASURED = ("complexity.", "data.train_class_counts", "data.mean_predictor_mse", "runtime.")
 #: Config keys added since runs were first logged, with the value older runs had without them:
 #: a run that lacks one is the same config when the key still holds that value. ``${key}``: the
 #: value of another param (the data split followed ``seed`` before ``seeds.split`` existed).

@@ -1,0 +1,127 @@
+"""Many-to-one sequence tasks: one prediction per sequence, a class or a real value.
+
+The network (a recurrent net, or any module taking (N, T, F)) is injected, the loss comes from the
+``loss`` group, and the data says what a target is (``data.target``): class indices, scored by
+accuracy, or values, scored by mean squared and mean absolute error (torchmetrics). Every stage is
+logged as ``<stage>/<metric>`` with its batch-size-weighted ``<stage>/loss``, as for the
+classifier: ``train``, ``val``, ``test``, and with ``data.train_eval`` the clean training set in
+eval mode (``train_eval/…``) and the tested weights on validation (``tested_val/…``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ablab.data.module import TRAIN_EVAL
+from ablab.errors import ConfigError, unknown_choice
+from ablab.tasks.base import OptimizerFactory, Task, tested_stage
+
+# Epoch values are computed by torchmetrics over every DDP rank (see the classifier).
+warnings.filterwarnings(
+    "ignore",
+    message=r"It is recommended to use `self\.log\('(tested_)?(train|train_eval|val|test)/"
+    r"(loss|acc|mse|mae)'",
+    category=PossibleUserWarning,
+)
+
+#: target kind -> the metrics each stage scores, given the number of outputs
+METRICS: dict[str, Callable[[int], dict[str, Metric]]] = {
+    "class": lambda n: {"acc": MulticlassAccuracy(n, average="micro")},
+    "value": lambda n: {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()},
+}
+#: Losses that fit a value; a class target takes any other (cross-entropy, focal...).
+VALUE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+STAGES = (
+    "train",
+    "val",
+    "test",
+    TRAIN_EVAL,
+    tested_stage("val"),
+    tested_stage(TRAIN_EVAL),
+)
+
+
+class SequenceModule(Task):
+    """ŷ = net(x) for x (N, T, F); loss = loss_fn(ŷ, y); metrics logged as ``<stage>/<name>``.
+
+    Class targets: ŷ are (N, num_outputs) logits and every stage scores ``acc`` (top-1).
+    Value targets: ŷ is (N,) for ``num_outputs`` = 1 (the net's (N, 1) squeezed), and every stage
+    scores ``mse`` = mean (ŷ − y)² and ``mae`` = mean |ŷ − y|. The monitored metric follows the
+    target (``conf/task/sequence.yaml``: ``val/acc`` max, ``val/mse`` min).
+    """
+
+    components: ClassVar[dict[str, str]] = {"loss": "loss"}
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: dict[str, Any] | None,
+        loss: nn.Module,
+        target: Literal["class", "value"],
+        num_outputs: int,
+        monitor: str = "val/acc",
+        mode: Literal["min", "max"] = "max",
+    ) -> None:
+        super().__init__(optimizer, scheduler, monitor=monitor, mode=mode)
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        if target not in METRICS:
+            raise unknown_choice("task.target", target, METRICS)
+        if num_outputs < 1 or (target == "class" and num_outputs < 2):
+            raise ConfigError(
+                f"task.num_outputs={num_outputs}: a class target needs at least 2 outputs, a "
+                "value target at least 1"
+            )
+        self.net, self.loss_fn = net, loss
+        self.target, self.num_outputs = target, num_outputs
+        for stage in STAGES:
+            metrics = MetricCollection(METRICS[target](num_outputs), prefix=f"{stage}/")
+            setattr(self, f"{stage}_metrics", metrics)
+            setattr(self, f"{stage}_loss", MeanMetric())
+
+    def check(self, datamodule: Any) -> None:
+        """The data must be sequences with this target kind, and the loss must fit it: a value
+        target takes a regression loss (``loss=mse``), a class target any other."""
+        kind = getattr(datamodule, "target", None)
+        if kind is None:
+            raise ConfigError(
+                f"task=sequence needs sequence data (data=adding|copy|digits_rows|mnist_rows); "
+                f"{type(datamodule).__name__} yields no sequence targets"
+            )
+        if kind != self.target:
+            raise ConfigError(
+                f"task.target={self.target} but the data's targets are of kind {kind}"
+            )
+        fits_values = isinstance(self.loss_fn, VALUE_LOSSES)
+        if fits_values != (kind == "value"):
+            wanted = "a regression loss: loss=mse" if kind == "value" else "loss=cross_entropy"
+            raise ConfigError(
+                f"loss {type(self.loss_fn).__name__} does not fit the data's {kind} targets; "
+                f"use {wanted}"
+            )
+
+    def validation_metric_names(self) -> set[str]:
+        return {"val/loss", *self.val_metrics.keys()}
+
+    def training_metric_names(self) -> set[str]:
+        return {"train/loss", *self.train_metrics.keys()}
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x)
+        # A single value per sequence: (N, 1) -> (N,), the targets' shape.
+        return out.squeeze(-1) if self.target == "value" and self.num_outputs == 1 else out
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        out = self(x)
+        loss = self.loss_fn(out, y)
+        getattr(self, f"{stage}_metrics").update(out.detach(), y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
+        return loss
