@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, tracking_uri
 from injected import SAFETY_TIMEOUT_S, pause_at, wait_paused
 
 #: A short LeNet with dropout (so the restored RNG state matters): 3 epochs of 5 steps, every
@@ -81,3 +82,21 @@ def only_run(client: MlflowClient):
     )
     assert len(runs) == 1, [r.info.run_id for r in runs]
     return runs[0]
+
+
+def killed_then_resumed(root: Path, pause: str, base: list[str]) -> tuple[MlflowClient, Any]:
+    """Run ``base`` until the ``pause`` point, ``kill -9`` it (its run is left RUNNING), run the
+    same command again to the end: the client, and the one run, which must be the killed one
+    continued (its second attempt), finished."""
+    proc = start(root, pause, base=base)
+    wait_for_pause(root, proc)
+    kill_9(proc)
+    client = MlflowClient(tracking_uri(root))
+    killed = only_run(client)
+    assert killed.info.status == "RUNNING"
+    code, out = finish(start(root, pause, base=base))
+    assert code == 0, out[-3000:]
+    run = only_run(client)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["attempt"] == "2"
+    return client, run

@@ -10,8 +10,6 @@ with nothing tracked (``logger=null``).
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, tracking_uri
-from jobs import SHORT_RUN, finish, only_run, pause_at, start, wait_for_pause
+from jobs import SHORT_RUN, finish, killed_then_resumed, pause_at, start
 
 TOY = [
     f"hydra.searchpath=[file://{REPO}/tests/toy/conf]",
@@ -47,20 +45,8 @@ def children(client: MlflowClient) -> list:
 
 
 def test_a_task_outside_the_core_trains_checkpoints_and_resumes_after_kill_9(root: Path) -> None:
-    pause = pause_at(7, root)  # epoch 2: last.ckpt is from step 5
-    proc = start(root, pause, base=TOY)
-    wait_for_pause(root, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert finish(proc)[0] == -signal.SIGKILL
-    client = MlflowClient(tracking_uri(root))
-    killed = only_run(client)
-    assert killed.info.status == "RUNNING"
-
-    code, out = finish(start(root, pause, base=TOY))
-    assert code == 0, out[-3000:]
-    run = only_run(client)
-    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert run.data.tags["attempt"] == "2"
+    # epoch 2: last.ckpt is from step 5
+    client, run = killed_then_resumed(root, pause_at(7, root), TOY)
     params, metrics = run.data.params, run.data.metrics
     assert params["task.monitor"] == "val/mse" and params["task.mode"] == "min"
     assert params["callbacks.model_checkpoint.monitor"] == "val/mse"

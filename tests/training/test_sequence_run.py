@@ -9,15 +9,13 @@ after ``kill -9`` a rerun continues the same MLflow run from ``last.ckpt``.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from conftest import tracking_uri
-from jobs import finish, only_run, pause_at, start, wait_for_pause
+from jobs import finish, killed_then_resumed, only_run, pause_at, start
 
 SEQUENCE_RUN = [
     "task=sequence",
@@ -41,20 +39,8 @@ SEQUENCE_RUN = [
 def test_lstm_on_the_adding_problem_is_tracked_profiled_and_resumes_after_kill_9(
     root: Path,
 ) -> None:
-    pause = pause_at(7, root)  # epoch 2: last.ckpt is from step 5
-    proc = start(root, pause, base=SEQUENCE_RUN)
-    wait_for_pause(root, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert finish(proc)[0] == -signal.SIGKILL
-    client = MlflowClient(tracking_uri(root))
-    killed = only_run(client)
-    assert killed.info.status == "RUNNING"
-
-    code, out = finish(start(root, pause, base=SEQUENCE_RUN))
-    assert code == 0, out[-3000:]
-    run = only_run(client)
-    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    assert run.data.tags["attempt"] == "2"
+    # epoch 2: last.ckpt is from step 5
+    client, run = killed_then_resumed(root, pause_at(7, root), SEQUENCE_RUN)
     params, metrics = run.data.params, run.data.metrics
     assert params["loss._target_"] == "torch.nn.MSELoss"
     assert (params["task.monitor"], params["task.mode"]) == ("val/mse", "min")

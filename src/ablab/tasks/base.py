@@ -131,11 +131,40 @@ class Task(pl.LightningModule):
         loaders = self.trainer.test_dataloaders
         return list(loaders) if isinstance(loaders, Mapping) else ["test"]
 
-    # -- stages: one step and one epoch log per loader ------------------------------------------
-    # A task keeps, for each stage it scores (``train``, ``val``, ``test``, ``train_eval``,
-    # ``tested_val``, ``tested_train_eval``), a batch-size-weighted ``<stage>_loss`` (MeanMetric)
-    # and the collections :meth:`epoch_metrics` names, updated in :meth:`_shared_step` and logged
-    # once per epoch by :meth:`_log_epoch`.
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer gets: every trainable parameter, in one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "all"}]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if not self.scheduler_config:
+            return optimizer
+        scheduler = dict(self.scheduler_config)
+        make = scheduler["scheduler"]
+        if isinstance(make, partial) and make.keywords.get("total_steps", 0) is None:
+            make = partial(make, total_steps=self._total_steps())  # one-cycle spans the run
+        scheduler["scheduler"] = make(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole run; a placeholder when no trainer is attached yet (the
+        dry run that validates the config before training)."""
+        try:
+            return max(1, int(self.trainer.estimated_stepping_batches))
+        except RuntimeError:
+            return 100
+
+
+class StagedTask(Task):
+    """A task that scores every loader the same way: one step per batch, one log per epoch.
+
+    For each stage it scores (``train``, ``val``, ``test``, ``train_eval``, ``tested_val``,
+    ``tested_train_eval``) it keeps a batch-size-weighted ``<stage>_loss`` (a ``MeanMetric``) and
+    the collections :meth:`epoch_metrics` names, updated in :meth:`_shared_step` and logged once
+    per epoch by :meth:`_log_epoch`; validation and test loaders are named as the data module
+    names them (:meth:`Task.validation_sets`, :meth:`Task.test_sets`). The classifier and the
+    sequence task are ones; a task with hooks of its own derives from :class:`Task` directly.
+    """
 
     def _shared_step(self, batch: Any, stage: str) -> Any:
         """Score one batch of ``stage``: update that stage's loss and metrics; return the loss."""
@@ -210,26 +239,3 @@ class Task(pl.LightningModule):
             self.log_dict(metrics.compute())
         for metric in (loss, *collections):
             metric.reset()
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """What the optimizer gets: every trainable parameter, in one group."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "all"}]
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        if not self.scheduler_config:
-            return optimizer
-        scheduler = dict(self.scheduler_config)
-        make = scheduler["scheduler"]
-        if isinstance(make, partial) and make.keywords.get("total_steps", 0) is None:
-            make = partial(make, total_steps=self._total_steps())  # one-cycle spans the run
-        scheduler["scheduler"] = make(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _total_steps(self) -> int:
-        """Optimizer steps in the whole run; a placeholder when no trainer is attached yet (the
-        dry run that validates the config before training)."""
-        try:
-            return max(1, int(self.trainer.estimated_stepping_batches))
-        except RuntimeError:
-            return 100

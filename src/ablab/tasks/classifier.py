@@ -32,7 +32,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from ablab.data.base import ImageDataModule, dataset_targets
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
-from ablab.tasks.base import OptimizerFactory, Task, tested_stage
+from ablab.tasks.base import OptimizerFactory, StagedTask, tested_stage
 
 # Epoch values are logged as values torchmetrics has already reduced over every DDP rank
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
@@ -49,7 +49,7 @@ TESTED_VAL, TESTED_TRAIN_EVAL = tested_stage("val"), tested_stage(TRAIN_EVAL)
 CLASS_SCORED = ("val", "test", TESTED_VAL)
 
 
-class ClassifierModule(Task):
+class ClassifierModule(StagedTask):
     """logits = net(x); loss = loss_fn(logits, y); metrics logged as ``<stage>/<name>``.
 
     Validation and test also log ``f1_macro`` (mean over classes of 2·P·R / (P + R)),

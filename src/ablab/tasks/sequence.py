@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError, unknown_choice
-from ablab.tasks.base import OptimizerFactory, Task, tested_stage
+from ablab.tasks.base import OptimizerFactory, StagedTask, tested_stage
 
 # Epoch values are computed by torchmetrics over every DDP rank (see the classifier).
 warnings.filterwarnings(
@@ -48,7 +48,7 @@ STAGES = (
 )
 
 
-class SequenceModule(Task):
+class SequenceModule(StagedTask):
     """ŷ = net(x) for x (N, T, F); loss = loss_fn(ŷ, y); metrics logged as ``<stage>/<name>``.
 
     Class targets: ŷ are (N, num_outputs) logits and every stage scores ``acc`` (top-1).
