@@ -150,9 +150,18 @@ class Recurrent(nn.Module):
         dropout: float = 0.0,
         bptt: int | None = None,
         backend: str = "ablab",
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
         CELL[cell].check_nonlinearity(nonlinearity)  # before either backend builds anything
+        self.forget_gate = CELL[cell].forget_gate
+        if forget_bias is not None and self.forget_gate is None:
+            gated = ", ".join(name for name in CELL if CELL[name].forget_gate is not None)
+            raise ConfigError(
+                f"forget_bias={forget_bias}: cell '{cell}' has no forget gate; it is for cell "
+                f"{gated} (null leaves every bias to the init)"
+            )
+        self.hidden_size, self.forget_bias = hidden_size, forget_bias
         if backend not in BACKENDS:
             raise unknown_choice("recurrent backend", backend, BACKENDS)
         if bptt is not None and bptt < 1:
@@ -163,6 +172,24 @@ class Recurrent(nn.Module):
         self.layers = BACKENDS[backend](
             cell, input_size, hidden_size, num_layers, bidirectional, nonlinearity, dropout
         )
+        self.special_init()
+
+    def special_init(self) -> None:
+        """With ``forget_bias`` b: the forget gate's bias b_if + b_hf starts at b in every layer
+        and direction (b_if = b, b_hf = 0), so f = σ(b + …) keeps the cell at the start: 1 is
+        Jozefowicz et al. 2015's advice (after Gers et al. 2000), against σ(0) = 0.5 per step,
+        which halves what reaches the first step at every step back. Run after the init scheme
+        (``ablab.init.initialize``), which zeroes the biases."""
+        if self.forget_bias is None:
+            return
+        rows = slice(self.forget_gate * self.hidden_size, (self.forget_gate + 1) * self.hidden_size)
+        with torch.no_grad():
+            for name, param in self.layers.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf.startswith("bias_ih"):
+                    param[rows] = self.forget_bias
+                elif leaf.startswith("bias_hh"):
+                    param[rows] = 0.0
 
     def chunks(self, x: Tensor) -> tuple[Tensor, ...]:
         """x split along time into the chunks truncated BPTT runs: k steps each, counted back

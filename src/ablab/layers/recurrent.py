@@ -46,6 +46,8 @@ class RecurrentCell(nn.Module):
     num_states: ClassVar[int] = 1
     #: the values ``nonlinearity`` may take; the gated cells' equations fix tanh
     nonlinearities: ClassVar[tuple[str, ...]] = ("tanh",)
+    #: which block of H rows is the forget gate's (None: the cell has none)
+    forget_gate: ClassVar[int | None] = None
 
     def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh") -> None:
         super().__init__()
@@ -122,6 +124,7 @@ class LSTMCell(RecurrentCell):
 
     gates = 4  # i, f, g, o
     num_states = 2  # h, c
+    forget_gate = 1
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, c = state

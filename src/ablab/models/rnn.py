@@ -30,6 +30,7 @@ class RecurrentNet(nn.Module):
         dropout: float = 0.0,
         bptt: int | None = None,
         backend: str = "ablab",
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.recurrent = Recurrent(
@@ -42,6 +43,7 @@ class RecurrentNet(nn.Module):
             dropout=dropout,
             bptt=bptt,
             backend=backend,
+            forget_bias=forget_bias,
         )
         self.head = nn.Linear(hidden_size * (1 + bidirectional), num_outputs)
 
