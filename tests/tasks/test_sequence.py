@@ -53,6 +53,9 @@ def test_value_targets_are_scored_by_mse_and_mae_of_the_squeezed_output() -> Non
     assert scores["val/mse"] == pytest.approx((pred - y).pow(2).mean().item(), rel=1e-5)
     assert scores["val/mae"] == pytest.approx((pred - y).abs().mean().item(), rel=1e-5)
     assert scores["val/loss"] == pytest.approx(scores["val/mse"], rel=1e-5)
+    # R² over the whole epoch, not a mean of batch R²s: 0 is the mean predictor's score
+    r2 = 1 - (pred - y).pow(2).sum() / (y - y.mean()).pow(2).sum()
+    assert scores["val/r2"] == pytest.approx(r2.item(), rel=1e-4)
 
 
 def test_class_targets_are_scored_by_accuracy() -> None:

@@ -2,7 +2,9 @@
 
 The network (a recurrent net, or any module taking (N, T, F)) is injected, the loss comes from the
 ``loss`` group, and the data says what a target is (``data.target``): class indices, scored by
-accuracy, or values, scored by mean squared and mean absolute error (torchmetrics). Every stage is
+accuracy, or values, scored by mean squared and mean absolute error and R² = 1 − Σ(ŷ − y)² /
+Σ(y − ȳ)² (torchmetrics): R² > 0 is a model that beats predicting the stage's mean target, the
+bar of a regression problem (the adding problem's MSE ≈ 0.167). Every stage is
 logged as ``<stage>/<metric>`` with its batch-size-weighted ``<stage>/loss``, as for the
 classifier: ``train``, ``val``, ``test``, and with ``data.train_eval`` the clean training set in
 eval mode (``train_eval/…``) and the tested weights on validation (``tested_val/…``).
@@ -16,7 +18,14 @@ from typing import Any, ClassVar, Literal
 
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric, MetricCollection
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanMetric,
+    MeanSquaredError,
+    Metric,
+    MetricCollection,
+    R2Score,
+)
 from torchmetrics.classification import MulticlassAccuracy
 
 from ablab.data.module import TRAIN_EVAL
@@ -27,14 +36,14 @@ from ablab.tasks.base import OptimizerFactory, StagedTask, tested_stage
 warnings.filterwarnings(
     "ignore",
     message=r"It is recommended to use `self\.log\('(tested_)?(train|train_eval|val|test)/"
-    r"(loss|acc|mse|mae)'",
+    r"(loss|acc|mse|mae|r2)'",
     category=PossibleUserWarning,
 )
 
 #: target kind -> the metrics each stage scores, given the number of outputs
 METRICS: dict[str, Callable[[int], dict[str, Metric]]] = {
     "class": lambda n: {"acc": MulticlassAccuracy(n, average="micro")},
-    "value": lambda n: {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()},
+    "value": lambda n: {"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score()},
 }
 #: Losses that fit a value; a class target takes any other (cross-entropy, focal...).
 VALUE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
@@ -53,7 +62,8 @@ class SequenceModule(StagedTask):
 
     Class targets: ŷ are (N, num_outputs) logits and every stage scores ``acc`` (top-1).
     Value targets: ŷ is (N,) for ``num_outputs`` = 1 (the net's (N, 1) squeezed), and every stage
-    scores ``mse`` = mean (ŷ − y)² and ``mae`` = mean |ŷ − y|. The monitored metric follows the
+    scores ``mse`` = mean (ŷ − y)², ``mae`` = mean |ŷ − y| and ``r2`` = 1 − Σ(ŷ − y)² / Σ(y − ȳ)²
+    over the stage's whole epoch (ȳ its mean target: 0 is the mean predictor's score). The monitored metric follows the
     target (``conf/task/sequence.yaml``: ``val/acc`` max, ``val/mse`` min).
     """
 
