@@ -145,7 +145,10 @@ def zoo(argv: list[str]) -> None:
 
     # The image models: a sequence model (form: sequence) has no image size to be measured at.
     names = args.models or sorted(p.stem for p in folder.glob("*.yaml"))
-    names = [name for name in names if form_of(name) != "sequence"]
+    skipped = [name for name in names if form_of(name) == "sequence"]
+    if skipped:
+        print(f"skipped (sequence models, no image size): {', '.join(skipped)}", file=sys.stderr)
+    names = [name for name in names if name not in skipped]
     table: dict[str, dict] = {}
     for name in names:
         row: dict = {"form": form_of(name)}

@@ -57,8 +57,13 @@ def test_recall_problem_asks_for_the_first_symbol_after_blanks(compose_cfg) -> N
     x, y = data.splits["train"].tensors
     assert x.shape == (50, 6, 9)
     assert torch.equal(x[:, 0, :8].argmax(1), y) and torch.equal(x[:, 0].sum(1), torch.ones(50))
-    assert not x[:, 1:-1].any()  # blanks
+    # distractors: one symbol at every middle step, never the query flag
+    assert torch.equal(x[:, 1:-1, :8].sum(2), torch.ones(50, 4)) and not x[:, 1:-1, 8].any()
     assert torch.equal(x[:, -1, 8], torch.ones(50)) and not x[:, -1, :8].any()  # the query
+    # so held-out sequences are new ones, not the training set again (8 symbols, 8^5 sequences)
+    seen = {tuple(row.argmax(1).tolist()) for row in x}
+    held = data.splits["test"].tensors[0]
+    assert sum(tuple(row.argmax(1).tolist()) in seen for row in held) < len(held) // 10
 
 
 def test_image_rows_are_the_image_modules_batches_row_by_row(compose_cfg) -> None:

@@ -127,3 +127,36 @@ def test_a_plain_rnns_gradient_shrinks_with_distance_from_the_loss() -> None:
     )
     assert g[-1] > 100 * g[0]  # contracting recurrence: geometric decay back through time
     assert (g[1:] > g[:-1]).float().mean() > 0.9
+
+
+def test_soft_class_targets_are_scored_by_their_arg_max() -> None:
+    """Mixup on image rows hands over (N, C) probabilities; accuracy scores their arg-max."""
+    task = SequenceModule(nn.Sequential(nn.Flatten(), nn.Linear(T * F, 3)),
+                          partial(torch.optim.SGD, lr=0.0), None, nn.CrossEntropyLoss(),
+                          target="class", num_outputs=3)  # fmt: skip
+    x = torch.randn(12, T, F)
+    with torch.no_grad():
+        hard = task(x).argmax(1)
+    soft = torch.nn.functional.one_hot(hard, 3).float() * 0.6 + 0.4 / 3  # argmax = prediction
+    task._shared_step((x, soft), "val")
+    assert task.val_metrics.compute()["val/acc"] == 1.0
+
+
+def test_sequence_task_on_image_data_is_one_line_before_any_run(compose_cfg, tmp_path) -> None:
+    from ablab.training.run import build
+
+    with compose_cfg("task=sequence") as cfg, pytest.raises(ConfigError) as err:
+        build(cfg)
+    assert "task=sequence needs sequence data (data=adding|copy|digits_rows|mnist_rows)" in str(
+        err.value
+    )
+    assert "\n" not in str(err.value) and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sequence_runs_select_the_time_gradients_callbacks(compose_cfg) -> None:
+    with compose_cfg("task=sequence", "data=adding", "model=lstm") as cfg:
+        assert cfg.callbacks.time_gradients.every_n_steps == 50
+    with compose_cfg("task=sequence", "data=adding", "model=lstm", "callbacks=plateau") as cfg:
+        assert "time_gradients" not in cfg.callbacks and "plateau" in cfg.callbacks  # the CLI wins
+    with compose_cfg() as cfg:  # image runs: the default callbacks, their params unchanged
+        assert "time_gradients" not in cfg.callbacks

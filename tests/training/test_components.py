@@ -81,6 +81,8 @@ def test_every_loss_trains(name, compose_cfg, store) -> None:
         ["model=lstm", "model.num_layers=2", "model.dropout=0.2", "model.bidirectional=true"],
         ["model=lstm", "model.bptt=3"], ["data.train_eval=true"], ["init=orthogonal"],
         ["data=copy", "data.num_classes=4", "data.input_size=5", "data.length=8"],
+        ["data=copy", "data.length=8", "loss=balanced_cross_entropy"],
+        ["data=digits_rows", "loss=balanced_focal"],
         ["data=digits_rows"], ["data=mnist_rows", "data.images.root=MNIST_ROOT"],
     ],
     ids=lambda o: " ".join(o),

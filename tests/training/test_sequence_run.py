@@ -57,6 +57,10 @@ def test_lstm_on_the_adding_problem_is_tracked_profiled_and_resumes_after_kill_9
     local = client.download_artifacts(run.info.run_id, "diagnostics/grad_x.json", str(root))
     profiles = json.loads(Path(local).read_text())
     assert all(len(p) == 12 for p in profiles["profiles"])  # one value per time step
+    # the probe and the profiles live in the checkpoint: the resumed attempt kept step 0's
+    assert profiles["steps"][:4] == [0, 5, 10, 15]
+    first = client.get_metric_history(run.info.run_id, "grad_x/first")
+    assert [m.step for m in first].count(0) == 1
     assert "diagnostics/grad_x.png" in [a.path for a in client.list_artifacts(run.info.run_id,
                                                                               "diagnostics")]  # fmt: skip
 

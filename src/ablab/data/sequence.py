@@ -13,8 +13,10 @@ it produces, so a wrong one is one line before anything is built.
   two values marked in a sequence of length T, one mark in each half. The dependency spans up to T
   steps; predicting the mean (1) scores MSE = Var(u₁ + u₂) = 2/12 ≈ 0.167, the bar to beat.
 - :class:`RecallProblem` (``data=copy``): the many-to-one form of the copy-memory task (Hochreiter
-  & Schmidhuber 1997; Arjovsky et al. 2016): one of K symbols is shown at t = 0, T − 2 blank steps
-  follow, and a query flag at t = T − 1 asks for it. Chance is 1/K.
+  & Schmidhuber 1997; Arjovsky et al. 2016): one of K symbols is shown at t = 0, T − 2 steps of
+  random distractor symbols follow (blanks with ``distractors=false``), and a query flag at
+  t = T − 1 asks for the first one. Chance is 1/K. Without distractors there are only K distinct
+  sequences, so validation and test repeat the training set: they measure memorisation only.
 - :class:`ImageRows` (``data=digits_rows``, ``data=mnist_rows``): any image data module read row by
   row (Le et al. 2015's pixel MNIST, one row per step): T = image height, F = channels × width.
 
@@ -134,17 +136,18 @@ class AddingProblem(SequenceDataModule):
 
 
 class RecallProblem(SequenceDataModule):
-    """x_0 = one-hot(s) for a symbol s ~ U{0..K−1}, x_1 … x_{T−2} = 0, x_{T−1} = the query flag
-    (feature K); y = s. The network must carry s across T − 1 steps; chance accuracy is 1/K."""
+    """x_0 = one-hot(s) for a symbol s ~ U{0..K−1}; x_1 … x_{T−2} one-hot random distractor
+    symbols (zeros with ``distractors=false``); x_{T−1} = the query flag (feature K); y = s. The
+    network must carry s across T − 1 steps of input; chance accuracy is 1/K."""
 
     name = "copy"
 
     def __init__(self, *, num_classes: int = 8, length: int = 50, input_size: int = 9,
                  num_outputs: int = 8, target: Literal["class", "value"] = "class",
-                 **kw: Any) -> None:  # fmt: skip
+                 distractors: bool = True, **kw: Any) -> None:  # fmt: skip
         if num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2 symbols, got {num_classes}")
-        self.num_classes = num_classes
+        self.num_classes, self.distractors = num_classes, distractors
         super().__init__(length=length, input_size=input_size, num_outputs=num_outputs,
                          target=target, **kw)  # fmt: skip
 
@@ -157,6 +160,9 @@ class RecallProblem(SequenceDataModule):
         symbols = torch.randint(0, k, (n,), generator=generator)
         x = torch.zeros(n, self.length, k + 1)
         x[torch.arange(n), 0, symbols] = 1.0
+        if self.distractors:  # every middle step shows a symbol too: only position tells s
+            middle = torch.randint(0, k, (n, self.length - 2), generator=generator)
+            x[:, 1:-1, :k] = torch.nn.functional.one_hot(middle, k).float()
         x[:, -1, k] = 1.0
         return x, symbols
 
@@ -228,6 +234,10 @@ class ImageRows(DataModule):
     @property
     def train_class_counts(self) -> list[int] | None:
         return self.images.train_class_counts
+
+    @property
+    def splits(self) -> dict[str, Dataset] | None:
+        return self.images.splits
 
     def _bound(self) -> ImageDataModule:
         """The image module, attached to this module's trainer (rank, world size, stage)."""

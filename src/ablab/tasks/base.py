@@ -30,9 +30,11 @@ from functools import partial
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
+import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ablab.data.base import dataset_targets
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
 
@@ -41,6 +43,19 @@ MODES = ("min", "max")
 #: Namespace prefix of a non-test loader scored in the test stage: ``tested_val/acc`` is the
 #: tested weights' accuracy on the validation set, beside their ``test/acc``.
 TESTED = "tested_"
+
+
+def bind_class_counts(loss: Any, datamodule: Any, num_classes: int) -> Any:
+    """A loss built from the training split's class counts (a partial taking ``class_counts``:
+    ``balanced_cross_entropy``, ``balanced_focal``) given them, as trained on (after
+    ``data.imbalance_ratio``); any other loss as it is."""
+    if not isinstance(loss, partial):
+        return loss
+    counts = getattr(datamodule, "train_class_counts", None)
+    if counts is None:  # labels that cost decoding: read them once
+        targets = dataset_targets(datamodule.splits["train"])
+        counts = torch.bincount(targets, minlength=num_classes).tolist()
+    return loss(class_counts=torch.as_tensor(counts))
 
 
 def tested_stage(loader: str) -> str:

@@ -29,10 +29,10 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from ablab.data.base import ImageDataModule, dataset_targets
+from ablab.data.base import ImageDataModule
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError
-from ablab.tasks.base import OptimizerFactory, StagedTask, tested_stage
+from ablab.tasks.base import OptimizerFactory, StagedTask, bind_class_counts, tested_stage
 
 # Epoch values are logged as values torchmetrics has already reduced over every DDP rank
 # (compute() syncs the states), so Lightning's advice to reduce them again does not apply.
@@ -133,12 +133,7 @@ class ClassifierModule(StagedTask):
         """Give a class-count loss the training split's counts (as trained on, after
         ``data.imbalance_ratio``), then evaluate the loss once on dummy logits (and on
         class-probability targets when mixup/CutMix hand it those), so a bad loss fails here."""
-        if isinstance(self.loss_fn, partial):
-            counts = datamodule.train_class_counts
-            if counts is None:  # labels that cost decoding: read them once
-                targets = dataset_targets(datamodule.splits["train"])
-                counts = torch.bincount(targets, minlength=self.num_classes).tolist()
-            self.loss_fn = self.loss_fn(class_counts=torch.as_tensor(counts))
+        self.loss_fn = bind_class_counts(self.loss_fn, datamodule, self.num_classes)
         c = self.num_classes
         try:
             self.loss_fn(torch.zeros(2, c), torch.zeros(2, dtype=torch.long))

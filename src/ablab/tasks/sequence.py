@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torchmetrics import (
@@ -30,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ablab.data.module import TRAIN_EVAL
 from ablab.errors import ConfigError, unknown_choice
-from ablab.tasks.base import OptimizerFactory, StagedTask, tested_stage
+from ablab.tasks.base import OptimizerFactory, StagedTask, bind_class_counts, tested_stage
 
 # Epoch values are computed by torchmetrics over every DDP rank (see the classifier).
 warnings.filterwarnings(
@@ -75,13 +76,18 @@ class SequenceModule(StagedTask):
         optimizer: OptimizerFactory,
         scheduler: dict[str, Any] | None,
         loss: nn.Module,
-        target: Literal["class", "value"],
-        num_outputs: int,
+        target: Literal["class", "value"] | None,
+        num_outputs: int | None,
         monitor: str = "val/acc",
         mode: Literal["min", "max"] = "max",
     ) -> None:
         super().__init__(optimizer, scheduler, monitor=monitor, mode=mode)
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        if target is None or num_outputs is None:  # the data declares no sequence targets
+            raise ConfigError(
+                "task=sequence needs sequence data (data=adding|copy|digits_rows|mnist_rows), "
+                "which declares data.target and data.num_outputs"
+            )
         if target not in METRICS:
             raise unknown_choice("task.target", target, METRICS)
         if num_outputs < 1 or (target == "class" and num_outputs < 2):
@@ -109,6 +115,8 @@ class SequenceModule(StagedTask):
             raise ConfigError(
                 f"task.target={self.target} but the data's targets are of kind {kind}"
             )
+        if kind == "class":  # a class-count loss (balanced_cross_entropy) gets the counts
+            self.loss_fn = bind_class_counts(self.loss_fn, datamodule, self.num_outputs)
         fits_values = isinstance(self.loss_fn, VALUE_LOSSES)
         if fits_values != (kind == "value"):
             wanted = "a regression loss: loss=mse" if kind == "value" else "loss=cross_entropy"
@@ -116,6 +124,12 @@ class SequenceModule(StagedTask):
                 f"loss {type(self.loss_fn).__name__} does not fit the data's {kind} targets; "
                 f"use {wanted}"
             )
+        out = torch.zeros(2, self.num_outputs) if kind == "class" else torch.zeros(2)
+        target = torch.zeros(2, dtype=torch.long) if kind == "class" else torch.zeros(2)
+        try:  # once on dummy outputs, so a loss that cannot take them fails before the run
+            self.loss_fn(out, target)
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise ConfigError(f"loss rejected the config: {err}") from err
 
     def validation_metric_names(self) -> set[str]:
         return {"val/loss", *self.val_metrics.keys()}
@@ -132,6 +146,8 @@ class SequenceModule(StagedTask):
         x, y = batch
         out = self(x)
         loss = self.loss_fn(out, y)
-        getattr(self, f"{stage}_metrics").update(out.detach(), y)
+        # mixup/CutMix on image rows hand over class probabilities: metrics score the arg-max
+        target = y.argmax(1) if self.target == "class" and y.dim() == 2 else y
+        getattr(self, f"{stage}_metrics").update(out.detach(), target)
         getattr(self, f"{stage}_loss").update(loss.detach(), len(y))
         return loss

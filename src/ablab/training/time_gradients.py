@@ -22,8 +22,10 @@ hundredth of the last step's gradient reaches the first). At the end, ``diagnost
 (every snapshot's profile) and ``diagnostics/grad_x.png`` (g_t against t, log scale, one line per
 snapshot) are logged as MLflow artifacts.
 
-Only inputs shaped (N, T, F) are profiled: for any other data (images) the callback does nothing,
-so it can stay in the default callbacks. Statistics are computed and logged on global rank 0 only
+Only inputs shaped (N, T, F) are profiled: for any other data (images) the callback does nothing.
+``task=sequence`` selects it (``callbacks=sequence``). The probe and the profiles are saved in every
+checkpoint, so a resumed run goes on measuring the same sequences and its artifacts hold every
+snapshot since step 0. Statistics are computed and logged on global rank 0 only
 (the probe pass has no collective: no batch norm is synchronised in a recurrent net).
 """
 
@@ -70,7 +72,10 @@ class InputGradientProfile(Callback):
         """g_t (T,) for the batch ``(x, y)``: the mean over samples of ‖∂ℓ_n/∂x_{n,t}‖."""
         net = getattr(pl_module, "net", pl_module)
         x = x.detach().clone().requires_grad_(True)
-        with LayerDiagnostics.probe_mode(net), torch.enable_grad():
+        # cuDNN's fused RNN has no backward in eval mode (model.backend=torch on a GPU): the probe
+        # runs PyTorch's own kernels instead, the same function.
+        cudnn_off = torch.backends.cudnn.flags(enabled=False)
+        with LayerDiagnostics.probe_mode(net), torch.enable_grad(), cudnn_off:
             loss = pl_module.loss_fn(pl_module(x), y)
             (grad,) = torch.autograd.grad(loss, x)
         return (grad.float().norm(dim=2) * len(x)).mean(dim=0)
@@ -105,6 +110,15 @@ class InputGradientProfile(Callback):
                 self.probe = (x[:n].detach().clone(), y[:n].detach().clone())
         if self.active and trainer.global_step % self.every_n_steps == 0:
             self.snapshot(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the probe and the profiles so far, so a resumed run measures
+        the same sequences and its artifacts hold every attempt's snapshots."""
+        return {"probe": self.probe, "profiles": self.profiles, "active": self.active}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe, self.active = state_dict["probe"], state_dict["active"]
+        self.profiles = {int(k): v for k, v in state_dict["profiles"].items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active:
