@@ -279,9 +279,10 @@ def study_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sequential_looks(args: argparse.Namespace, first: int) -> list[int] | None:
+def sequential_looks(args: argparse.Namespace, first: int, claims: int = 1) -> list[int] | None:
     """The seed counts a ``--until-decided`` study looks at, or None without it; exits with
-    one line on an inconsistent option."""
+    one line on an inconsistent option, and warns when the last look could not decide a claim
+    whose differences are not normal (see :func:`warn_permutation_floor`)."""
     parser = study_parser()
     if not args.until_decided:
         given = [o for o, v in (("--max-seeds", args.max_seeds),
@@ -308,7 +309,30 @@ def sequential_looks(args: argparse.Namespace, first: int) -> list[int] | None:
         parser.error(f"--alpha {args.alpha}: a level between 0 and 1")
     if args.seeds_per_round is not None and args.seeds_per_round < 1:
         parser.error(f"--seeds-per-round {args.seeds_per_round}: at least 1")
-    return stats.plan_looks(first, args.max_seeds, args.seeds_per_round)
+    looks = stats.plan_looks(first, args.max_seeds, args.seeds_per_round)
+    warn_permutation_floor(looks, stats.look_levels(looks, args.alpha, args.spending), claims)
+    return looks
+
+
+def warn_permutation_floor(looks: list[int], levels: list[float], claims: int) -> None:
+    """From ``ROBUST_MIN_SEEDS`` seeds on, a claim whose paired differences Shapiro–Wilk finds
+    non-normal is tested by the exact sign-flip permutation test, whose smallest p is 2/2**n
+    (times Holm's factor, up to the number of claims). When that cannot reach the last look's
+    level, such a claim can never be decided: say so before anything runs, with the cap that
+    would let it (plain_vs_residual at 6 seeds and 2 claims: 0.0625 against 0.019)."""
+    from ablab.analysis import stats
+
+    n, level = looks[-1], levels[-1]
+    if n < stats.ROBUST_MIN_SEEDS or 2 / 2**n * claims < level:
+        return
+    print(
+        f"ablab: warning: at the last look ({n} seeds, α {level:.3g}) a claim with non-normal "
+        f"differences goes to the sign-flip permutation test, whose smallest p, 2/2^{n} = "
+        f"{2 / 2**n:.3g} (x{claims} after Holm), cannot reach it; such a claim cannot be decided. "
+        f"it needs {stats.permutation_seeds(level, claims)} seeds at this α (a larger "
+        f"--max-seeds spreads α over more looks: check its warning too)",
+        file=sys.stderr,
+    )
 
 
 def study(argv: list[str]) -> None:
@@ -323,7 +347,7 @@ def study(argv: list[str]) -> None:
     from ablab.study import STUDIES_DIR, load_study
 
     spec = load_study(args.name)
-    looks = sequential_looks(args, len(spec.seeds_for(args.size)))
+    looks = sequential_looks(args, len(spec.seeds_for(args.size)), claims=len(spec.expect))
     task = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
     # every job composes, before any run or parent exists
     for job in [*spec.tune_jobs(args.size), *spec.jobs(args.size)]:

@@ -375,3 +375,20 @@ def test_two_equivalence_claims_on_one_comparison_keep_their_own_margin(root) ->
     assert "TOST ±0.018" in tight.reason and "p_holm = 0.0318" in tight.reason
     assert "TOST ±0.05" in loose.reason and "p_holm = 0.0318" not in loose.reason
     assert tight.outcome == loose.outcome == "holds"
+
+
+def test_a_cap_whose_last_look_the_permutation_test_cannot_reach_is_warned_before_running(
+    capsys,
+) -> None:
+    """plain_vs_residual ran looks 3 and 6 (α 0.031, 0.019) with 2 claims: at 6 seeds the
+    permutation test's smallest p, 2/2^6 · 2 = 0.0625, cannot reach 0.019, so a claim with
+    non-normal differences could never be decided. Said before anything runs."""
+    from ablab.analysis.stats import look_levels
+    from ablab.cli import warn_permutation_floor
+
+    warn_permutation_floor([3, 6], look_levels([3, 6]), claims=2)
+    err = capsys.readouterr().err
+    assert "cannot reach it; such a claim cannot be decided" in err and "needs 8 seeds" in err
+    for looks in ([3, 6, 10], [3, 5]):  # reachable at 10; below 6 seeds the t-test decides
+        warn_permutation_floor(looks, look_levels(looks), claims=2)
+        assert capsys.readouterr().err == ""

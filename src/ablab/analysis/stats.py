@@ -560,6 +560,13 @@ def _opposite(c: Comparison, expected: Direction) -> str:
     return f"opposite to the claim ({way} on {against} of {d.size} seeds), not significant: "
 
 
+def permutation_seeds(alpha: float, factor: float = 1.0) -> int:
+    """The fewest seeds at which the exact sign-flip permutation test can reach ``alpha`` when
+    its p is multiplied by ``factor`` (Holm's, for the smallest of ``factor`` claims): the least
+    n with 2 / 2**n · factor < alpha (2/2**n is its smallest two-sided p)."""
+    return math.floor(1 + math.log2(factor / alpha)) + 1
+
+
 def _floor_text(c: Comparison, alpha: float) -> str:
     """Said when the sign-flip permutation test decided and could not have reached ``alpha`` at
     these seeds: its smallest two-sided p is 2 / 2**n (every difference of one sign), times the
@@ -572,7 +579,7 @@ def _floor_text(c: Comparison, alpha: float) -> str:
     factor = c.p_holm / c.p_value if math.isfinite(c.p_holm) else 1.0
     if floor * factor < alpha:
         return ""
-    needed = math.floor(1 + math.log2(factor / alpha)) + 1  # least n with 2^(1−n)·factor < α
+    needed = permutation_seeds(alpha, factor)
     return (
         f" The sign-flip permutation test cannot reach α = {alpha:g} at n = {n}: its smallest p "
         f"is 2/2^{n} = {floor:.3g}, {floor * factor:.3g} after Holm; it needs {needed} seeds."
