@@ -73,13 +73,7 @@ class SequenceDataModule(SplitDataModule):
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.input_size, self.num_outputs, self.target = input_size, num_outputs, target
         declared = {"input_size": input_size, "num_outputs": num_outputs, "target": target}
-        produced = self.shape()
-        for key, value in declared.items():
-            if value != produced[key]:
-                raise ConfigError(
-                    f"data.{key}={value} but the {self.name} problem has {key} "
-                    f"{produced[key]}; set data.{key}={produced[key]}"
-                )
+        check_declared(declared, self.shape(), f"the {self.name} problem has")
 
     def shape(self) -> dict[str, Any]:
         """``input_size``, ``num_outputs`` and ``target`` of what :meth:`generate` yields."""
@@ -213,12 +207,7 @@ class ImageRows(DataModule):
             "num_outputs": self.images.num_classes,
             "target": "class",
         }
-        for key, value in declared.items():
-            if value != produced[key]:
-                raise ConfigError(
-                    f"data.{key}={value} but rows of {self.images.name} images have {key} "
-                    f"{produced[key]}; set data.{key}={produced[key]}"
-                )
+        check_declared(declared, produced, f"rows of {self.images.name} images have")
         self.input_size, self.num_outputs, self.target = input_size, num_outputs, target
         self.in_channels, self.image_size = in_channels, image_size
         self.length, self.num_classes = image_size, self.images.num_classes
@@ -277,6 +266,17 @@ class ImageRows(DataModule):
 
     def run_artifacts(self) -> dict[str, str]:
         return self.images.run_artifacts()
+
+
+def check_declared(declared: dict[str, Any], produced: dict[str, Any], source: str) -> None:
+    """The shape a config declares (``data.input_size``...) against what the data produces: the
+    first mismatch is one line naming the key and the value to set."""
+    for key, value in declared.items():
+        if value != produced[key]:
+            raise ConfigError(
+                f"data.{key}={value} but {source} {key} {produced[key]}; "
+                f"set data.{key}={produced[key]}"
+            )
 
 
 def as_rows(x: Tensor) -> Tensor:
