@@ -33,21 +33,38 @@ GROUPS = [
     "debug",
 ]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
-#: Options that compose only beside the other groups of a sequence task (a sequence dataset
-#: needs a sequence model and task): each is composed with the rest of SEQUENCE.
-SEQUENCE_OPTIONS = {
-    ("data", "adding"), ("data", "copy"), ("data", "digits_rows"), ("data", "mnist_rows"),
-    ("model", "rnn"), ("model", "lstm"), ("model", "lstm_peephole"), ("model", "gru"),
-    ("task", "sequence"), ("loss", "mse"),
+#: The task each non-classifier option belongs to (a sequence dataset needs a sequence model and
+#: task; an autoencoder the reconstruction task...): each is composed with the rest of its form's
+#: FORMS entry.
+FORM_OPTIONS = {
+    ("data", "adding"): "sequence", ("data", "copy"): "sequence",
+    ("data", "digits_rows"): "sequence", ("data", "mnist_rows"): "sequence",
+    ("model", "rnn"): "sequence", ("model", "lstm"): "sequence",
+    ("model", "lstm_peephole"): "sequence", ("model", "gru"): "sequence",
+    ("task", "sequence"): "sequence", ("loss", "mse"): "sequence",
+    ("model", "ae_mlp"): "reconstruction", ("model", "ae_conv"): "reconstruction",
+    ("task", "reconstruction"): "reconstruction",
+    ("model", "unet"): "segmentation", ("data", "shapes"): "segmentation",
+    ("data", "mask_folder"): "segmentation", ("task", "segmentation"): "segmentation",
 }  # fmt: skip
-SEQUENCE = {"task": "sequence", "data": "adding", "model": "lstm"}
+FORMS = {
+    "sequence": {"task": "sequence", "data": "adding", "model": "lstm"},
+    "reconstruction": {"task": "reconstruction", "data": "digits", "model": "ae_conv"},
+    "segmentation": {"task": "segmentation", "data": "shapes", "model": "unet"},
+}
+
+
+def form(group: str, option: str) -> str | None:
+    """The task ``group=option`` belongs to; ``None``: the classifier's (the defaults)."""
+    return FORM_OPTIONS.get((group, option))
 
 
 def companions(group: str, option: str) -> list[str]:
-    """The overrides ``group=option`` composes with: the sequence groups for a sequence option."""
-    if (group, option) not in SEQUENCE_OPTIONS:
+    """The overrides ``group=option`` composes with: the other groups of its form."""
+    kind = form(group, option)
+    if kind is None:
         return []
-    return [f"{g}={o}" for g, o in SEQUENCE.items() if g != group]
+    return [f"{g}={o}" for g, o in FORMS[kind].items() if g != group]
 
 
 def test_every_group_has_options() -> None:
@@ -87,22 +104,26 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             trainer = build_trainer(cfg, logger=False, enable_progress_bar=False)
             assert trainer.max_epochs == cfg.trainer.max_epochs
         elif group == "data":
-            if (group, option) in SEQUENCE_OPTIONS:
-                dm = instantiate(
-                    cfg.data, **({"augmentation": None} if "images" in cfg.data else {})
-                )
+            kind = form(group, option)
+            augmentation = {"augmentation": None} if "images" in cfg.data else {}
+            dm = instantiate(cfg.data, **augmentation)
+            if kind == "sequence":
                 assert dm.example_input().shape[2] == cfg.data.input_size
             else:
-                dm = instantiate(cfg.data)
                 assert dm.num_classes == cfg.data.num_classes
         elif group in ("model", "init"):
             net = initialize(instantiate(cfg.model), **cfg.init)
-            if (group, option) in SEQUENCE_OPTIONS:
+            kind = form(group, option)
+            if kind == "sequence":
                 x = torch.rand(2, cfg.data.length, cfg.data.input_size)
                 assert net(x).shape == (2, cfg.data.num_outputs)
             else:
                 x = torch.rand(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-                assert net(x).shape == (2, cfg.data.num_classes)
+                expected = {
+                    "reconstruction": x.shape,  # the input back
+                    "segmentation": (2, cfg.data.num_classes, *x.shape[2:]),  # a score per pixel
+                }.get(kind, (2, cfg.data.num_classes))
+                assert net(x).shape == expected
         elif group in ("optimizer", "scheduler"):
             params = [torch.nn.Parameter(torch.zeros(3))]
             optimizer = instantiate(cfg.optimizer)(params)
@@ -133,7 +154,7 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
         elif group == "task" and option == "sequence":
             assert cfg.task.num_outputs == cfg.data.num_outputs == 1
             assert (cfg.task.monitor, cfg.task.mode) == ("val/mse", "min")  # adding's values
-        elif group == "task":
+        elif group == "task" and form(group, option) is None:
             assert cfg.task.num_classes == cfg.data.num_classes
 
 

@@ -71,6 +71,10 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         (["data.val_fraction=1.5"], ["val_fraction must be in (0, 1)"]),
         (["+model.depth=3"], ["unexpected keyword argument 'depth'"]),
         (["data.image_size=4"], ["Kernel size can't be greater than actual input size"]),
+        (
+            ["task=sequence", "data=adding", "model=lstm", "augmentation=strong"],
+            ["AddingProblem takes no augmentation", "crop, hflip, jitter, erase", "augmentation=none"],
+        ),
     ],
     ids=[
         "registry-name",
@@ -83,6 +87,7 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         "bad-fraction",
         "unknown-argument",
         "input-too-small",
+        "augmentation-of-sequences",
     ],
 )
 def test_bad_values_fail_before_any_run(args, expected, compose_cfg, root) -> None:
@@ -99,6 +104,15 @@ def test_bad_value_from_the_command_line(root) -> None:
     """The whole path: Hydra job, build, one line on stderr, exit status 2, no store."""
     proc = run_module(["ablab.train", "trainer=smoke", "model.act=relux"], root, timeout=120)
     _fails_cleanly(proc, root, "activation 'relux'", "did you mean 'relu'")
+
+
+def test_augmentation_of_data_that_takes_none_from_the_command_line(root) -> None:
+    """Before the run folder: an image augmentation on sequences is named, not left unresolved
+    (its crop size reads the data's image size) nor ignored."""
+    args = ["task=sequence", "data=adding", "model=lstm", "augmentation=basic", "trainer=smoke"]
+    proc = run_module(["ablab.train", *args], root, timeout=120)
+    _fails_cleanly(proc, root, "takes no augmentation", "augmentation=none")
+    assert not list((root / "outputs").rglob("*.ckpt"))
 
 
 def test_wrong_type_from_the_command_line(root) -> None:

@@ -88,7 +88,15 @@ from ablab.training.job import (
     recorded_steps,
     set_aside,
 )
-from ablab.training.run import LAST_CHECKPOINT, Run, build, is_tracked, log_run_config, report
+from ablab.training.run import (
+    LAST_CHECKPOINT,
+    Run,
+    build,
+    is_tracked,
+    log_run_config,
+    refuse_unused_augmentation,
+    report,
+)
 from ablab.training.types import check_types
 
 # MLflow announces every start and stop of the system metrics monitor at INFO; warnings stay.
@@ -394,6 +402,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     params = flatten_params(resolved(cfg))
     config_fingerprint = fingerprint(params)
     rank_zero = rank_zero_only.rank == 0
+    refuse_unused_augmentation(cfg)  # images' augmentation on sequences: one line, not a type
     check_types(cfg)  # a typo'd value is the user's to fix before any store is touched
     if rank_zero and tracked:  # an unusable store fails here, before data and model are built
         check_tracking_uri(uri)

@@ -77,6 +77,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     ``Task.components``, ``DataModule.components``); nothing here depends on which task it is.
     ``run_id`` makes the logger continue that MLflow run instead of creating one.
     """
+    refuse_unused_augmentation(cfg)  # before its image-size interpolations fail to resolve
     check_types(cfg)  # a wrong type names its key before anything is built
     threads = apply_threads(cfg)  # this process's share of the cores, before any network
     skip_nvml_probe_without_driver()  # a per-step NVML load attempt on GPU-less hosts
@@ -165,6 +166,22 @@ def component_class(cfg: DictConfig, group: str, base: type) -> type:
             f"the {group} group must name one"
         )
     return cls
+
+
+def refuse_unused_augmentation(cfg: DictConfig) -> None:
+    """Raise ConfigError when the augmentation group has ops or a mix and the data module does
+    not take the group (sequences, images with masks): it would be ignored without a word."""
+    data_class = component_class(cfg, "data", DataModule)
+    if "augmentation" in data_class.components.values() or cfg.get("augmentation") is None:
+        return
+    # the keys only: their values interpolate data.image_size, which such data may not have
+    ops = list(cfg.augmentation.get("ops") or {})
+    if ops or cfg.augmentation._get_node("mix")._value() is not None:
+        what = ", ".join(ops) or "mix"
+        raise ConfigError(
+            f"data._target_={cfg.data._target_} takes no augmentation, but the augmentation group "
+            f"has {what}: use augmentation=none"
+        )
 
 
 def components(cfg: DictConfig, wanted: dict[str, str]) -> dict[str, Any]:
