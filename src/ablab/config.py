@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 from ablab.errors import ConfigError, unknown_choice
 
@@ -174,8 +174,27 @@ def resolved(cfg: DictConfig) -> dict:
     try:
         body = {k: cfg[k] for k in cfg if k != "hydra"}
         return OmegaConf.to_container(OmegaConf.create(body), resolve=True, throw_on_missing=True)
+    except InterpolationKeyError as err:
+        raise _mismatch_error(cfg, err) or ConfigError(_one_line(err)) from None
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
+
+
+def _mismatch_error(cfg: DictConfig, err: InterpolationKeyError) -> ConfigError | None:
+    """A group option reading a key another group's option does not declare (an image model's
+    ``${data.in_channels}`` on sequence data): both options named, as a mismatch of the two,
+    instead of OmegaConf's "Interpolation key not found"."""
+    wanted = re.search(r"Interpolation key '(\w+)\.([\w.]+)' not found", str(err))
+    reader = str(err.full_key or "").split(".")[0]
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    if not wanted or wanted[1] == reader or wanted[1] not in choices or reader not in choices:
+        return None
+    group = wanted[1]
+    return ConfigError(
+        f"{reader}={choices[reader]} reads {group}.{wanted[2]}, which {group}={choices[group]} "
+        f"does not declare: the two do not fit together (e.g. an image model on sequence data); "
+        f"choose a {reader} option made for {group}={choices[group]}"
+    )
 
 
 def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
