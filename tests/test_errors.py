@@ -75,7 +75,11 @@ def test_bad_command_line_is_one_line_before_torch(args, expected, root) -> None
         (["data.image_size=4"], ["Kernel size can't be greater than actual input size"]),
         (
             ["task=sequence", "data=adding", "model=lstm", "augmentation=strong"],
-            ["AddingProblem takes no augmentation", "crop, hflip, jitter, erase", "augmentation=none"],
+            [
+                "AddingProblem takes no augmentation",
+                "crop, hflip, jitter, erase",
+                "augmentation=none",
+            ],
         ),
     ],
     ids=[

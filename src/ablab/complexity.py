@@ -11,7 +11,9 @@ concatenations.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -142,6 +144,18 @@ def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
+@contextmanager
+def unfused_rnns() -> Iterator[None]:
+    """nn.LSTM's fused oneDNN (CPU) and cuDNN kernels are single ops the FLOP counter has no
+    formula for (it would count an LSTM as 0 MACs); without them nn.LSTM runs as the matrix
+    products it is made of, which it counts. Convolutions are counted the same either way."""
+    with warnings.catch_warnings():
+        # the oneDNN switch's setter warns about a TF32 option for Intel GPUs
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
+            yield
+
+
 def measure(
     net: nn.Module, example: torch.Tensor | Sequence[torch.Tensor] | Sequence[int]
 ) -> Complexity:
@@ -172,7 +186,7 @@ def measure(
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), unfused_rnns(), FlopCounterMode(display=False) as counter:
             net(*args)
     finally:
         net.train(was_training)
