@@ -143,11 +143,12 @@ def zoo(argv: list[str]) -> None:
         found = re.search(r"^# form: (\w+)$", (folder / f"{name}.yaml").read_text(), re.MULTILINE)
         return found.group(1) if found else "?"
 
-    # The image models: a sequence model (form: sequence) has no image size to be measured at.
+    # The image classifiers (forms imagenet and small): a sequence model has no image size to be
+    # measured at, and an autoencoder or a U-Net no class count to be measured with.
     names = args.models or sorted(p.stem for p in folder.glob("*.yaml"))
-    skipped = [name for name in names if form_of(name) == "sequence"]
+    skipped = [name for name in names if form_of(name) not in ("imagenet", "small")]
     if skipped:
-        print(f"skipped (sequence models, no image size): {', '.join(skipped)}", file=sys.stderr)
+        print(f"skipped (not image classifiers): {', '.join(skipped)}", file=sys.stderr)
     names = [name for name in names if name not in skipped]
     table: dict[str, dict] = {}
     for name in names:

@@ -9,7 +9,7 @@ import gc
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_zoo import SEQUENCE_DIGITS, form_of
+from test_zoo import SEGMENTATION_DIGITS, SEQUENCE_DIGITS, form_of
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import CONF
@@ -34,7 +34,9 @@ def _collect() -> None:
 )
 def test_exported_program_equals_the_eager_net(name, compose_cfg) -> None:
     sequence = form_of(name) == "sequence"
-    overrides = SEQUENCE_DIGITS if sequence else ()
+    overrides = {"sequence": SEQUENCE_DIGITS, "segmentation": SEGMENTATION_DIGITS}.get(
+        form_of(name), ()
+    )
     with compose_cfg(f"model={name}", *overrides) as cfg:  # timm.yaml: nothing downloaded
         torch.manual_seed(0)
         net = instantiate(cfg.model).eval()

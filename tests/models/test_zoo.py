@@ -28,9 +28,10 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def check_forward_backward(net: nn.Module, x: torch.Tensor, classes: int) -> None:
+def check_forward_backward(net: nn.Module, x: torch.Tensor, classes: int | tuple) -> None:
+    """``classes`` scores per input (a classifier), or the whole output shape (a tuple)."""
     out = net(x)
-    assert out.shape == (len(x), classes)
+    assert out.shape == (classes if isinstance(classes, tuple) else (len(x), classes))
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
@@ -43,27 +44,44 @@ def check_forward_backward(net: nn.Module, x: torch.Tensor, classes: int) -> Non
 SEQUENCE_DIGITS = ("model.input_size=28", "model.num_outputs=10")
 
 
+#: A U-Net needs sides divisible by 2^depth: the digits at 32 px (data.image_size=32) for it.
+SEGMENTATION_DIGITS = ("data.image_size=32",)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_trains_on_digits_sized_batches(name, compose_cfg) -> None:
-    if form_of(name) == "sequence":
+    form = form_of(name)
+    if form == "sequence":
         net, x = build(compose_cfg, name, *SEQUENCE_DIGITS), torch.rand(2, 28, 28)
+        check_forward_backward(net, x, 10)
+    elif form == "reconstruction":  # the image back
+        net, x = build(compose_cfg, name), torch.rand(2, 1, 28, 28)
+        check_forward_backward(net, x, tuple(x.shape))
+    elif form == "segmentation":  # a score per class and pixel
+        net, x = build(compose_cfg, name, *SEGMENTATION_DIGITS), torch.rand(2, 1, 32, 32)
+        check_forward_backward(net, x, (2, 10, 32, 32))
     else:  # data=digits: 1 channel, 28x28, 10 classes
         net, x = build(compose_cfg, name), torch.rand(2, 1, 28, 28)
-    check_forward_backward(net, x, 10)
+        check_forward_backward(net, x, 10)
+
+
+#: What a model config's ``# form:`` line may say: the input its layout is built for.
+FORMS = ("imagenet", "small", "sequence", "reconstruction", "segmentation")
 
 
 def form_of(name: str) -> str:
-    """The ``# form: imagenet|small|sequence`` line every model config carries: the input its
-    layout is built for (ImageNet forms must also run on 28 px digits; small forms are not run at
-    224; sequence forms read (N, T, F) sequences, not images)."""
-    found = re.search(r"^# form: (imagenet|small|sequence)$",
+    """The ``# form: <form>`` line every model config carries: the input its layout is built
+    for (ImageNet forms must also run on 28 px digits; small forms are not run at 224; sequence
+    forms read (N, T, F) sequences, not images; reconstruction forms give the image back and
+    segmentation forms a score per pixel)."""
+    found = re.search(rf"^# form: ({'|'.join(FORMS)})$",
                       (CONF / "model" / f"{name}.yaml").read_text(), re.MULTILINE)  # fmt: skip
-    assert found, f"conf/model/{name}.yaml has no '# form: imagenet|small|sequence' line"
+    assert found, f"conf/model/{name}.yaml has no '# form: {'|'.join(FORMS)}' line"
     return found.group(1)
 
 
 def test_every_config_declares_its_form() -> None:
-    assert {form_of(m) for m in MODELS} == {"imagenet", "small", "sequence"}
+    assert {form_of(m) for m in MODELS} == set(FORMS)
 
 
 IMAGENET_FORMS = [m for m in MODELS if form_of(m) == "imagenet"]
@@ -424,9 +442,9 @@ def test_plain_stack_of_any_block_is_one_override(compose_cfg) -> None:
 STORED = json.loads((Path(__file__).parent / "zoo_complexity.json").read_text())
 
 
-# `make zoo` measures image models at 32 and 224 px; the recurrent nets' parameters and MACs are
-# checked against their formulas in test_recurrent.py.
-@pytest.mark.parametrize("name", [m for m in MODELS if form_of(m) != "sequence"])
+# `make zoo` measures the image classifiers at 32 and 224 px; the recurrent nets' parameters and
+# MACs are checked against their formulas in test_recurrent.py.
+@pytest.mark.parametrize("name", [m for m in MODELS if form_of(m) in ("imagenet", "small")])
 def test_complexity_matches_the_stored_numbers(name) -> None:
     """Params and MACs at 32 px as `make zoo` last measured them: a change shows up here."""
     from ablab.cli import measure_configured

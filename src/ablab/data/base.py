@@ -44,6 +44,7 @@ from torch.utils.data import (
 
 from ablab.data.augment import BatchAugment
 from ablab.data.module import InMemory, SplitDataModule, take
+from ablab.data.noise import Corruption
 from ablab.errors import ConfigError, unknown_choice
 
 #: ``normalize`` options; ``true`` means ``channel`` and ``false`` means ``none``.
@@ -77,6 +78,8 @@ class ImageDataModule(SplitDataModule):
         imbalance_ratio: float = 1.0,
         train_eval: bool = False,
         train_eval_limit: int | None = None,
+        noise: str | None = None,
+        noise_level: float = 0.0,
     ) -> None:
         """``order_seed`` (default: ``seed``) shuffles the training set; ``augmentation`` is a
         :class:`BatchAugment`, or any image-only module, which is then wrapped in one;
@@ -85,7 +88,9 @@ class ImageDataModule(SplitDataModule):
         ``per_pixel_mean`` (the training split's mean image subtracted, no division; He et al.
         2016) or ``none`` (false). ``train_eval`` makes :meth:`val_dataloader` also return the
         clean training loader (:meth:`clean_train_dataloader`), of at most ``train_eval_limit``
-        examples (``None``: all)."""
+        examples (``None``: all). ``noise`` (``gaussian``, ``mask``; ``None``: none) at
+        ``noise_level`` is the corruption a denoising task applies (:attr:`corruption`, see
+        :mod:`ablab.data.noise`); batches themselves stay clean."""
         super().__init__(
             batch_size=batch_size,
             seed=seed,
@@ -125,6 +130,12 @@ class ImageDataModule(SplitDataModule):
                 ops, seed=seed, in_channels=in_channels, image_size=image_size
             )
         self.augmentation = augmentation
+        try:
+            #: What a denoising task applies to the pixels; the batches are never corrupted here.
+            self.corruption = Corruption(noise, noise_level)
+        except ConfigError as err:
+            shown = "null" if noise is None else noise
+            raise ConfigError(f"data.noise={shown} data.noise_level={noise_level}: {err}") from None
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
         self.mean = torch.zeros(in_channels)
         self.std = torch.ones(in_channels)
@@ -219,6 +230,16 @@ class ImageDataModule(SplitDataModule):
         mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
         std = self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
+
+    def unstandardize(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`standardize`: pixels x · std + mean, or x + the mean image."""
+        if self.normalize == "none":
+            return x
+        if self.normalize == "per_pixel_mean":
+            return x + self.mean.to(x.device, x.dtype)
+        mean = self.mean.to(x.device, x.dtype).view(1, -1, 1, 1)
+        std = self.std.to(x.device, x.dtype).view(1, -1, 1, 1)
+        return x * std + mean
 
     def check_num_classes(self, available: int) -> None:
         if self.num_classes > available:

@@ -192,6 +192,11 @@ class ImageRows(DataModule):
         self.images = images(
             augmentation=augmentation, train_eval=train_eval, train_eval_limit=train_eval_limit
         )
+        if self.images.corruption.active:  # only task=reconstruction reads it: refuse, not ignore
+            raise ConfigError(
+                f"data.images.noise={self.images.corruption.kind}: rows are read clean (the noise "
+                "is task=reconstruction's); set data.images.noise=null"
+            )
         width = self.images.in_channels * self.images.image_size
         declared = {
             "in_channels": in_channels,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ablab.models.alexnet import AlexNet
+    from ablab.models.autoencoder import ConvAutoencoder, MLPAutoencoder
     from ablab.models.densenet import DenseNet
     from ablab.models.googlenet import GoogLeNet
     from ablab.models.lenet import LeNet5
@@ -28,9 +29,11 @@ if TYPE_CHECKING:
 #: public name -> the module that defines it
 FAMILIES = {
     "AlexNet": "alexnet",
+    "ConvAutoencoder": "autoencoder",
     "DenseNet": "densenet",
     "GoogLeNet": "googlenet",
     "LeNet5": "lenet",
+    "MLPAutoencoder": "autoencoder",
     "MobileNet": "mobilenet",
     "MobileNetV3": "mobilenet",
     "RecurrentNet": "rnn",
@@ -53,9 +56,11 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "VGG",
     "AlexNet",
+    "ConvAutoencoder",
     "DenseNet",
     "GoogLeNet",
     "LeNet5",
+    "MLPAutoencoder",
     "MobileNet",
     "MobileNetV3",
     "RecurrentNet",

@@ -2,6 +2,7 @@
 
 from ablab.tasks.base import StagedTask, Task
 from ablab.tasks.classifier import ClassifierModule
+from ablab.tasks.reconstruction import ReconstructionModule
 from ablab.tasks.sequence import SequenceModule
 
-__all__ = ["ClassifierModule", "SequenceModule", "StagedTask", "Task"]
+__all__ = ["ClassifierModule", "ReconstructionModule", "SequenceModule", "StagedTask", "Task"]

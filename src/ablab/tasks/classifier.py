@@ -133,6 +133,12 @@ class ClassifierModule(StagedTask):
         """Give a class-count loss the training split's counts (as trained on, after
         ``data.imbalance_ratio``), then evaluate the loss once on dummy logits (and on
         class-probability targets when mixup/CutMix hand it those), so a bad loss fails here."""
+        corruption = getattr(datamodule, "corruption", None)
+        if corruption is not None and corruption.active:  # the classifier would ignore it
+            raise ConfigError(
+                f"data.noise={corruption.kind} is read by task=reconstruction only; "
+                "task=classifier trains and scores clean images: set data.noise=null"
+            )
         self.loss_fn = bind_class_counts(self.loss_fn, datamodule, self.num_classes)
         c = self.num_classes
         try:

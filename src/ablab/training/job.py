@@ -59,6 +59,10 @@ ADDED_KEYS = {
     "tuning": "None",
     "data.train_eval": "False",
     "data.train_eval_limit": "None",
+    "data.noise": "None",
+    "data.noise_level": "0.0",
+    "data.images.noise": "None",
+    "data.images.noise_level": "0.0",
 }
 #: Added keys that are left out of the fingerprint while they hold that value, so checkpoints
 #: written before the key existed stay their run's (keys added later than fingerprints).
@@ -68,6 +72,10 @@ UNFINGERPRINTED_DEFAULTS = (
     "tuning",
     "data.train_eval",
     "data.train_eval_limit",
+    "data.noise",
+    "data.noise_level",
+    "data.images.noise",
+    "data.images.noise_level",
 )
 
 
