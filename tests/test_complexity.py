@@ -126,3 +126,19 @@ def test_receptive_fields_through_preact_and_se_blocks() -> None:
     )
     after_gate = [s for s in se.layers if s.name.startswith("stages.1.0.residual.0.conv")]
     assert after_gate[0].receptive_field == -1  # SE's global mean feeds every later layer
+
+
+@pytest.mark.parametrize("up", ["transposed", "bilinear"])
+def test_receptive_fields_stop_at_upsampling(up) -> None:
+    """A U-Net's contracting path has its fields (3, 5 after two 3x3 convs, x2 jump after a
+    pool); from the first upsampling on, where R and J describe nothing, they are unknown rather
+    than a stride-2 conv's numbers."""
+    import torch
+
+    from ablab.models import UNet
+
+    stats = measure(UNet(1, 3, depth=2, base_width=4, up=up), torch.zeros(2, 1, 16, 16))
+    fields = {s.name: (s.receptive_field, s.jump) for s in stats.layers}
+    assert fields["encoder.0.0.conv"] == (3, 1) and fields["encoder.0.1.conv"] == (5, 1)
+    decoder = [v for k, v in fields.items() if k.startswith("decoder") or k == "head"]
+    assert decoder and all(v == (None, None) for v in decoder)

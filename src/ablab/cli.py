@@ -37,10 +37,20 @@ def show_batch(argv: list[str]) -> None:
     from hydra.utils import instantiate
 
     from ablab.config import composed
+    from ablab.data.base import ImageDataModule
     from ablab.data.preview import save_batch_grid
-    from ablab.training.run import as_config_error
+    from ablab.training.run import as_config_error, component_class
 
     with composed(args.overrides) as cfg:
+        # labelled images only: sequences have no picture, and masks are drawn by the
+        # segmentation task itself (an overlay per epoch, segmentation/epoch_NNN.png)
+        try:
+            component_class(cfg, "data", ImageDataModule)
+        except ConfigError:
+            raise ConfigError(
+                f"ablab show-batch draws labelled images; data._target_={cfg.data._target_} "
+                "yields none (sequences, or masks: task=segmentation logs its own overlays)"
+            ) from None
         try:
             datamodule = instantiate(cfg.data, augmentation=instantiate(cfg.augmentation))
             datamodule.prepare_data()

@@ -21,7 +21,12 @@ from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 #: Layers that move the receptive field: (kernel, stride, dilation) read from the module.
-_WINDOWED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d, nn.ConvTranspose2d)
+_WINDOWED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool2d, nn.AvgPool2d)
+#: Layers that upsample (a U-Net's expanding path): after them one output step is a fraction of
+#: an input pixel and outputs mix maps of several jumps (the skips), which R and J do not
+#: describe; their receptive fields and those of every layer they feed are left unknown.
+_UPSAMPLING = (nn.ConvTranspose2d, nn.Upsample)
+_UPSAMPLING_FUNCTIONS = frozenset({"interpolate", "upsample"})
 #: Layers after which every output sees the whole input.
 _GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Flatten)
 #: Tensor methods that reduce over the feature map in image nets (e.g. squeeze-and-excitation's
@@ -123,7 +128,14 @@ def _trace_receptive_fields(net: nn.Module) -> dict[str, tuple[int, int]]:
     modules = dict(net.named_modules())
     state: dict[fx.Node, tuple[int, int]] = {}
     out: dict[str, tuple[int, int]] = {}
+    unknown: set[fx.Node] = set()  # fed by an upsampling layer
     for node in graph.nodes:
+        if any(a in unknown for a in node.all_input_nodes) or (
+            node.op == "call_module" and isinstance(modules[node.target], _UPSAMPLING)
+        ) or (node.op == "call_function" and getattr(node.target, "__name__", "")
+              in _UPSAMPLING_FUNCTIONS):  # fmt: skip
+            unknown.add(node)
+            continue
         inputs = [state[a] for a in node.all_input_nodes if a in state]
         r_in = max((r for r, _ in inputs), default=1)
         j_in = max((j for _, j in inputs), default=1)

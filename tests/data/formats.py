@@ -87,3 +87,45 @@ def make_image_folder(root: Path, classes: dict[str, int], size=(30, 20), seed: 
         for i in range(count):
             pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def make_pet_folder(
+    root: Path,
+    n_trainval: int,
+    n_test: int,
+    size: tuple[int, int] = (40, 30),
+    lists: bool = True,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The Oxford-IIIT Pet layout: ``root/images/<name>.jpg`` (RGB JPEGs, one greyscale, as in
+    the real set) and ``root/annotations/trimaps/<name>.png`` (8-bit trimaps: 1 pet, an ellipse;
+    3 its 2 px border; 2 background), and with ``lists`` the official split files
+    ``annotations/trainval.txt`` and ``test.txt`` (``name class species breed`` lines). Returns
+    name -> trimap array."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    names = [f"{breed}_{i}" for i, breed in
+             enumerate(["Abyssinian", "beagle"] * ((n_trainval + n_test + 1) // 2))]  # fmt: skip
+    names = names[: n_trainval + n_test]
+    trimaps = {}
+    for i, name in enumerate(names):
+        cy, cx = rng.uniform(0.35, 0.65) * height, rng.uniform(0.35, 0.65) * width
+        ry, rx = rng.uniform(0.2, 0.3) * height, rng.uniform(0.2, 0.3) * width
+        r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+        trimap = np.full((height, width), 2, dtype=np.uint8)
+        trimap[r <= 1.2] = 3
+        trimap[r <= 1.0] = 1
+        Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pixels[trimap == 1] //= 4  # a dark pet
+        image = Image.fromarray(pixels)
+        (image.convert("L") if i == 0 else image).save(root / "images" / f"{name}.jpg")
+        trimaps[name] = trimap
+    if lists:
+        for split, part in (("trainval", names[:n_trainval]), ("test", names[n_trainval:])):
+            lines = [f"{name} {1 + i % 2} {1 + i % 2} 1" for i, name in enumerate(part)]
+            (root / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return trimaps

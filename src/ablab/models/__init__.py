@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ablab.models.shufflenet import ShuffleNetV2
     from ablab.models.squeezenet import SqueezeNet
     from ablab.models.timm_backbone import timm_model
+    from ablab.models.unet import UNet
     from ablab.models.vgg import VGG
     from ablab.models.vit import ViT
 
@@ -42,6 +43,7 @@ FAMILIES = {
     "ShuffleNetV2": "shufflenet",
     "SqueezeNet": "squeezenet",
     "timm_model": "timm_backbone",
+    "UNet": "unet",
     "VGG": "vgg",
     "ViT": "vit",
 }
@@ -68,6 +70,7 @@ __all__ = [
     "ResNet",
     "ShuffleNetV2",
     "SqueezeNet",
+    "UNet",
     "ViT",
     "timm_model",
 ]
