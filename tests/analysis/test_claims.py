@@ -47,6 +47,7 @@ def test_every_claim_is_listed_with_its_verdicts_or_not_measured(tmp_path: Path)
         "| 3. Zero init | zeros | final val/acc | lower than he | holds | diff -0.8 |\n"
     )
     study(tmp_path / "fresh", "3. Zero init fails")  # a study with no report yet
+    study(tmp_path / "unet", "Skips recover detail")  # of no numbered claim: its own, last
 
     md, page = claims_page(tmp_path)
     rows = [line for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
@@ -61,8 +62,10 @@ def test_every_claim_is_listed_with_its_verdicts_or_not_measured(tmp_path: Path)
     assert "(report predates RESULTS.json)" in rows[3]
     assert "not measured (no study yet)" in rows[4]
     assert "2 measured" not in md and "3 measured, 1 not yet" in md
+    own = [line for line in md.splitlines() if line.startswith("| — | Skips recover detail |")]
+    assert len(own) == 1 and "`unet/`" in own[0] and "not measured (no report yet)" in own[0]
     assert "<strong>holds</strong>" in page
-    assert page.count("<tr>") == 1 + 5 + 1 + 3  # header and rows of claims, then of studies
+    assert page.count("<tr>") == 1 + 6 + 1 + 4  # header and rows of claims, then of studies
     paths = write_claims_page(tmp_path)
     assert paths["markdown"].read_text() == md and paths["html"].read_text() == page
 

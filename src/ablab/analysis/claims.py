@@ -43,6 +43,7 @@ class StudyEntry:
     seeds: list[int] = field(default_factory=list)
     scale: str = ""  # what the verdicts were measured at (data, model, budget)
     numbers_known: bool = True  # False: a legacy report, outcomes without numbers
+    claim: str = ""  # the study's own claim text
 
 
 def claim_numbers(claim: str) -> list[int]:
@@ -63,6 +64,7 @@ def read_study(folder: Path) -> StudyEntry:
         claim_numbers(str(spec.get("claim", ""))),
         str(spec.get("question", "")),
         f"{folder.name}/RESULTS.md" if (folder / "RESULTS.md").exists() else None,
+        claim=str(spec.get("claim", "")),
     )
     data = folder / "RESULTS.json"
     if data.exists():
@@ -104,23 +106,26 @@ def claims_page(experiments: Path) -> tuple[str, str]:
         "measured at: scale, size, seeds, commit",
     ]
     rows: list[list[str]] = []
+
+    def row(number: str, text: str, s: StudyEntry) -> list[str]:
+        link = f"[`{s.name}`]({s.report})" if s.report else f"`{s.name}/`"
+        if not s.verdicts:
+            verdicts = "not measured (no report yet)"
+        else:
+            verdicts = "<br>".join(verdict_text(v) for v in s.verdicts)
+            verdicts += "" if s.numbers_known else "<br>(report predates RESULTS.json)"
+        facts = (s.scale, s.size, f"{len(s.seeds)} seeds" if s.seeds else "",
+                 f"`{s.commit}`" if s.commit else "")  # fmt: skip
+        return [number, text, link, verdicts, ", ".join(x for x in facts if x) or "—"]
+
     for number, text in sorted(claims.items()):
         mine = [s for s in studies if number in s.numbers]
         if not mine:
             rows.append([str(number), text, "—", "not measured (no study yet)", "—"])
-            continue
-        for s in mine:
-            link = f"[`{s.name}`]({s.report})" if s.report else f"`{s.name}/`"
-            if not s.verdicts:
-                verdicts = "not measured (no report yet)"
-            else:
-                verdicts = "<br>".join(verdict_text(v) for v in s.verdicts)
-                verdicts += "" if s.numbers_known else "<br>(report predates RESULTS.json)"
-            facts = (s.scale, s.size, f"{len(s.seeds)} seeds" if s.seeds else "",
-                     f"`{s.commit}`" if s.commit else "")  # fmt: skip
-            rows.append(
-                [str(number), text, link, verdicts, ", ".join(x for x in facts if x) or "—"]
-            )
+        rows += [row(str(number), text, s) for s in mine]
+    # Studies of what the notes build rather than of a numbered claim (U-Net's skips): their
+    # own claim, after the numbered ones.
+    rows += [row("—", s.claim, s) for s in studies if not s.numbers]
     measured = len({n for s in studies if s.verdicts for n in s.numbers} & set(claims))
     intro = (
         f"Every claim of the notes ({len(claims)}, numbered as in their index), with the "
