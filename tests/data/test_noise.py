@@ -92,7 +92,15 @@ def test_unstandardize_inverts_standardize(normalize) -> None:
         assert not torch.allclose(dm.standardize(x), x, atol=1e-3)
 
 
-IMAGE_DATA = ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder"]
+IMAGE_DATA = [
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "image_folder",
+    "synthetic",
+]
 
 
 @pytest.mark.parametrize("data", IMAGE_DATA)

@@ -30,10 +30,11 @@ DICE = {"0": 6 / 9, "1": 8 / 9, "2": 4 / 5, "3": 0.0}
 CORRECT = 3 + 4 + 2  # of 12 pixels
 
 
-def task(**kw) -> SegmentationModule:
-    """Its net passes the input through: the batches are the logits themselves."""
+def task(net: nn.Module | None = None, **kw) -> SegmentationModule:
+    """By default its net passes the input through: the batches are the logits themselves."""
     args = {"num_classes": 5, "loss": nn.CrossEntropyLoss(), **kw}
-    return SegmentationModule(nn.Identity(), partial(torch.optim.SGD, lr=0.0), None, **args)
+    net = nn.Identity() if net is None else net
+    return SegmentationModule(net, partial(torch.optim.SGD, lr=0.0), None, **args)
 
 
 def validate(module: SegmentationModule, logits: torch.Tensor, target: torch.Tensor) -> dict:
@@ -98,16 +99,23 @@ class Masks:
         self.class_names = class_names or [str(c) for c in range(num_classes)]
         self.train_class_counts = [10 * (c + 1) for c in range(num_classes)]
 
+    def example_input(self) -> torch.Tensor:
+        """What the identity net turns into logits of the right shape."""
+        return torch.zeros(2, self.num_classes, 4, 4)
+
 
 def datamodule(num_classes: int = 5) -> Masks:
     return Masks(num_classes)
 
 
 def test_check_takes_the_datas_class_names_for_the_per_class_metrics() -> None:
-    module = task()
+    module = task(net=nn.Conv2d(3, 5, 1))  # a score per class and pixel of the RGB shapes
     module.check(ShapesDataModule(n_train=4, n_val=2, n_test=2))
     names = module.validation_metric_names()
-    assert {"val/miou", "val/dice", "val/pixel_acc", "val/loss", "val/iou/thin"} <= names
+    assert names == {"val/miou", "val/dice", "val/pixel_acc", "val/loss"}
+    # a class's IoU is not logged in an epoch without it: no monitor may wait for it
+    with pytest.raises(ConfigError, match=r"task\.monitor=val/iou/thin is not a validation metric"):
+        task(net=nn.Conv2d(3, 5, 1), monitor="val/iou/thin").check_monitors({})
     assert module.training_metric_names() == {"train/loss", "train/miou", "train/dice",
                                               "train/pixel_acc"}  # fmt: skip
 
@@ -168,4 +176,23 @@ def test_a_mask_value_beyond_the_classes_is_one_line_before_the_run(tmp_path) ->
         "task.ignore_index=2 to leave those pixels out, or give the data more classes "
         "(data.num_classes)"
     )
-    task(num_classes=2, ignore_index=2).check(data)  # ignored: accepted
+    net = nn.Conv2d(3, 2, 1)  # a score per class and pixel
+    task(net=net, num_classes=2, ignore_index=2).check(data)  # ignored: accepted
+
+
+@pytest.mark.parametrize(
+    ("net", "message"),
+    [
+        (nn.Sequential(nn.Flatten(), nn.LazyLinear(5)), "outputs (2, 5), not a score per class "
+                                                        "and pixel (2, 5, 32, 32)"),
+        (nn.Conv2d(3, 3, 1), "outputs (2, 3, 32, 32), not a score per class and pixel"),
+        (nn.Conv2d(1, 5, 1), "cannot take the data's images (2, 3, 32, 32)"),
+    ],
+    ids=["classifier", "autoencoder", "other-channels"],
+)  # fmt: skip
+def test_a_net_that_gives_no_score_per_pixel_is_one_line_before_the_run(net, message) -> None:
+    """A classifier's (N, C) or an autoencoder's image would fail at the first loss, after the
+    run exists: one dry forward on the data's example images refuses them."""
+    with pytest.raises(ConfigError) as err:
+        task(net=net).check(ShapesDataModule(n_train=4, n_val=2, n_test=2))
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -12,7 +12,8 @@ train an autoencoder to rebuild a clean x from a corrupted x̃ ~ q(x̃ | x). Two
 The data declares the corruption (``data.noise``, ``data.noise_level``); the task applies it, to
 the batches it chooses, with a generator it seeds: fresh draws in training, draws fixed by the
 batch in evaluation (:func:`noise_seed`), so every epoch and every variant of a study scores the
-same noisy held-out images. Draws are made on the generator's device (the CPU) and moved to the
+same noisy held-out images — as long as the variants share the batch size and the number of
+processes: the draws are per batch, so a study that varies either scores other noisy images. Draws are made on the generator's device (the CPU) and moved to the
 batch's: the same seed gives the same noise on a CPU and on a GPU.
 """
 
@@ -47,9 +48,10 @@ NOISE: Registry[Noise] = Registry("noise")
 
 
 def _gaussian(x: Tensor, level: float, generator: torch.Generator) -> Tensor:
-    """clamp(x + level·ε, 0, 1), ε ~ N(0, 1) per element."""
-    eps = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
-    return (x + level * eps.to(x.device)).clamp_(0.0, 1.0)
+    """clamp(x + level·ε, 0, 1), ε ~ N(0, 1) per element, drawn in float32 whatever x's
+    precision (a bf16 run sees the fp32 run's noise, rounded)."""
+    eps = torch.randn(x.shape, generator=generator, device=generator.device)
+    return (x + level * eps.to(x.device, x.dtype)).clamp_(0.0, 1.0)
 
 
 def _mask(x: Tensor, level: float, generator: torch.Generator) -> Tensor:

@@ -16,7 +16,7 @@ from ablab.errors import ConfigError
 
 
 class SyntheticDataModule(ImageDataModule):
-    """x = sigmoid(shift(template[y]) + noise · ε), ε ~ N(0, 1), all from one seed."""
+    """x = sigmoid(shift(template[y]) + pixel_noise · ε), ε ~ N(0, 1), all from one seed."""
 
     name = "synthetic"
 
@@ -27,7 +27,7 @@ class SyntheticDataModule(ImageDataModule):
         in_channels: int = 1,
         image_size: int = 28,
         samples_per_class: int = 200,
-        noise: float = 0.5,
+        pixel_noise: float = 0.5,
         imbalance: float = 1.0,
         max_shift: int = 2,
         template_size: int = 4,
@@ -40,10 +40,10 @@ class SyntheticDataModule(ImageDataModule):
             raise ConfigError(
                 f"data.imbalance must be in (0, 1] (rarest/commonest), got {imbalance}"
             )
-        if noise < 0:
-            raise ConfigError(f"data.noise must be non-negative, got {noise}")
+        if pixel_noise < 0:
+            raise ConfigError(f"data.pixel_noise must be non-negative, got {pixel_noise}")
         self.samples_per_class = samples_per_class
-        self.noise = noise
+        self.pixel_noise = pixel_noise
         self.imbalance = imbalance
         self.max_shift = max_shift
         self.template_size = template_size
@@ -70,5 +70,5 @@ class SyntheticDataModule(ImageDataModule):
             x = torch.stack(
                 [img.roll(tuple(d.tolist()), dims=(1, 2)) for img, d in zip(x, shifts, strict=True)]
             )
-        x = torch.sigmoid(x + self.noise * torch.randn(x.shape, generator=g))
+        x = torch.sigmoid(x + self.pixel_noise * torch.randn(x.shape, generator=g))
         return {"all": (x, y)}

@@ -17,7 +17,8 @@ stage's whole epoch (torchmetrics; the PSNR of the epoch's MSE, data range 1). T
 what it was fed (noisy inputs when denoising). Validation and test score the clean input and,
 with noise, ``<stage>/noisy_mse`` and ``noisy_psnr``: x̃ rebuilt towards x, where x̃ is drawn
 from a generator seeded by (data seed, split, rank, batch index), so every epoch and every
-variant of a study sees the same noisy held-out images (``tested_val`` sees ``val``'s).
+variant of a study sees the same noisy held-out images (``tested_val`` sees ``val``'s) when
+they share the batch size and the number of processes (the draws are per batch).
 
 A linear probe measures what the code keeps (the usual test of a representation): at the start
 of the test stage the clean training split (``data.train_eval_limit`` caps it) is encoded by the
@@ -36,6 +37,7 @@ input (with noise) and the reconstruction of the last row above it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any, ClassVar, Literal
@@ -281,8 +283,11 @@ class ReconstructionModule(StagedTask):
         codes, labels = [], []
         training = self.net.training
         self.net.eval()
+        # under the trainer's precision (autocast in bf16-/16-mixed), as test encodes the
+        # images the probe then classifies: one precision for the codes it fits and scores
+        precision = self._trainer.precision_plugin.forward_context() if self._trainer else None
         try:
-            with torch.no_grad():
+            with torch.no_grad(), precision or contextlib.nullcontext():
                 for x, y in self._data.clean_train_dataloader():
                     x = self._data.standardize(x.to(self.device))
                     codes.append(self.net.encode(x).float().cpu())

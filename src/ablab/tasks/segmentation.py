@@ -153,6 +153,7 @@ class SegmentationModule(StagedTask):
             self.class_names = names
             self._make_class_metrics()
         self.check_mask_values(datamodule)
+        self.check_output(datamodule.example_input())
         # Pixel counts: w_c = N / (C · n_c) re-weights pixels as the classifier's images.
         self.loss_fn = bind_class_counts(self.loss_fn, datamodule, self.num_classes)
         if self.ignore_index is not None:
@@ -176,6 +177,31 @@ class SegmentationModule(StagedTask):
                 "label_smoothing or balanced_cross_entropy"
             ) from None
 
+    def check_output(self, example: Tensor) -> None:
+        """One dry forward on the data's example images (eval mode, batch-norm statistics
+        untouched): the net must give (N, num_classes, H, W) logits. A classifier's (N, C) or an
+        autoencoder's image would otherwise fail at the first loss, after the run exists."""
+        n, _, height, width = example.shape
+        wanted = (n, self.num_classes, height, width)
+        training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                shape = tuple(self.net(example).shape)
+        except (RuntimeError, ValueError) as err:  # built for other channels or sizes
+            reason = " ".join(str(err).split())
+            raise ConfigError(
+                f"model {type(self.net).__name__} cannot take the data's images "
+                f"{tuple(example.shape)}: {reason}"
+            ) from None
+        finally:
+            self.net.train(training)
+        if shape != wanted:
+            raise ConfigError(
+                f"model {type(self.net).__name__} outputs {shape}, not a score per class and "
+                f"pixel {wanted}: task=segmentation needs a segmentation net (model=unet)"
+            )
+
     def check_mask_values(self, datamodule: Any) -> None:
         """A spot check of the first validation mask: every value a class or ``ignore_index``
         (a mask value beyond the classes would stop validation after the run exists)."""
@@ -195,8 +221,9 @@ class SegmentationModule(StagedTask):
             )
 
     def validation_metric_names(self) -> set[str]:
-        names = {"val/loss", *self.val_metrics.keys()}
-        return names | {f"val/iou/{c}" for c in self.class_names}
+        """What every validation epoch logs: not ``val/iou/<class>``, which an epoch without
+        the class leaves out, so a checkpoint or early stopping on it would fail mid-run."""
+        return {"val/loss", *self.val_metrics.keys()}
 
     def training_metric_names(self) -> set[str]:
         return {"train/loss", *self.train_metrics.keys()}

@@ -176,7 +176,7 @@ def refuse_unused_augmentation(cfg: DictConfig) -> None:
         return
     # the keys only: their values interpolate data.image_size, which such data may not have
     ops = list(cfg.augmentation.get("ops") or {})
-    if ops or cfg.augmentation._get_node("mix")._value() is not None:
+    if ops or cfg.augmentation.get("mix") is not None:  # a node: its values stay unresolved
         what = ", ".join(ops) or "mix"
         raise ConfigError(
             f"data._target_={cfg.data._target_} takes no augmentation, but the augmentation group "
