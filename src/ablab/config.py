@@ -66,7 +66,8 @@ def register_resolvers() -> None:
     ``${job_key:overrides}``, ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)
     ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize) and
     ``${pick:key,{a: x, b: y}}`` (the entry of a table a choice selects: a task's monitored metric
-    by the data's target kind)."""
+    by the data's target kind) and ``${sum:a,b,...}`` (a size made of others: the recall
+    problem's features, its symbols and the query flag)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
@@ -74,6 +75,7 @@ def register_resolvers() -> None:
         "slurm_gpus": lambda accelerator, devices: None if accelerator == "cpu" else devices,
         "optuna_direction": lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
         "pick": _pick,
+        "sum": lambda *terms: sum(terms),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -95,3 +95,14 @@ def test_a_wrong_declared_shape_is_one_line(compose_cfg, overrides, message) -> 
     shown = as_config_error(err.value)  # what the core prints (ablab.training.run.build)
     assert isinstance(err.value.__cause__, ConfigError)
     assert message in str(shown) and "\n" not in str(shown)
+
+
+def test_recall_features_follow_the_symbol_count(compose_cfg) -> None:
+    """input_size = num_classes + 1 (one-hot symbols and the query flag), from the config: a
+    change of data.num_classes alone composes a model of the right width."""
+    from hydra.utils import instantiate
+
+    with compose_cfg("task=sequence", "data=copy", "model=lstm", "data.num_classes=4") as cfg:
+        assert cfg.data.input_size == cfg.model.input_size == 5
+        dm = instantiate(cfg.data, n_train=8, n_val=4, n_test=4)
+        assert dm.example_input().shape[2] == 5
