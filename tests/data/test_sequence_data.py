@@ -84,7 +84,10 @@ def test_image_rows_are_the_image_modules_batches_row_by_row(compose_cfg) -> Non
     ("overrides", "message"),
     [
         (["data=adding", "data.input_size=3"], "data.input_size=3 but the adding problem has"),
-        (["data=copy", "data.num_classes=4"], "data.input_size=9 but the copy problem has"),
+        (
+            ["data=copy", "data.input_size=9", "data.num_classes=4"],
+            "data.input_size=9 but the copy problem has",
+        ),
         (["data=adding", "data.length=1"], "data.length must be at least 2"),
         (["data=digits_rows", "data.input_size=8"], "data.input_size=8 but rows of digits"),
     ],
