@@ -151,6 +151,8 @@ class ReconstructionModule(StagedTask):
         try:
             with torch.no_grad():
                 shape = tuple(self.net(example).shape)
+        except ConfigError:  # the net's own one line (a U-Net's size rule)
+            raise
         except (RuntimeError, ValueError) as err:  # built for another image size or channels
             reason = " ".join(str(err).split())
             raise ConfigError(

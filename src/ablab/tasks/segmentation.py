@@ -188,6 +188,8 @@ class SegmentationModule(StagedTask):
         try:
             with torch.no_grad():
                 shape = tuple(self.net(example).shape)
+        except ConfigError:  # the net's own one line (a U-Net's size rule)
+            raise
         except (RuntimeError, ValueError) as err:  # built for other channels or sizes
             reason = " ".join(str(err).split())
             raise ConfigError(
