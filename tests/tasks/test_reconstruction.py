@@ -167,7 +167,7 @@ def test_monitors_are_what_the_task_logs() -> None:
          "task=reconstruction needs image data"),
         (lambda: task(LeNet5()).check(digits()), "model LeNet5 has no encode()"),
         (lambda: task(MLPAutoencoder(1, 28)).check(digits()),
-         "model MLPAutoencoder cannot take the data's images (2, 1, 8, 8)"),
+         "model MLPAutoencoder cannot take the data's example input (2, 1, 8, 8)"),
         (lambda: task(Scaled(), grid_size=-1), "task.grid_size=-1"),
     ],
 )  # fmt: skip

@@ -186,7 +186,7 @@ def test_a_mask_value_beyond_the_classes_is_one_line_before_the_run(tmp_path) ->
         (nn.Sequential(nn.Flatten(), nn.LazyLinear(5)), "outputs (2, 5), not a score per class "
                                                         "and pixel (2, 5, 32, 32)"),
         (nn.Conv2d(3, 3, 1), "outputs (2, 3, 32, 32), not a score per class and pixel"),
-        (nn.Conv2d(1, 5, 1), "cannot take the data's images (2, 3, 32, 32)"),
+        (nn.Conv2d(1, 5, 1), "cannot take the data's example input (2, 3, 32, 32)"),
     ],
     ids=["classifier", "autoencoder", "other-channels"],
 )  # fmt: skip

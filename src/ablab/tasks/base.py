@@ -102,6 +102,27 @@ class Task(pl.LightningModule):
         """Bind and validate whatever depends on the data (class counts, label format) before
         the run exists; raise :class:`ConfigError`. ``datamodule`` is set up for ``fit``."""
 
+    def dry_output_shape(self, net: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
+        """The shape of ``net(example)`` from one forward in eval mode without gradients
+        (batch-norm statistics untouched, the net's mode restored), for a :meth:`check` that
+        needs to know what the net gives before the run exists. A net that cannot take the
+        example fails in one line; its own :class:`ConfigError` (a U-Net's size rule) as it is."""
+        training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                return tuple(net(example).shape)
+        except ConfigError:
+            raise
+        except (RuntimeError, ValueError) as err:  # built for other channels or sizes
+            reason = " ".join(str(err).split())
+            raise ConfigError(
+                f"model {type(net).__name__} cannot take the data's example input "
+                f"{tuple(example.shape)}: {reason}"
+            ) from None
+        finally:
+            net.train(training)
+
     def validation_metric_names(self) -> set[str] | None:
         """Names this task logs in validation (``None``: not known in advance); the core refuses
         a monitored metric that is not among them before training (:meth:`check_monitors`)."""

@@ -146,21 +146,7 @@ class ReconstructionModule(StagedTask):
                 "autoencoder (model=ae_conv|ae_mlp)"
             )
         example = datamodule.example_input()
-        training = self.net.training
-        self.net.eval()  # a dry forward that leaves batch-norm statistics as they are
-        try:
-            with torch.no_grad():
-                shape = tuple(self.net(example).shape)
-        except ConfigError:  # the net's own one line (a U-Net's size rule)
-            raise
-        except (RuntimeError, ValueError) as err:  # built for another image size or channels
-            reason = " ".join(str(err).split())
-            raise ConfigError(
-                f"model {type(self.net).__name__} cannot take the data's images "
-                f"{tuple(example.shape)}: {reason}"
-            ) from None
-        finally:
-            self.net.train(training)
+        shape = self.dry_output_shape(self.net, example)
         if shape != tuple(example.shape):
             raise ConfigError(
                 f"model output {shape} is not the input's shape {tuple(example.shape)}: "

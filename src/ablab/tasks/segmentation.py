@@ -183,21 +183,7 @@ class SegmentationModule(StagedTask):
         autoencoder's image would otherwise fail at the first loss, after the run exists."""
         n, _, height, width = example.shape
         wanted = (n, self.num_classes, height, width)
-        training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                shape = tuple(self.net(example).shape)
-        except ConfigError:  # the net's own one line (a U-Net's size rule)
-            raise
-        except (RuntimeError, ValueError) as err:  # built for other channels or sizes
-            reason = " ".join(str(err).split())
-            raise ConfigError(
-                f"model {type(self.net).__name__} cannot take the data's images "
-                f"{tuple(example.shape)}: {reason}"
-            ) from None
-        finally:
-            self.net.train(training)
+        shape = self.dry_output_shape(self.net, example)
         if shape != wanted:
             raise ConfigError(
                 f"model {type(self.net).__name__} outputs {shape}, not a score per class and "
