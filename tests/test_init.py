@@ -187,3 +187,19 @@ def test_schemes_set_each_gate_of_a_recurrent_layer_as_a_layer_of_its_own(backen
     (hh,) = [p for n, p in net.named_parameters() if "weight_hh" in n]
     for block in hh.detach().split(128):
         assert torch.allclose(block @ block.T, torch.eye(128), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ablab", "torch"])
+def test_irnn_starts_each_recurrent_block_at_the_identity(backend: str) -> None:
+    """Le et al. 2015: W_hh = gain · I block by block, every other weight N(0, std²), biases 0."""
+    from ablab.models import RecurrentNet
+
+    torch.manual_seed(0)
+    net = RecurrentNet("rnn", 64, 128, 1, nonlinearity="relu", backend=backend)
+    initialize(net, "irnn", gain=0.9, std=0.01)
+    params = dict(net.named_parameters())
+    (hh,) = [p for n, p in params.items() if "weight_hh" in n]
+    (ih,) = [p for n, p in params.items() if "weight_ih" in n]
+    assert torch.equal(hh.detach(), 0.9 * torch.eye(128))
+    assert ih.std().item() == pytest.approx(0.01, rel=0.05)
+    assert all(not p.any() for n, p in params.items() if "bias" in n)

@@ -17,6 +17,7 @@ For a layer with fan_in inputs per output unit and fan_out outputs per input uni
   through ReLU layers (fan_in: forward signal, fan_out: backward signal);
 - ``lecun_normal`` (LeCun et al. 1998): 1 / fan_in (Kaiming with a linear gain; SELU nets);
 - ``orthogonal`` (Saxe et al. 2014): a (scaled) orthogonal matrix over the flattened weight;
+- ``irnn`` (Le et al. 2015): recurrent matrices gain · I, every other weight std²;
 - ``zeros`` / ``constant``: every unit of a layer identical — symmetry never breaks.
 Architecture-dependent init is the model's and comes last, so no scheme undoes it: after the
 scheme, every module's ``special_init()`` runs (a ResNet built with ``zero_init_last`` sets γ = 0
@@ -48,7 +49,13 @@ RECURRENT_BIASES = ("bias_ih", "bias_hh")
 MODES = ("fan_in", "fan_out")
 
 
-def _apply(net: nn.Module, set_weight: Callable[[Tensor], Any]) -> None:
+def _apply(
+    net: nn.Module,
+    set_weight: Callable[[Tensor], Any],
+    set_recurrent: Callable[[Tensor], Any] | None = None,
+) -> None:
+    """``set_weight`` on every weight (and gate block of a recurrent layer's input and recurrent
+    matrices); ``set_recurrent``, when given, on the recurrent matrices' blocks instead."""
     for module in net.modules():
         if isinstance(module, WEIGHTED):
             set_weight(module.weight)
@@ -59,8 +66,9 @@ def _apply(net: nn.Module, set_weight: Callable[[Tensor], Any]) -> None:
             nn.init.zeros_(module.bias)
         for name, param in module.named_parameters(recurse=False):
             if name.startswith(RECURRENT_WEIGHTS):  # one gate's rows at a time
+                recurrent = name.startswith("weight_hh") and set_recurrent is not None
                 for block in param.data.split(module.hidden_size):
-                    set_weight(block)
+                    (set_recurrent if recurrent else set_weight)(block)
             elif name.startswith(RECURRENT_BIASES):
                 nn.init.zeros_(param)
 
@@ -159,6 +167,20 @@ def orthogonal(net: nn.Module, gain: float = 1.0) -> None:
     """W (flattened to out x in·k·k) = gain · a random orthogonal matrix (Saxe et al. 2014)."""
     _check_positive("gain", gain)
     _apply(net, lambda w: nn.init.orthogonal_(w, gain))
+
+
+@INIT.register("irnn")
+def irnn(net: nn.Module, gain: float = 1.0, std: float = 0.001) -> None:
+    """Le et al. 2015, "A simple way to initialize recurrent networks of rectified linear units"
+    (the IRNN): every recurrent matrix W_hh (each gate's H x H block) = gain · I, so at the start
+    a ReLU RNN copies its state forward and adds the input; every other weight ~ N(0, std²)."""
+    _check_positive("gain", gain)
+    _check_positive("std", std)
+    _apply(
+        net,
+        lambda w: nn.init.normal_(w, 0.0, std),
+        lambda w: nn.init.eye_(w).mul_(gain),
+    )
 
 
 def initialize(

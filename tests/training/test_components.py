@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -126,6 +127,28 @@ def test_gradient_clipping_and_l1_train(compose_cfg, store) -> None:
     assert run.trainer.callback_metrics["train/l1_penalty"] > 0
 
 
+def test_gradient_norm_is_the_one_clipping_acts_on(compose_cfg, store) -> None:
+    """task=sequence logs ‖∂L/∂θ‖ before clipping: with a clip far below it, the logged norm is
+    the unclipped one, and train/grad_norm_max is the largest of every step of the epoch."""
+    seen: list[float] = []
+
+    class Record(pl.Callback):  # after GradientNorm: the same gradients, before the clip
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            flat = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
+            seen.append(torch.linalg.vector_norm(flat).item())
+
+    overrides = [*FAST, f"logger.tracking_uri={store}", *SEQUENCE, "model=rnn",
+                 "model.nonlinearity=relu", "trainer.gradient_clip_val=1e-4"]  # fmt: skip
+    with compose_cfg(*overrides) as cfg:
+        run = build(cfg)
+        run.trainer.callbacks.append(Record())
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    metrics = run.trainer.callback_metrics
+    assert len(seen) == 2 and min(seen) > 1e-2  # the clip (1e-4) did not reach what was read
+    assert metrics["train/grad_norm_max"].item() == pytest.approx(max(seen), rel=1e-5)
+    assert metrics["train/grad_norm"].item() == pytest.approx(seen[-1], rel=1e-5)
+
+
 def test_onecycle_spans_the_runs_steps(compose_cfg, store) -> None:
     run = fit(compose_cfg, store, "scheduler=onecycle", "trainer.limit_train_batches=2")
     scheduler = run.trainer.lr_scheduler_configs[0].scheduler
@@ -236,6 +259,9 @@ def test_soft_targets_score_against_their_argmax(compose_cfg) -> None:
         (["task.l1=-0.1"], "task.l1=-0.1 must be >= 0"),
         (["data.imbalance_ratio=0.5"], "data.imbalance_ratio must be a finite number >= 1"),
         (["init=normal", "init.std=0"], "init.std must be > 0, got 0"),
+        (["init=irnn", "init.gain=0"], "init.gain must be > 0, got 0"),
+        (["task=sequence", "data=adding", "model=rnn", "callbacks.grad_norm.norm_type=0"],
+         "norm_type"),
         (["init=kaiming_normal", "init.mode=fan_avg"], "valid: fan_in, fan_out"),
     ],
 )

@@ -1,6 +1,6 @@
-"""Callbacks ablab adds to Lightning's: a non-finite loss guard, a logged batch preview, the
-random-number state in every checkpoint, a ``last.ckpt`` that is always the last epoch, the
-best value of the task's monitored metric, the points where held metrics reach the store, a
+"""Callbacks ablab adds to Lightning's: a non-finite loss guard, the gradient norm, a logged batch
+preview, the random-number state in every checkpoint, a ``last.ckpt`` that is always the last
+epoch, the best value of the task's monitored metric, the points where held metrics reach the store, a
 training budget that ends at a plateau of the training loss, and the run's record of why
 training stopped and which weights were tested."""
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from annotated_types import Ge
+from annotated_types import Ge, Gt
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from mlflow.entities import RunTag
 from pytorch_lightning.callbacks import Callback, EarlyStopping, Timer
@@ -52,6 +52,34 @@ class NonFiniteLossGuard(Callback):
                 f"non-finite training loss ({loss.item()}) at epoch {trainer.current_epoch}, "
                 f"step {trainer.global_step}"
             )
+
+
+class GradientNorm(Callback):
+    """Log the norm of all parameters' gradients, ‖∂L/∂θ‖, at every optimizer step: the
+    quantity that explodes in a recurrent net (Pascanu et al. 2013, "On the difficulty of training
+    recurrent neural networks") and that ``trainer.gradient_clip_val`` caps.
+
+    Read in ``on_before_optimizer_step``: after the backward (and the gradient accumulation),
+    after the AMP loss scale has been divided out, and before the trainer clips. So it is the
+    gradient clipping acts on, not what it leaves: with clipping on, the update's gradient has
+    norm min(‖g‖, clip). Under DDP the gradient is already the all-reduced one, the same on every
+    rank. Logged as ``train/grad_norm`` (the step's value, every ``log_every_n_steps``) and
+    ``train/grad_norm_max`` (the largest of every step of the epoch, Lightning's ``reduce_fx``:
+    a spike between two logged steps is not missed).
+    """
+
+    def __init__(self, norm_type: Annotated[float, Gt(0)] = 2.0) -> None:
+        self.norm_type = float(norm_type)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, self.norm_type).float()
+        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        pl_module.log("train/grad_norm_max", norm, on_step=False, on_epoch=True, reduce_fx="max")
 
 
 class LogBatchPreview(Callback):
