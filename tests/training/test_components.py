@@ -134,7 +134,9 @@ def test_gradient_norm_is_the_one_clipping_acts_on(compose_cfg, store) -> None:
 
     class Record(pl.Callback):  # after GradientNorm: the same gradients, before the clip
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            flat = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
+            flat = torch.cat(
+                [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+            )
             seen.append(torch.linalg.vector_norm(flat).item())
 
     overrides = [*FAST, f"logger.tracking_uri={store}", *SEQUENCE, "model=rnn",
@@ -260,8 +262,10 @@ def test_soft_targets_score_against_their_argmax(compose_cfg) -> None:
         (["data.imbalance_ratio=0.5"], "data.imbalance_ratio must be a finite number >= 1"),
         (["init=normal", "init.std=0"], "init.std must be > 0, got 0"),
         (["init=irnn", "init.gain=0"], "init.gain must be > 0, got 0"),
-        (["task=sequence", "data=adding", "model=rnn", "callbacks.grad_norm.norm_type=0"],
-         "norm_type"),
+        (
+            ["task=sequence", "data=adding", "model=rnn", "callbacks.grad_norm.norm_type=0"],
+            "norm_type",
+        ),
         (["init=kaiming_normal", "init.mode=fan_avg"], "valid: fan_in, fan_out"),
     ],
 )
