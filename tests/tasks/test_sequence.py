@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import partial
 
@@ -104,6 +105,17 @@ def test_profile_is_the_per_sample_input_gradient_norm_at_each_step() -> None:
         residual = (task(x) - y).abs().mul(2).mean()
     assert torch.allclose(g, residual * task.net.w.norm(dim=1), rtol=1e-5)
     assert task.net.w.grad is None  # the parameters' gradients are untouched
+
+
+def test_a_net_that_passes_no_gradient_has_no_ratio() -> None:
+    """Dead ReLUs everywhere: g_0 = g_{T−1} = 0 is 0/0, NaN, not log10(1) = 0 ("equal")."""
+    ratio = InputGradientProfile.log10_ratio
+    assert math.isnan(ratio(0.0, 0.0))
+    assert ratio(1e-3, 1e-1) == pytest.approx(-2.0)
+    assert ratio(0.0, 1.0) == pytest.approx(-45.0)  # float32's floor: "nothing reaches it"
+    task = value_task(nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(T * F, 1)))
+    g = InputGradientProfile.profile(task, -torch.rand(8, T, F), torch.randn(8))  # all ReLUs off
+    assert not g.any() and math.isnan(ratio(g[0].item(), g[-1].item()))
 
 
 class LastState(nn.Module):

@@ -18,7 +18,9 @@ the optimizer step are untouched). For sample n, with L the batch mean of the pe
 
 Logged at each snapshot's step: ``grad_x/first`` (g_0, what reaches the first step),
 ``grad_x/last`` (g_{T−1}) and ``grad_x/log10_first_over_last`` (log₁₀ g_0 / g_{T−1}: −2 means a
-hundredth of the last step's gradient reaches the first). At the end, ``diagnostics/grad_x.json``
+hundredth of the last step's gradient reaches the first; a zero norm reads as 1e-45, float32's
+floor, and zero at both ends, a net that passes no gradient to its input at all, logs NaN: the
+ratio 0/0 has no value, and a study reading it gets none). At the end, ``diagnostics/grad_x.json``
 (every snapshot's profile) and ``diagnostics/grad_x.png`` (g_t against t, log scale, one line per
 snapshot) are logged as MLflow artifacts.
 
@@ -80,6 +82,15 @@ class InputGradientProfile(Callback):
             (grad,) = torch.autograd.grad(loss, x)
         return (grad.float().norm(dim=2) * len(x)).mean(dim=0)
 
+    @staticmethod
+    def log10_ratio(first: float, last: float) -> float:
+        """log₁₀ first / last; a zero norm reads as TINY (a floor, ±44 decades), and zero at both
+        ends, a net that passes no gradient to its input at all (every ReLU unit dead), is 0/0:
+        NaN, not the 0 ("equal") the floors would give."""
+        if first == 0 and last == 0:
+            return math.nan
+        return math.log10(max(first, TINY) / max(last, TINY))
+
     def snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         if self.probe is None or step in self.profiles or not trainer.is_global_zero:
@@ -87,11 +98,10 @@ class InputGradientProfile(Callback):
         g = self.profile(pl_module, *self.probe).tolist()
         self.profiles[step] = g
         first, last = g[0], g[-1]
-        ratio = math.log10(max(first, TINY) / max(last, TINY))
         metrics = {
             "grad_x/first": first,
             "grad_x/last": last,
-            "grad_x/log10_first_over_last": ratio,
+            "grad_x/log10_first_over_last": self.log10_ratio(first, last),
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
