@@ -23,10 +23,11 @@ import ablab.blocks.stem  # noqa: F401  (registers the stems in STEM)
 from ablab.blocks.dense import DenseBlock, Transition
 from ablab.errors import ConfigError
 from ablab.layers import make_act, make_norm
+from ablab.models.levels import FeatureLevels
 from ablab.registry import STEM
 
 
-class DenseNet(nn.Module):
+class DenseNet(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); stage i = [transition →] a block of ``depths[i]`` layers."""
 
     def __init__(

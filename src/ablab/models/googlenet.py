@@ -35,6 +35,7 @@ from torch import nn
 import ablab.blocks.stem  # noqa: F401  (registers the stems in STEM)
 from ablab.blocks.inception import Inception, InceptionAux
 from ablab.errors import ConfigError
+from ablab.models.levels import FeatureLevels
 from ablab.registry import STEM
 
 #: Table 1 of the paper: per stage, per block (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -56,7 +57,7 @@ def downsample() -> nn.MaxPool2d:
     return nn.MaxPool2d(3, 2, 1)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); stage i: a 3x3/2 max pool (for i > 0), then Inception blocks."""
 
     def __init__(

@@ -28,6 +28,7 @@ from torch import nn
 import ablab.blocks  # noqa: F401  (registers the blocks in BLOCK)
 from ablab.errors import ConfigError
 from ablab.layers import ConvNormAct, make_act
+from ablab.models.levels import FeatureLevels
 from ablab.registry import BLOCK
 
 
@@ -43,7 +44,7 @@ def scaled_width(width: int, width_mult: float) -> int:
     return make_divisible(width * width_mult, 8)
 
 
-class MobileNet(nn.Module):
+class MobileNet(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); head = [1x1 conv] → global pool → dropout → linear."""
 
     def __init__(
@@ -126,7 +127,7 @@ class MobileNet(nn.Module):
         return self.head(self.forward_features(x))
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); head = 1x1 conv → pool → linear → act → dropout → linear.
 
     ``blocks`` rows are the paper's table: [kernel, expanded width, output width, SE, NL, stride],

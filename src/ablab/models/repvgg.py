@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ablab.blocks.repvgg import RepVGGBlock
+from ablab.models.levels import FeatureLevels
 
 
-class RepVGG(nn.Module):
+class RepVGG(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))), stem and stages made of RepVGG blocks."""
 
     def __init__(

@@ -24,6 +24,7 @@ import ablab.blocks  # noqa: F401  (registers the blocks in BLOCK and the stems 
 from ablab.blocks.residual import inner_width
 from ablab.errors import ConfigError
 from ablab.layers import make_act, make_norm
+from ablab.models.levels import FeatureLevels
 from ablab.registry import BLOCK, STEM
 
 #: The arguments every stackable block takes (``ablab.blocks``); the rest are its family's own.
@@ -31,7 +32,7 @@ _CORE = {"norm", "act", "shortcut", "se_ratio", "drop_path"}
 _FIXED = {"c_in", "c_out", "stride", *_CORE}
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); stage i has ``depths[i]`` blocks of ``widths[i]`` channels,
     the first of each stage after the first one strided by 2.
 

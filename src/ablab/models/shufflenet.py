@@ -18,9 +18,10 @@ from torch import nn
 
 from ablab.blocks.shuffle import ShuffleV2Unit
 from ablab.layers import ConvNormAct
+from ablab.models.levels import FeatureLevels
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); head = 1x1 conv-norm-act → global pool → linear."""
 
     def __init__(

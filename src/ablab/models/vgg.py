@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ablab.layers import ConvNormAct, make_act
+from ablab.models.levels import FeatureLevels
 
 
-class VGG(nn.Module):
+class VGG(FeatureLevels, nn.Module):
     """logits = head(stages(stem(x))); stage i: ``depths[i]`` 3x3 convs of ``widths[i]``, max pool."""
 
     def __init__(
