@@ -261,6 +261,15 @@ def test_clashing_metric_names_get_distinct_figure_names() -> None:
     assert names == ["forest", "curve_val_acc", "curve_val_acc_2"]
 
 
+def test_a_log_scale_follows_the_means_even_when_a_band_crosses_zero() -> None:
+    """A gradient norm of 1880 ± 1800 at one step and 1 later: the means span three decades;
+    the CI of the first mean reaching below zero must not make the figure linear."""
+    spiky = Band([1, 2, 3], [1880.0, 1.2, 1.0], [-150.0, 0.9, 0.8], [3900.0, 1.5, 1.2], 9)
+    fig = plot_curves({"relu": spiky, "tanh": Band([1, 2, 3], [3.0] * 3, [2.0] * 3, [4.0] * 3, 9)},
+                      "train/grad_norm_max")  # fmt: skip
+    assert fig.axes[0].get_yscale() == "log"
+
+
 def test_mixed_seed_counts_and_no_data() -> None:
     fig = plot_curves({"a": band(0.1, 0.02, 2), "b": band(0.1, 0.03, 3)}, "val/acc")
     assert "2–3 seeds" in fig.axes[0].get_title()

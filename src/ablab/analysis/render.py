@@ -159,8 +159,9 @@ def plot_curves(
     (``low``..``high``); the baseline first, in black and thicker, on top of the others.
 
     ``variants`` (the study's variant order) fixes each variant's colour, so a variant has the
-    same colour in every figure of a report. The y axis is logarithmic when every value is
-    positive and they span more than three decades (losses, gradient norms).
+    same colour in every figure of a report. The y axis is logarithmic when every mean is
+    positive and the means span more than three decades (losses, gradient norms), even where
+    a band's lower end is at or below zero.
     """
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -168,7 +169,7 @@ def plot_curves(
     others += [n for n in bands if n not in others and n != baseline]
     colour = {name: f"C{i % 10}" for i, name in enumerate(others)}
     order = ([baseline] if baseline in bands else []) + [n for n in others if n in bands]
-    finite: list[float] = []
+    means: list[float] = []  # the lines decide the scale; a band's CI may cross zero
     for name in order:
         band = bands[name]
         if not band.steps:
@@ -180,11 +181,14 @@ def plot_curves(
         label = f"{name} (baseline)" if is_base else name
         width, z = (2.2, 3) if is_base else (1.5, 2)
         ax.plot(band.steps, band.mean, color=c, linewidth=width, label=label, zorder=z)
-        finite += [v for v in (*band.mean, *band.low, *band.high) if math.isfinite(v)]
-    if not finite:
+        means += [v for v in band.mean if math.isfinite(v)]
+    if not means:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    elif min(finite) > 0 and max(finite) / min(finite) > 1e3:
-        ax.set_yscale("log")
+    elif min(means) > 0 and max(means) / min(means) > 1e3:
+        # A band reaching below zero (the CI of a mean over few, widely spread seeds) is
+        # clipped at the axis' floor rather than making the whole figure linear.
+        ax.set_yscale("log", nonpositive="clip")
+        ax.set_ylim(bottom=min(means) / 3)  # not down to the clip floor of such a band
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean over {_seed_count(bands)}, band = CI of the mean")
