@@ -80,6 +80,23 @@ def test_summary_command_table(capsys) -> None:
     assert "61,706" in out and "416,520" in out and "lenet5: 61.71K params" in out
 
 
+def test_summary_measures_each_network_of_a_task_on_its_own_input(capsys) -> None:
+    """task=gan: the generator on its noise, the discriminator on a digit image."""
+    from ablab.models.gan import DCGANDiscriminator, DCGANGenerator
+
+    ablab(["summary", "--json", "task=gan"])
+    stats = json.loads(capsys.readouterr().out)
+    assert list(stats) == ["generator=dcgan", "discriminator=dcgan"]
+    assert stats["generator=dcgan"]["input_shape"] == [100]
+    assert stats["discriminator=dcgan"]["input_shape"] == [1, 28, 28]
+    generator = DCGANGenerator(latent_size=100, out_channels=1, image_size=28, base_width=64)
+    discriminator = DCGANDiscriminator(in_channels=1, image_size=28, base_width=64)
+    assert stats["generator=dcgan"]["params"] == sum(p.numel() for p in generator.parameters())
+    assert stats["discriminator=dcgan"]["params"] == sum(
+        p.numel() for p in discriminator.parameters()
+    )
+
+
 def test_grouped_layers_add_up() -> None:
     from ablab.models import ResNet
 

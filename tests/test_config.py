@@ -19,6 +19,8 @@ from conftest import CONF, run_module
 GROUPS = [
     "data",
     "model",
+    "generator",
+    "discriminator",
     "optimizer",
     "scheduler",
     "init",
@@ -46,11 +48,13 @@ FORM_OPTIONS = {
     ("task", "reconstruction"): "reconstruction",
     ("model", "unet"): "segmentation", ("data", "shapes"): "segmentation",
     ("data", "mask_folder"): "segmentation", ("task", "segmentation"): "segmentation",
+    ("generator", "dcgan"): "gan", ("discriminator", "dcgan"): "gan", ("task", "gan"): "gan",
 }  # fmt: skip
 FORMS = {
     "sequence": {"task": "sequence", "data": "adding", "model": "lstm"},
     "reconstruction": {"task": "reconstruction", "data": "digits", "model": "ae_conv"},
     "segmentation": {"task": "segmentation", "data": "shapes", "model": "unet"},
+    "gan": {"task": "gan", "data": "digits", "generator": "dcgan", "discriminator": "dcgan"},
 }
 
 
@@ -124,6 +128,13 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
                     "segmentation": (2, cfg.data.num_classes, *x.shape[2:]),  # a score per pixel
                 }.get(kind, (2, cfg.data.num_classes))
                 assert net(x).shape == expected
+        elif group in ("generator", "discriminator"):
+            net = initialize(instantiate(cfg[group]), **cfg.init)
+            images = (2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+            if group == "generator":
+                assert net(torch.randn(2, cfg.task.latent_size)).shape == images
+            else:
+                assert net(torch.rand(images)).shape == (2,)  # one score per image
         elif group in ("optimizer", "scheduler"):
             params = [torch.nn.Parameter(torch.zeros(3))]
             optimizer = instantiate(cfg.optimizer)(params)

@@ -66,21 +66,54 @@ def show_batch(argv: list[str]) -> None:
 
 
 def measure_configured(overrides: list[str]) -> tuple[str, Complexity]:
-    """(model config name, Complexity) of the model these overrides configure, on the configured
-    data module's example input (an image of its channels and size, a sequence of its length and
-    features...), as a training run traces it; no data is loaded."""
+    """(model config name, Complexity) of the one network these overrides configure (see
+    :func:`measure_networks`)."""
+    return measure_networks(overrides)[0]
+
+
+def measure_networks(overrides: list[str]) -> list[tuple[str, Complexity]]:
+    """(config name, Complexity) of each network the configured task takes (the model; a GAN's
+    generator and discriminator), each on the example input a training run traces it on (an
+    image of the data's channels and size, a sequence of its length, a GAN generator's noise);
+    no data is loaded."""
     from hydra.utils import instantiate
 
     from ablab.complexity import measure
     from ablab.config import composed
     from ablab.data.module import DataModule
+    from ablab.tasks.base import Task
     from ablab.training.run import as_config_error, component_class, components
 
     with composed(overrides) as cfg:
         try:
+            task_class = component_class(cfg, "task", Task)
             data = component_class(cfg, "data", DataModule)
-            example = instantiate(cfg.data, **components(cfg, data.components)).example_input()
-            return cfg.hydra.runtime.choices.model, measure(instantiate(cfg.model), example)
+            datamodule = instantiate(cfg.data, **components(cfg, data.components))
+            groups = task_class.networks
+            networks = {argument: instantiate(cfg[group]) for argument, group in groups.items()}
+            if list(groups) == ["net"]:  # the data's own example: no task to build
+                examples = {"net": datamodule.example_input()}
+            else:  # only the task knows what each of its networks takes
+                task = instantiate(
+                    cfg.task,
+                    **networks,
+                    **components(cfg, task_class.components),
+                    optimizer=instantiate(cfg.optimizer),
+                    scheduler=None,
+                )
+                examples = task.example_inputs(datamodule)
+            choices = cfg.hydra.runtime.choices
+            # the model is named by its config; other networks by group too (two "dcgan"s)
+            names = {
+                group: str(choices.get(group))
+                if group == "model"
+                else f"{group}={choices.get(group)}"
+                for group in groups.values()
+            }
+            return [
+                (names[group], measure(networks[argument], examples[argument]))
+                for argument, group in groups.items()
+            ]
         except Exception as err:
             raise as_config_error(err) from err
 
@@ -100,19 +133,26 @@ def summary(argv: list[str]) -> None:
 
     import json
 
-    from ablab.complexity import human
-
-    model_name, stats = measure_configured(args.overrides)
-    shape = stats.input_shape
-    if args.depth is not None:
-        stats.layers = stats.grouped(args.depth)
-    if args.json:
-        print(json.dumps(stats.to_dict()))
+    measured = measure_networks(args.overrides)
+    for _, stats in measured:
+        if args.depth is not None:
+            stats.layers = stats.grouped(args.depth)
+    if args.json:  # one network: its measures; several: a measure per network's config name
+        dicts = {name: stats.to_dict() for name, stats in measured}
+        print(json.dumps(measured[0][1].to_dict() if len(measured) == 1 else dicts))
         return
+    for model_name, stats in measured:
+        print_complexity(model_name, stats)
 
+
+def print_complexity(model_name: str, stats: Complexity) -> None:
+    """One network's per-layer table and totals, as ``ablab summary`` prints them."""
     from rich.console import Console
     from rich.table import Table
 
+    from ablab.complexity import human
+
+    shape = stats.input_shape
     table = Table(title=f"{model_name} on {shape} (MACs: multiply-adds, batch of one)")
     for column in ("layer", "type", "output", "params", "MACs", "RF", "jump"):
         table.add_column(column, justify="left" if column in ("layer", "type") else "right")

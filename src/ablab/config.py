@@ -67,7 +67,8 @@ def register_resolvers() -> None:
     ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize) and
     ``${pick:key,{a: x, b: y}}`` (the entry of a table a choice selects: a task's monitored metric
     by the data's target kind) and ``${sum:a,b,...}`` (a size made of others: the recall
-    problem's features, its symbols and the query flag)."""
+    problem's features, its symbols and the query flag) and ``${first_chosen:a,b,...}`` (the first
+of several group choices that is set: a run is named after its model, or a GAN's generator)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,
@@ -76,6 +77,9 @@ def register_resolvers() -> None:
         "optuna_direction": lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
         "pick": _pick,
         "sum": lambda *terms: sum(terms),
+        "first_chosen": lambda *choices: next(
+            (c for c in choices if c is not None and str(c) != "None"), None
+        ),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -3,7 +3,8 @@
 One small ``Registry`` class and the tables the rest of the package fills in: ``NORM``
 (normalisation layers), ``ACT`` (activations), ``SHORTCUT`` (residual shortcuts), ``BLOCK``
 (network blocks sharing one signature), ``STEM`` (the first layers of an image classifier),
-``CELL`` (recurrent cells, one time step each) and ``INIT`` (weight-init schemes).
+``CELL`` (recurrent cells, one time step each), ``INIT`` (weight-init schemes) and ``GAN_LOSS``
+(adversarial objectives: a discriminator and a generator loss each).
 """
 
 from __future__ import annotations
@@ -58,3 +59,4 @@ BLOCK: Registry[Callable[..., object]] = Registry("block")
 STEM: Registry[Callable[..., object]] = Registry("stem")
 CELL: Registry[Callable[..., object]] = Registry("cell")
 INIT: Registry[Callable[..., None]] = Registry("init scheme")
+GAN_LOSS: Registry[object] = Registry("gan loss")

@@ -70,6 +70,19 @@ class Run:
     tested: TestedWeights
 
 
+
+def refuse_automatic_only(trainer: Any, task: str) -> None:
+    """Lightning clips and accumulates gradients only under automatic optimization; a task that
+    steps its optimizers itself (a GAN) would fail at fit start, after the run exists."""
+    clip = trainer.get("gradient_clip_val")
+    accumulate = trainer.get("accumulate_grad_batches") or 1
+    if clip or accumulate > 1:
+        raise ConfigError(
+            f"{task} steps its own optimizers (manual optimization): trainer.gradient_clip_val="
+            f"{clip} and trainer.accumulate_grad_batches={accumulate} are not available with it; "
+            "use trainer.gradient_clip_val=null trainer.accumulate_grad_batches=1"
+        )
+
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     """Instantiate data, networks, init, task, callbacks, logger and trainer; raise ConfigError.
 
@@ -103,6 +116,8 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             optimizer=instantiate(cfg.optimizer),
             scheduler=scheduler,
         )
+        if not task.automatic_optimization:
+            refuse_automatic_only(cfg.trainer, task_class.__name__)
         task.check(datamodule)  # whatever the task needs of the data, before any run exists
         # Traced on the data's own example: a network that cannot take it fails here. On the
         # eager networks: fx cannot trace a compiled one.
