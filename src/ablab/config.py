@@ -63,12 +63,12 @@ def job_key(overrides: Sequence[str]) -> str:
 
 def register_resolvers() -> None:
     """Register ablab's resolvers once: ``${abspath:p}``, ``${local_artifacts:uri,path}``,
-    ``${job_key:overrides}``, ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)
-    ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize) and
-    ``${pick:key,{a: x, b: y}}`` (the entry of a table a choice selects: a task's monitored metric
-    by the data's target kind) and ``${sum:a,b,...}`` (a size made of others: the recall
-    problem's features, its symbols and the query flag) and ``${first_chosen:a,b,...}`` (the first
-of several group choices that is set: a run is named after its model, or a GAN's generator)."""
+        ``${job_key:overrides}``, ``${slurm_gpus:accelerator,devices}`` (GPUs a SLURM job asks for)
+        ``${optuna_direction:mode}`` (a task's max/min as Optuna's maximize/minimize) and
+        ``${pick:key,{a: x, b: y}}`` (the entry of a table a choice selects: a task's monitored metric
+        by the data's target kind) and ``${sum:a,b,...}`` (a size made of others: the recall
+        problem's features, its symbols and the query flag) and ``${first_chosen:a,b,...}`` (the first
+    of several group choices that is set: a run is named after its model, or a GAN's generator)."""
     resolvers = {
         "abspath": lambda p: str(Path(p).expanduser().resolve()),
         "local_artifacts": _local_artifact_root,

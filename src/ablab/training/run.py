@@ -70,7 +70,6 @@ class Run:
     tested: TestedWeights
 
 
-
 def refuse_automatic_only(trainer: Any, task: str) -> None:
     """Lightning clips and accumulates gradients only under automatic optimization; a task that
     steps its optimizers itself (a GAN) would fail at fit start, after the run exists."""
@@ -82,6 +81,7 @@ def refuse_automatic_only(trainer: Any, task: str) -> None:
             f"{clip} and trainer.accumulate_grad_batches={accumulate} are not available with it; "
             "use trainer.gradient_clip_val=null trainer.accumulate_grad_batches=1"
         )
+
 
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     """Instantiate data, networks, init, task, callbacks, logger and trainer; raise ConfigError.
