@@ -49,12 +49,15 @@ FORM_OPTIONS = {
     ("model", "unet"): "segmentation", ("data", "shapes"): "segmentation",
     ("data", "mask_folder"): "segmentation", ("task", "segmentation"): "segmentation",
     ("generator", "dcgan"): "gan", ("discriminator", "dcgan"): "gan", ("task", "gan"): "gan",
+    ("model", "fcos"): "detection", ("data", "shapes_det"): "detection",
+    ("data", "coco_json"): "detection", ("task", "detection"): "detection",
 }  # fmt: skip
 FORMS = {
     "sequence": {"task": "sequence", "data": "adding", "model": "lstm"},
     "reconstruction": {"task": "reconstruction", "data": "digits", "model": "ae_conv"},
     "segmentation": {"task": "segmentation", "data": "shapes", "model": "unet"},
     "gan": {"task": "gan", "data": "digits", "generator": "dcgan", "discriminator": "dcgan"},
+    "detection": {"task": "detection", "data": "shapes_det", "model": "fcos"},
 }
 
 
@@ -127,6 +130,8 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
                     "reconstruction": x.shape,  # the input back
                     "segmentation": (2, cfg.data.num_classes, *x.shape[2:]),  # a score per pixel
                 }.get(kind, (2, cfg.data.num_classes))
+                if kind == "detection":  # a row per location: K class logits, l t r b, centerness
+                    expected = (2, len(net.locations(*x.shape[2:])[0]), cfg.data.num_classes + 5)
                 assert net(x).shape == expected
         elif group in ("generator", "discriminator"):
             net = initialize(instantiate(cfg[group]), **cfg.init)

@@ -34,9 +34,11 @@ def _collect() -> None:
 )
 def test_exported_program_equals_the_eager_net(name, compose_cfg) -> None:
     sequence = form_of(name) == "sequence"
-    overrides = {"sequence": SEQUENCE_DIGITS, "segmentation": SEGMENTATION_DIGITS}.get(
-        form_of(name), ()
-    )
+    overrides = {
+        "sequence": SEQUENCE_DIGITS,
+        "segmentation": SEGMENTATION_DIGITS,
+        "detection": SEGMENTATION_DIGITS,
+    }.get(form_of(name), ())
     with compose_cfg(f"model={name}", *overrides) as cfg:  # timm.yaml: nothing downloaded
         torch.manual_seed(0)
         net = instantiate(cfg.model).eval()

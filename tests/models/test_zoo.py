@@ -60,13 +60,16 @@ def test_trains_on_digits_sized_batches(name, compose_cfg) -> None:
     elif form == "segmentation":  # a score per class and pixel
         net, x = build(compose_cfg, name, *SEGMENTATION_DIGITS), torch.rand(2, 1, 32, 32)
         check_forward_backward(net, x, (2, 10, 32, 32))
+    elif form == "detection":  # a row per location: K logits, l t r b, centerness
+        net, x = build(compose_cfg, name, *SEGMENTATION_DIGITS), torch.rand(2, 1, 32, 32)
+        check_forward_backward(net, x, (2, len(net.locations(32, 32)[0]), 15))
     else:  # data=digits: 1 channel, 28x28, 10 classes
         net, x = build(compose_cfg, name), torch.rand(2, 1, 28, 28)
         check_forward_backward(net, x, 10)
 
 
 #: What a model config's ``# form:`` line may say: the input its layout is built for.
-FORMS = ("imagenet", "small", "sequence", "reconstruction", "segmentation")
+FORMS = ("imagenet", "small", "sequence", "reconstruction", "segmentation", "detection")
 
 
 def form_of(name: str) -> str:

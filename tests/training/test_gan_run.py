@@ -72,7 +72,9 @@ def test_dcgan_on_digits_is_tracked_scored_drawn_and_resumes_after_kill_9(root: 
     # the feature classifier: trained by the first attempt, read back by the second
     assert Path(tags["feature_classifier.path"]).exists()
     assert 0 <= float(tags["feature_classifier.test_acc"]) <= 1
-    first, second = (root / "run-0.log").read_text(), (root / "run-1.log").read_text()
+    # the two attempts' logs, numbered by the worker's job counter (other tests came first)
+    logs = sorted(root.glob("run-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+    first, second = (log.read_text() for log in logs)
     assert "training the feature classifier" in first
     assert "training the feature classifier" not in second
     # the counters and the grid's noise came back from last.ckpt
