@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from scipy.spatial.distance import jensenshannon
 from torch import nn
@@ -275,13 +276,24 @@ def test_a_collapsed_discriminator_is_tagged_once_and_stops_only_when_asked() ->
             nn.Identity(), nn.Identity(), None, None, num_classes=10, fid=False,
             collapse_steps=3, collapse_threshold=0.01, collapse_stop=stop,
         )  # fmt: skip
+        one_rank = SimpleNamespace(reduce=lambda value, reduce_op: value)
         task._trainer = SimpleNamespace(
-            is_global_zero=True, loggers=[], global_step=0, should_stop=False
+            is_global_zero=True, loggers=[], global_step=0, should_stop=False, strategy=one_rank
         )
         for d_loss in (0.001, 0.002, 0.5, 0.001, 0.0, 0.009):  # in a row: 2, then 3
             assert not int(task.collapsed)
             task._watch_collapse(torch.tensor(d_loss))
         assert int(task.collapsed) == 1 and task.trainer.should_stop is stop
+    # DDP: the ranks' mean decides, so every rank stops together or none does
+    task = GANModule(nn.Identity(), nn.Identity(), None, None, num_classes=10, fid=False,
+                     collapse_steps=2, collapse_stop=True)  # fmt: skip
+    others_fine = SimpleNamespace(reduce=lambda value, reduce_op: (value + 1.0) / 2)
+    task._trainer = SimpleNamespace(
+        is_global_zero=True, loggers=[], global_step=0, should_stop=False, strategy=others_fine
+    )
+    for _ in range(5):
+        task._watch_collapse(torch.tensor(0.0))  # this rank's D at its floor, the other's not
+    assert not int(task.collapsed) and not task.trainer.should_stop
     critic = GANModule(nn.Identity(), nn.Identity(), None, None, num_classes=10, fid=False,
                        loss="wgan_gp", collapse_steps=1)  # fmt: skip
     critic._watch_collapse(torch.tensor(-100.0))  # a critic's loss has no floor to collapse to
@@ -305,8 +317,14 @@ TRACKED = [o for o in TINY if o != "~logger"]
         (["trainer.gradient_clip_val=1"], r"GANModule steps its own optimizers .* "
                                           r"use trainer.gradient_clip_val=null"),
         (["+trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2 are not"),
+        (["+trainer.max_steps=10"], "trainer.max_steps=10 would count each of their steps"),
+        (["trainer.strategy=ddp"], "use trainer.strategy=ddp_find_unused_parameters_true"),
+        (["model=resnet20"], "model=resnet20 is not used: GANModule builds its networks from "
+                             "discriminator, generator; drop the model option"),
+        (["callbacks=diagnostics"], r"callbacks.diagnostics \(LayerDiagnostics\) runs the task"),
     ],
-    ids=["wgan_gp+bn", "sequences", "noise", "conditional", "size", "clip", "accumulate"],
+    ids=["wgan_gp+bn", "sequences", "noise", "conditional", "size", "clip", "accumulate",
+         "max_steps", "ddp", "model", "diagnostics"],
 )  # fmt: skip
 def test_what_does_not_fit_is_one_line_before_any_run(overrides, message, compose_cfg, tmp_path):
     store = tmp_path / "store" / "m.db"
@@ -381,6 +399,36 @@ def test_fid_mode_coverage_and_label_accuracy_on_a_tiny_cached_classifier(compos
     assert 0 <= metrics["val/mode_coverage"] <= 10
     assert metrics["val/mode_coverage"] == int(metrics["val/mode_coverage"])
     assert 0 <= metrics["val/label_acc"] <= 1
-    assert run.task.scorer.reference_ready
+    assert run.task.scorer.reference_ready and run.task.scorer.samples == 64
+    # the real side: a seeded uniform draw of the training split, not its first images
+    frechet = run.task.scorer.frechet
+    assert int(frechet.real_features_num_samples) == 64
     # kept out of the task: not trained, not in checkpoints
     assert not any(k.startswith(("scorer", "frechet")) for k in run.task.state_dict())
+
+
+def test_the_gradient_norm_is_one_per_optimizer(compose_cfg) -> None:
+    """GradientNorm under two optimizers: G's and D's norms apart, each over its own
+    parameters (D's gradients are cleared after its step, so G's norm holds none of them)."""
+    from ablab.training.callbacks import GradientNorm
+
+    seen: dict[int, list[float]] = {0: [], 1: []}
+
+    class Record(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            index = trainer.optimizers.index(optimizer)
+            grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]
+                     if p.grad is not None]  # fmt: skip
+            seen[index].append(torch.linalg.vector_norm(torch.cat(grads)).item())
+            stray = [p for p in pl_module.parameters() if p.grad is not None and not any(
+                p is q for g in optimizer.param_groups for q in g["params"])]  # fmt: skip
+            assert not stray  # the other network's gradients were set to None after its step
+
+    with compose_cfg(*TINY) as cfg:
+        run = build(cfg)
+        run.trainer.callbacks[:0] = [GradientNorm()]
+        run.trainer.callbacks.append(Record())
+        run.trainer.fit(run.task, datamodule=run.datamodule)
+    metrics = run.trainer.callback_metrics
+    assert metrics["train/grad_norm_max/0"].item() == pytest.approx(max(seen[0]), rel=1e-5)
+    assert metrics["train/grad_norm_max/1"].item() == pytest.approx(max(seen[1]), rel=1e-5)

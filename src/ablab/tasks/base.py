@@ -102,6 +102,11 @@ class Task(pl.LightningModule):
         """Bind and validate whatever depends on the data (class counts, label format) before
         the run exists; raise :class:`ConfigError`. ``datamodule`` is set up for ``fit``."""
 
+    def check_callbacks(self, callbacks: Mapping[str, pl.Callback]) -> None:
+        """Refuse, as :class:`ConfigError`, a configured callback (by its ``callbacks.<name>``)
+        the task cannot serve, before the run exists: one that calls the task on data batches
+        when the task's networks do not take them."""
+
     def dry_output_shape(self, net: nn.Module, example: torch.Tensor) -> tuple[int, ...]:
         """The shape of ``net(example)`` from one forward in eval mode without gradients
         (batch-norm statistics untouched, the net's mode restored), for a :meth:`check` that

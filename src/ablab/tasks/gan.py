@@ -80,12 +80,12 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.functional.classification import multiclass_accuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ablab.data.module import TRAIN_EVAL, InMemory, as_batch
+from ablab.data.module import TRAIN_EVAL, InMemory, as_batch, take
 from ablab.data.noise import noise_seed, seeded_generator
 from ablab.errors import ConfigError
 from ablab.registry import GAN_LOSS
@@ -288,7 +288,10 @@ class FeatureClassifier:
     batches of :data:`CLASSIFIER_BATCH`, from weights and an order drawn with ``seed``, with a
     Lightning Trainer on the CPU, the first time; afterwards it reads it back from ``cache_dir``.
     The cache key hashes the data (:func:`data_identity`), the net's factory and these settings,
-    so every run on the same data shares one classifier whatever its own seed, order and batch.
+    so every run on the same data and split shares one classifier whatever its order seed and
+    batch size. The split is part of the data: runs whose ``seeds.split`` differs (by default
+    ``seed``) train one classifier each, and the spread of their Fréchet distances then includes
+    the feature extractors'; a GAN study that compares seeds fixes ``seeds.split``.
     """
 
     def __init__(
@@ -392,6 +395,7 @@ class SampleScorer:
     frechet: FrechetInceptionDistance
     #: whether the real images' features are in (once per process)
     reference_ready: bool = False
+    samples: int = 0  #: real images in the reference, and generated images scored against it
 
 
 class WithLabels(nn.Module):
@@ -495,6 +499,20 @@ class GANModule(Task):
             return {"generator": z, "discriminator": x}
         y = torch.zeros(2, dtype=torch.long)
         return {"generator": (z, y), "discriminator": (x, y)}
+
+    def check_callbacks(self, callbacks: dict[str, pl.Callback]) -> None:
+        """Per-layer diagnostics and the inference benchmark call the task on data batches; a
+        GAN's two networks take noise and images, and the task itself nothing."""
+        from ablab.training.benchmark import InferenceBenchmark
+        from ablab.training.diagnostics import LayerDiagnostics
+
+        for name, callback in callbacks.items():
+            if isinstance(callback, LayerDiagnostics | InferenceBenchmark):
+                raise ConfigError(
+                    f"callbacks.{name} ({type(callback).__name__}) runs the task on data "
+                    "batches, which a GAN's generator and discriminator do not both take; use "
+                    f"callbacks=default or callbacks.{name}=null"
+                )
 
     def check(self, datamodule: Any) -> None:
         """Image data without corruption or mixing; nets that fit it, and each other; a critic
@@ -637,6 +655,8 @@ class GANModule(Task):
             d_opt.zero_grad()
             self.manual_backward(total)
             d_opt.step()
+            # None, not zeros: the G step's gradient norm (and memory) holds G's gradients alone
+            d_opt.zero_grad(set_to_none=True)
         # Out of place: a state dict taken earlier (a checkpoint being written) keeps its count.
         self.d_steps = self.d_steps + 1
         n = len(real)
@@ -652,6 +672,7 @@ class GANModule(Task):
                 g_opt.zero_grad()
                 self.manual_backward(g_loss)
                 g_opt.step()
+                g_opt.zero_grad(set_to_none=True)
             scores["g_loss"].update(g_loss.detach(), n)
             out["g_loss"] = g_loss.detach()
             out["loss"] = out["loss"] + out["g_loss"]  # NaN in either stops the run
@@ -675,6 +696,9 @@ class GANModule(Task):
         floor = self.objective.floor
         if not self.collapse_steps or floor is None or int(self.collapsed):
             return
+        # One decision for every rank (the mean of their losses): a rank that stopped alone
+        # would leave the others waiting in their next collective.
+        d_loss = self.trainer.strategy.reduce(d_loss, reduce_op="mean")
         near = bool(d_loss < floor + self.collapse_threshold)
         self.collapse_run = self.collapse_run + 1 if near else torch.zeros_like(self.collapse_run)
         if int(self.collapse_run) < self.collapse_steps:
@@ -787,22 +811,32 @@ class GANModule(Task):
     @torch.no_grad()
     def _score_samples(self, stage: str, name: str) -> None:
         """Fréchet distance, mode coverage (and label accuracy) of ``eval_samples`` images
-        generated from a fixed noise, against the same number of real training images."""
+        generated from a fixed noise, against as many real training images (a seeded draw; all
+        of them, and as many generated, when the training split is smaller)."""
         scorer = self.scorer
         frechet, features = scorer.frechet.to(self.device), scorer.features
         if not scorer.reference_ready:  # the real side, once per process
-            seen = 0
-            for x, _ in self._data.clean_train_dataloader():  # pixels in [0, 1]
-                x = x[: self.eval_samples - seen].to(self.device)
-                frechet.update(x * 2 - 1, real=True)
-                seen += len(x)
-                if seen >= self.eval_samples:
-                    break
-            scorer.reference_ready = True
+            # A seeded uniform draw, not the first images in stored order (an image folder's
+            # training split is sorted by class); all of them when the split is smaller, and
+            # then as many generated images: the Fréchet distance is biased by sample size.
+            train = self._data.splits["train"]
+            count = min(self.eval_samples, len(train))
+            keep = torch.randperm(len(train), generator=seeded_generator(SAMPLE_SEED))[:count]
+            keep = keep.sort().values
+            drawn = (
+                take(train, keep)
+                if isinstance(train, TensorDataset | Subset)
+                else Subset(train, keep.tolist())
+            )
+            collate = as_batch if isinstance(drawn, InMemory) else None  # already batches
+            reference = DataLoader(drawn, SAMPLE_BATCH, collate_fn=collate)
+            for x, _ in reference:  # pixels in [0, 1], as the dataset holds them
+                frechet.update(x.to(self.device) * 2 - 1, real=True)
+            scorer.reference_ready, scorer.samples = True, count
         draws = seeded_generator(SAMPLE_SEED)
         predicted, wanted = [], []
-        for start in range(0, self.eval_samples, SAMPLE_BATCH):
-            n = min(SAMPLE_BATCH, self.eval_samples - start)
+        for start in range(0, scorer.samples, SAMPLE_BATCH):
+            n = min(SAMPLE_BATCH, scorer.samples - start)
             z = torch.randn(n, self.latent_size, generator=draws)
             labels = torch.arange(start, start + n) % self.num_classes  # every class alike
             images = self.generate(z, labels if self.conditional else None)

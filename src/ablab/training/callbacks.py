@@ -65,7 +65,8 @@ class GradientNorm(Callback):
     norm min(‖g‖, clip). Under DDP the gradient is already the all-reduced one, the same on every
     rank. Logged as ``train/grad_norm`` (the step's value, every ``log_every_n_steps``) and
     ``train/grad_norm_max`` (the largest of every step of the epoch, Lightning's ``reduce_fx``:
-    a spike between two logged steps is not missed).
+    a spike between two logged steps is not missed). Over the parameters of the optimizer about
+    to step; with several optimizers (a GAN), one norm each: ``train/grad_norm/<i>``.
     """
 
     def __init__(self, norm_type: Annotated[float, Gt(0)] = 2.0) -> None:
@@ -74,12 +75,23 @@ class GradientNorm(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        # The parameters this optimizer steps: a task with several (a GAN's G and D) gets a
+        # norm per optimizer, train/grad_norm/<i>, not one over gradients another step left.
+        grads = [
+            p.grad
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
         if not grads:
             return
         norm = torch.nn.utils.get_total_norm(grads, self.norm_type).float()
-        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        pl_module.log("train/grad_norm_max", norm, on_step=False, on_epoch=True, reduce_fx="max")
+        index = trainer.optimizers.index(optimizer) if len(trainer.optimizers) > 1 else None
+        suffix = "" if index is None else f"/{index}"
+        pl_module.log(f"train/grad_norm{suffix}", norm, on_step=True, on_epoch=False)
+        pl_module.log(
+            f"train/grad_norm_max{suffix}", norm, on_step=False, on_epoch=True, reduce_fx="max"
+        )
 
 
 class LogBatchPreview(Callback):

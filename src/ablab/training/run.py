@@ -71,8 +71,11 @@ class Run:
 
 
 def refuse_automatic_only(trainer: Any, task: str) -> None:
-    """Lightning clips and accumulates gradients only under automatic optimization; a task that
-    steps its optimizers itself (a GAN) would fail at fit start, after the run exists."""
+    """What a task that steps its own optimizers (a GAN, Lightning's manual optimization) cannot
+    have, refused before the run exists instead of failing at fit start after it: gradient
+    clipping and accumulation (automatic optimization's); ``max_steps``, which then counts every
+    optimizer's steps; DDP that expects every parameter to get a gradient in every backward (the
+    discriminator's step leaves the generator's without one)."""
     clip = trainer.get("gradient_clip_val")
     accumulate = trainer.get("accumulate_grad_batches") or 1
     if clip or accumulate > 1:
@@ -81,6 +84,36 @@ def refuse_automatic_only(trainer: Any, task: str) -> None:
             f"{clip} and trainer.accumulate_grad_batches={accumulate} are not available with it; "
             "use trainer.gradient_clip_val=null trainer.accumulate_grad_batches=1"
         )
+    max_steps = trainer.get("max_steps")
+    if max_steps not in (None, -1):
+        raise ConfigError(
+            f"{task} steps several optimizers per batch: trainer.max_steps={max_steps} would "
+            "count each of their steps; use trainer.max_epochs"
+        )
+    strategy = str(trainer.get("strategy"))
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        raise ConfigError(
+            f"{task} trains its networks in turn, so some parameters get no gradient in a "
+            f"backward: trainer.strategy={strategy} expects every one to; use "
+            f"trainer.strategy={strategy}_find_unused_parameters_true"
+        )
+
+
+#: Config groups a task may take a network from (``Task.networks``).
+NETWORK_GROUPS = ("model", "generator", "discriminator")
+
+
+def refuse_unused_networks(cfg: DictConfig, task_class: type[Task]) -> None:
+    """A network group set that the task does not take (``model=`` with ``task=gan``) would be
+    silently ignored, yet name the run and fill its params: refuse it in one line."""
+    taken = set(task_class.networks.values())
+    for group in NETWORK_GROUPS:
+        if group not in taken and cfg.get(group) is not None:
+            choice = cfg.hydra.runtime.choices.get(group) if "hydra" in cfg else None
+            raise ConfigError(
+                f"{group}={choice} is not used: {task_class.__name__} builds its networks from "
+                f"{', '.join(sorted(taken))}; drop the {group} option"
+            )
 
 
 def build(cfg: DictConfig, run_id: str | None = None) -> Run:
@@ -97,6 +130,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
     pl.seed_everything(cfg.seed, workers=True)
     try:
         task_class = component_class(cfg, "task", Task)
+        refuse_unused_networks(cfg, task_class)
         data_class = component_class(cfg, "data", DataModule)
         datamodule = instantiate(cfg.data, **components(cfg, data_class.components))
         datamodule.prepare_data()
@@ -134,6 +168,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         monitor_best = MonitorBest(task.monitor, task.mode)
         named = {name: c for name, c in cfg.callbacks.items() if c is not None}
         callbacks = [instantiate(c) for c in named.values()]
+        task.check_callbacks(dict(zip(named, callbacks, strict=True)))
         monitors: dict[str, str | None] = {}
         training: dict[str, str | None] = {}  # read at a training epoch's end (a plateau)
         for name, callback in zip(named, callbacks, strict=True):
