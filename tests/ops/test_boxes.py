@@ -231,3 +231,21 @@ def test_different_classes_never_suppress_each_other() -> None:
     boxes, scores = BOX.repeat(4, 1), torch.tensor([0.9, 0.8, 0.7, 0.6])
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 2, 1]), 0.5).tolist() == [0, 1, 2]
     assert nms(boxes, scores, 0.5).tolist() == [0]
+
+
+def test_paired_giou_is_the_diagonal_without_the_matrix() -> None:
+    """The box loss's GIoU of matched pairs equals the pairwise matrix's diagonal, zero-area
+    and disjoint pairs included, with a finite gradient."""
+    from ablab.ops import generalized_box_iou, paired_generalized_box_iou
+
+    torch.manual_seed(0)
+    xy = torch.rand(200, 2) * 50
+    a = torch.cat([xy, xy + torch.rand(200, 2) * 20], dim=1)
+    b = torch.cat([xy + 5, xy + 5 + torch.rand(200, 2) * 20], dim=1)
+    a[:10, 2:] = a[:10, :2]  # zero-area boxes
+    a.requires_grad_(True)
+    paired = paired_generalized_box_iou(a, b)
+    assert paired.shape == (200,)
+    assert torch.allclose(paired, generalized_box_iou(a, b).diagonal(), atol=1e-6)
+    paired.sum().backward()
+    assert torch.isfinite(a.grad).all()

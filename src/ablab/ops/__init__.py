@@ -3,7 +3,14 @@ box IoU / GIoU, greedy and class-aware NMS, k-means anchors, sigmoid focal loss;
 named, from torchmetrics (which computes it)."""
 
 from ablab.ops.anchors import KMeansAnchors, kmeans_anchors
-from ablab.ops.boxes import batched_nms, box_area, box_iou, generalized_box_iou, nms
+from ablab.ops.boxes import (
+    batched_nms,
+    box_area,
+    box_iou,
+    generalized_box_iou,
+    nms,
+    paired_generalized_box_iou,
+)
 from ablab.ops.evaluation import detection_map, mean_average_precision, named_average_precision
 from ablab.ops.focal import sigmoid_focal_loss
 
@@ -18,5 +25,6 @@ __all__ = [
     "mean_average_precision",
     "named_average_precision",
     "nms",
+    "paired_generalized_box_iou",
     "sigmoid_focal_loss",
 ]

@@ -47,6 +47,20 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _ratio(inter, union) - _ratio(hull - union, hull)
 
 
+def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of each matched pair (A_i, B_i): (N, 4), (N, 4) → (N,), the diagonal of
+    :func:`generalized_box_iou` without its N x N matrix (a loss over matched boxes)."""
+    boxes1, boxes2 = _checked(boxes1, "boxes1"), _checked(boxes2, "boxes2")
+    if len(boxes1) != len(boxes2):
+        raise ConfigError(f"paired boxes must match in number, got {len(boxes1)} and {len(boxes2)}")
+    wh = torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])
+    inter = wh.clamp(min=0).prod(dim=1)  # (N,); disjoint boxes overlap by 0
+    union = _area(boxes1) + _area(boxes2) - inter
+    hull = torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])
+    hull = hull.prod(dim=1)
+    return _ratio(inter, union) - _ratio(hull - union, hull)
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS: indices of the kept boxes, by decreasing score; a box is dropped when its IoU
     with a kept higher-scoring box is > ``iou_threshold``.

@@ -27,7 +27,7 @@ Losses, each summed over the batch:
     the training split's locations assigned to y (counted once, before the run): the inverse
     class frequency weighting of ``loss=balanced_cross_entropy``, with background the (K + 1)th
     class, so it rebalances both objects against background and a rare class against the others;
-- box: 1 − GIoU (Rezatofighi et al. 2019, ``ablab.ops.generalized_box_iou``) between the predicted
+- box: 1 − GIoU (Rezatofighi et al. 2019, ``ablab.ops.paired_generalized_box_iou``) between the predicted
   and target boxes of the positives, averaged over them (FCOS's IoU loss, in its later GIoU form);
 - centerness: binary cross-entropy of the centerness logit against
   √(min(l*, r*)/max(l*, r*) · min(t*, b*)/max(t*, b*)), averaged over the positives.
@@ -69,9 +69,9 @@ from ablab.data.shapes_det import PAD, unpad
 from ablab.errors import ConfigError, unknown_choice
 from ablab.ops import (
     batched_nms,
-    generalized_box_iou,
     mean_average_precision,
     named_average_precision,
+    paired_generalized_box_iou,
     sigmoid_focal_loss,
 )
 from ablab.tasks.base import OptimizerFactory, Task, tested_stage
@@ -311,7 +311,7 @@ class DetectionModule(Task):
         if positive.any():
             where = points.expand(len(out), -1, -1)[positive]  # (P, 2)
             predicted = to_boxes(where, distances[positive].float())
-            giou = generalized_box_iou(predicted, targets.boxes[positive].float()).diagonal()
+            giou = paired_generalized_box_iou(predicted, targets.boxes[positive].float())
             box = (1 - giou).mean()
             ctr_target = centerness(targets.distances[positive])
             ctr_loss = F.binary_cross_entropy_with_logits(ctr[positive], ctr_target)
