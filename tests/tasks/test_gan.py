@@ -399,12 +399,23 @@ def test_fid_mode_coverage_and_label_accuracy_on_a_tiny_cached_classifier(compos
     assert 0 <= metrics["val/mode_coverage"] <= 10
     assert metrics["val/mode_coverage"] == int(metrics["val/mode_coverage"])
     assert 0 <= metrics["val/label_acc"] <= 1
-    assert run.task.scorer.reference_ready and run.task.scorer.samples == 64
     # the real side: a seeded uniform draw of the training split, not its first images
-    frechet = run.task.scorer.frechet
-    assert int(frechet.real_features_num_samples) == 64
+    train = run.task.scorer.references["train"]
+    assert train.samples == 64 and int(train.frechet.real_features_num_samples) == 64
+    assert list(run.task.scorer.references) == ["train"]  # validation never reads the test split
     # kept out of the task: not trained, not in checkpoints
     assert not any(k.startswith(("scorer", "frechet")) for k in run.task.state_dict())
+    # test is held out: the test split's images and another noise draw, so it is not the
+    # validation number again (before, test/fid equalled the selected epoch's val/fid)
+    val_fid = float(metrics["val/fid"])
+    run.trainer.test(run.task, datamodule=run.datamodule, verbose=False)
+    tested = run.trainer.callback_metrics
+    held_out = run.task.scorer.references["test"]
+    assert held_out.samples == 64 and held_out.frechet is not train.frechet
+    assert math.isfinite(tested["test/fid"]) and float(tested["test/fid"]) != val_fid
+    # and the same weights scored twice give the same number: the draws are fixed
+    again = run.trainer.test(run.task, datamodule=run.datamodule, verbose=False)[0]["test/fid"]
+    assert again == pytest.approx(float(tested["test/fid"]), rel=1e-5)
 
 
 def test_the_gradient_norm_is_one_per_optimizer(compose_cfg) -> None:

@@ -42,8 +42,12 @@ Scores, every stage: ``<stage>/d_loss`` (without the gradient penalty; under ``w
 generator seeded by (split, rank, batch), the same at every epoch. With ``fid`` the validation
 and test epochs also score ``eval_samples`` images generated from a fixed noise with a classifier
 trained on the same data (:class:`FeatureClassifier`, cached on disk): ``<stage>/fid``, the
-Fréchet distance between Gaussians fitted to its penultimate features of real training images
-and of generated ones (Heusel et al. 2017, "GANs trained by a two time-scale update rule
+Fréchet distance between Gaussians fitted to its penultimate features of real images and of
+generated ones. Validation scores one noise draw against the training images (the model
+selection's number); test scores a second, independent draw against the test split, which
+neither training nor selection has seen, so ``test/fid`` is held out. Each side takes as many
+images as the reference has (at most ``eval_samples``): the distance is biased by sample size,
+so ``val/fid`` and ``test/fid`` compare across runs, not with each other (Heusel et al. 2017, "GANs trained by a two time-scale update rule
 converge to a local Nash equilibrium", with this classifier in place of Inception v3:
 torchmetrics' FrechetInceptionDistance with a custom feature extractor); ``<stage>/mode_coverage``,
 the number of classes the classifier assigns at least ``coverage_ratio / num_classes`` of the
@@ -67,7 +71,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -108,9 +112,12 @@ TESTED_VAL = tested_stage("val")
 STAGES = ("train", "val", "test", TRAIN_EVAL, TESTED_VAL, tested_stage(TRAIN_EVAL))
 #: What the task needs of a data module: images, which it maps back to pixels.
 IMAGE_DATA = ("unstandardize", "example_input", "clean_train_dataloader", "num_classes")
-#: Seeds of the fixed noises: the sample grid's, the Fréchet distance's, held-out batches'.
+#: Seeds of the fixed noises: the sample grid's, the Fréchet distance's at validation,
+#: held-out batches', the Fréchet distance's at test (a draw selection never saw).
 #: Fixed, not the run's seed: every variant and seed of a study is drawn and scored alike.
-GRID_SEED, SAMPLE_SEED, HELD_OUT_SEED = 0, 1, 2
+GRID_SEED, SAMPLE_SEED, HELD_OUT_SEED, TEST_SAMPLE_SEED = 0, 1, 2, 3
+#: Which real images, and which noise, each sample-scoring stage uses.
+SAMPLE_REFERENCE = {"val": ("train", SAMPLE_SEED), "test": ("test", TEST_SAMPLE_SEED)}
 #: Images generated (and classified) at once when scoring samples.
 SAMPLE_BATCH = 500
 
@@ -386,16 +393,22 @@ def training_loader(datamodule: Any, seed: int) -> DataLoader:
 
 
 @dataclass
+class Reference:
+    """The Fréchet distance against one split's real images (their features taken once)."""
+
+    frechet: FrechetInceptionDistance
+    samples: int  #: real images in the reference, and generated images scored against it
+
+
+@dataclass
 class SampleScorer:
-    """The feature classifier and the Fréchet distance on its features, kept out of the task's
-    module tree: never trained or switched to train mode, not in checkpoints (the cache holds the
-    classifier), moved to the task's device when used."""
+    """The feature classifier and, per real split, the Fréchet distance on its features; kept
+    out of the task's module tree: never trained or switched to train mode, not in checkpoints
+    (the cache holds the classifier), moved to the task's device when used."""
 
     features: ClassifierFeatures
-    frechet: FrechetInceptionDistance
-    #: whether the real images' features are in (once per process)
-    reference_ready: bool = False
-    samples: int = 0  #: real images in the reference, and generated images scored against it
+    #: split -> its reference, built on first use (once per process)
+    references: dict[str, Reference] = field(default_factory=dict)
 
 
 class WithLabels(nn.Module):
@@ -573,12 +586,14 @@ class GANModule(Task):
         self._data = datamodule
         if self.fid:
             net, self.classifier_info = self.classifier.load(datamodule)
-            features = ClassifierFeatures(net)
-            # real features of the training images are taken once; only generated ones renewed
-            frechet = FrechetInceptionDistance(
-                feature=features, reset_real_features=False, sync_on_compute=False
-            )
-            self.scorer = SampleScorer(features, frechet)
+            missing = sorted({split for split, _ in SAMPLE_REFERENCE.values()} - set(
+                getattr(datamodule, "splits", {})))  # fmt: skip
+            if missing:
+                raise ConfigError(
+                    f"task.fid=true scores generated images against the data's {missing} "
+                    f"split(s), which data={type(datamodule).__name__} lacks; set task.fid=false"
+                )
+            self.scorer = SampleScorer(ClassifierFeatures(net))
 
     def validation_metric_names(self) -> set[str]:
         names = {f"{stage}/{key}" for stage in ("val", TRAIN_EVAL) for key in SCORES}
@@ -809,34 +824,45 @@ class GANModule(Task):
         logger.experiment.log_image(logger.run_id, image_grid(rows), artifact_file=artifact)
 
     @torch.no_grad()
-    def _score_samples(self, stage: str, name: str) -> None:
-        """Fréchet distance, mode coverage (and label accuracy) of ``eval_samples`` images
-        generated from a fixed noise, against as many real training images (a seeded draw; all
-        of them, and as many generated, when the training split is smaller)."""
+    def _reference(self, split: str) -> Reference:
+        """The Fréchet distance with the real side filled from ``split``: a seeded uniform draw
+        of ``eval_samples`` images (all of them when the split is smaller), once per process."""
         scorer = self.scorer
-        frechet, features = scorer.frechet.to(self.device), scorer.features
-        if not scorer.reference_ready:  # the real side, once per process
-            # A seeded uniform draw, not the first images in stored order (an image folder's
-            # training split is sorted by class); all of them when the split is smaller, and
-            # then as many generated images: the Fréchet distance is biased by sample size.
-            train = self._data.splits["train"]
-            count = min(self.eval_samples, len(train))
-            keep = torch.randperm(len(train), generator=seeded_generator(SAMPLE_SEED))[:count]
-            keep = keep.sort().values
-            drawn = (
-                take(train, keep)
-                if isinstance(train, TensorDataset | Subset)
-                else Subset(train, keep.tolist())
-            )
-            collate = as_batch if isinstance(drawn, InMemory) else None  # already batches
-            reference = DataLoader(drawn, SAMPLE_BATCH, collate_fn=collate)
-            for x, _ in reference:  # pixels in [0, 1], as the dataset holds them
-                frechet.update(x.to(self.device) * 2 - 1, real=True)
-            scorer.reference_ready, scorer.samples = True, count
-        draws = seeded_generator(SAMPLE_SEED)
+        if split in scorer.references:
+            return scorer.references[split]
+        # real features are taken once; only the generated ones are renewed
+        frechet = FrechetInceptionDistance(
+            feature=scorer.features, reset_real_features=False, sync_on_compute=False
+        ).to(self.device)
+        # A seeded uniform draw, not the first images in stored order (an image folder's
+        # training split is sorted by class).
+        images = self._data.splits[split]
+        count = min(self.eval_samples, len(images))
+        keep = torch.randperm(len(images), generator=seeded_generator(SAMPLE_SEED))[:count]
+        keep = keep.sort().values
+        drawn = (
+            take(images, keep)
+            if isinstance(images, TensorDataset | Subset)
+            else Subset(images, keep.tolist())
+        )
+        collate = as_batch if isinstance(drawn, InMemory) else None  # already batches
+        for x, _ in DataLoader(drawn, SAMPLE_BATCH, collate_fn=collate):  # pixels in [0, 1]
+            frechet.update(x.to(self.device) * 2 - 1, real=True)
+        scorer.references[split] = Reference(frechet, count)
+        return scorer.references[split]
+
+    @torch.no_grad()
+    def _score_samples(self, stage: str, name: str) -> None:
+        """Fréchet distance, mode coverage (and label accuracy) of images generated from a fixed
+        noise against the stage's reference split (:data:`SAMPLE_REFERENCE`), as many generated
+        images as real ones: the distance is biased by sample size."""
+        split, seed = SAMPLE_REFERENCE[stage]
+        reference, features = self._reference(split), self.scorer.features
+        frechet = reference.frechet.to(self.device)
+        draws = seeded_generator(seed)
         predicted, wanted = [], []
-        for start in range(0, scorer.samples, SAMPLE_BATCH):
-            n = min(SAMPLE_BATCH, scorer.samples - start)
+        for start in range(0, reference.samples, SAMPLE_BATCH):
+            n = min(SAMPLE_BATCH, reference.samples - start)
             z = torch.randn(n, self.latent_size, generator=draws)
             labels = torch.arange(start, start + n) % self.num_classes  # every class alike
             images = self.generate(z, labels if self.conditional else None)
