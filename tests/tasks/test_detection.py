@@ -1,23 +1,39 @@
-"""The detection task and the dense detector: FCOS target assignment on hand-made boxes, losses,
-decoding with NMS, the mAP of perfect outputs, fpn on and off, and the one-line refusals."""
+"""The detection task and the dense detector: FCOS target assignment on hand-made boxes (in
+blocks as at once), losses and their cross-rank normaliser, decoding with NMS, the mAP of perfect
+outputs, crowd regions ignored by the score and never a target, the boxes no location covers, fpn
+on and off, and the one-line refusals."""
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
 
+import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch import nn
 
+import ablab.tasks.detection as detection
 from ablab.complexity import measure
+from ablab.data.coco_json import CocoJsonDataModule
 from ablab.data.shapes import ShapesDataModule
 from ablab.data.shapes_det import PAD, ShapesDetDataModule, unpad
 from ablab.errors import ConfigError
 from ablab.models import ResNet
 from ablab.models.detector import DenseDetector
-from ablab.ops import mean_average_precision, named_average_precision
-from ablab.tasks.detection import DetectionModule, assign, box_grid, centerness, level_bounds
+from ablab.ops import detection_map, mean_average_precision, named_average_precision
+from ablab.tasks.detection import (
+    DetectionModule,
+    assign,
+    box_grid,
+    centerness,
+    covered,
+    level_bounds,
+    positive_normaliser,
+)
 
 K = 4  # classes
 
@@ -61,10 +77,49 @@ def test_a_location_takes_the_smallest_box_it_lies_in_and_fits_its_level() -> No
     a = points.tolist().index([6.0, 10.0])
     assert targets.distances[0, a].tolist() == [2.0, 6.0, 2.0, 2.0]  # l, t, r, b
     assert targets.boxes[0, a].tolist() == small
+    assert targets.index[0, a] == 1 and set(targets.index[0].tolist()) == {0, 1}  # its row
     # ranges: with (0, 6] the big box's locations (largest distance ≥ 10) are background
     targets = assign(points, lower, torch.full((16,), 6.0), boxes, labels)
     assert set(targets.labels[0].tolist()) == {PAD, 3}
     assert int(targets.positive.sum()) == 2
+
+
+def random_boxes(n: int, m: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of up to m boxes 1-31 px, with padding rows, an image without boxes and two
+    identical boxes of different classes (a tie of least area)."""
+    torch.manual_seed(0)
+    xy = torch.rand(n, m, 2) * (size - 8)
+    boxes = torch.cat([xy, xy + torch.rand(n, m, 2) * 30 + 1], dim=2).clamp(max=size)
+    labels = torch.randint(0, K, (n, m))
+    labels[1], labels[3, m // 2 :] = PAD, PAD
+    boxes[2, 1], labels[2, :2] = boxes[2, 0], torch.tensor([0, 1])
+    return boxes * (labels != PAD)[..., None], labels
+
+
+def test_assign_in_blocks_is_assign_at_once_bitwise_and_keeps_within_its_budget(
+    monkeypatch,
+) -> None:
+    points, lower, upper = task().geometry(64, 64, "cpu")
+    n, m, a = 5, 7, len(points)
+    boxes, labels = random_boxes(n, m)
+    whole = assign(points, lower, upper, boxes, labels, budget=n * a * m * 4)  # one block
+    assert int(whole.positive.sum()) > 20 and whole.index.max() == m - 1
+    seen = []
+    block = detection.assign_block
+
+    def recorded(points, lower, upper, boxes, labels):
+        seen.append(len(boxes) * len(points) * boxes.shape[1] * 4)
+        return block(points, lower, upper, boxes, labels)
+
+    monkeypatch.setattr(detection, "assign_block", recorded)
+    # 2 images a block, 1 image, 35 locations of one image (one image alone is over 1000)
+    for budget in (2 * a * m * 4, a * m * 4 + 1, 1000):
+        seen.clear()
+        parts = assign(points, lower, upper, boxes, labels, budget=budget)
+        assert len(seen) > 1 and max(seen) <= budget
+        for one, many in zip(whole, parts, strict=True):
+            assert one.dtype == many.dtype and one.shape == many.shape
+            assert one.numpy().tobytes() == many.numpy().tobytes()
 
 
 def test_level_ranges_grow_with_the_stride_and_the_last_is_open() -> None:
@@ -132,6 +187,21 @@ def test_losses_are_zero_where_nothing_is_wrong_and_finite_everywhere() -> None:
     assert out.grad is not None and torch.isfinite(out.grad).all()
 
 
+def test_the_cls_normaliser_is_the_mean_positive_count_over_ranks() -> None:
+    counts = [torch.tensor(30), torch.tensor(0), torch.tensor(6)]  # three ranks' positives
+
+    def summed(value: torch.Tensor) -> torch.Tensor:  # the all-reduce of the ranks
+        return sum(c.to(value.dtype) for c in counts)
+
+    for count in counts:  # every rank divides by the same (30 + 0 + 6) / 3
+        assert positive_normaliser(count, summed, world_size=3).item() == 12.0
+    assert positive_normaliser(torch.tensor(0), lambda v: v * 0, world_size=2).item() == 1.0
+    # one process: max(n, 1), the count itself, as before
+    one = positive_normaliser(torch.tensor(7))
+    assert one.dtype == torch.int64 and one.item() == 7
+    assert positive_normaliser(torch.tensor(0)).item() == 1
+
+
 def test_focal_with_gamma_0_and_no_alpha_is_the_cross_entropy() -> None:
     out = torch.randn(2, 336, K + 5)
     out[..., K : K + 4] = out[..., K : K + 4].abs() + 1  # positive distances
@@ -194,6 +264,75 @@ def test_the_prior_bias_survives_an_init_scheme() -> None:
     assert torch.allclose(prob, torch.full((K,), 0.01))
 
 
+def test_gt_covered_counts_the_boxes_some_location_is_assigned_to() -> None:
+    # strides 4, 8, 16 with level_range 2: ranges (0, 8], (8, 16], (16, ∞)
+    tiny = [4.5, 4.5, 5.5, 5.5]  # inside no location centre (2, 6, 10, ... on stride 4)
+    mid = [4.0, 4.0, 12.0, 12.0]  # stride 4 at (6, 6): largest distance 6 in (0, 8]
+    # big's only fitting locations are stride 8's (4, 4)...(12, 12), largest distance 12; they
+    # lie in inner too (largest 10 in (8, 16]), whose area is smaller: big gets none
+    big, inner = [0.0, 0.0, 16.0, 16.0], [2.0, 2.0, 14.0, 14.0]
+    boxes = torch.tensor([[tiny, mid, [0.0] * 4], [big, inner, [30.0, 30.0, 50.0, 50.0]]])
+    labels = torch.tensor([[0, 1, PAD], [2, 3, 0]])
+    crowd = torch.tensor([[False, False, False], [False, False, True]])  # never a target
+    module = task()
+    points, lower, upper = module.geometry(64, 64, "cpu")
+    targets = assign(points, lower, upper, boxes, torch.where(crowd, PAD, labels))
+    assert covered(targets, 3).tolist() == [[False, True, False], [False, True, False]]
+    alone = assign(points, lower, upper, boxes, torch.tensor([[PAD] * 3, [2, PAD, PAD]]))
+    assert covered(alone, 3)[1].tolist() == [True, False, False]  # big, without inner
+    module._shared_step((torch.rand(2, 3, 64, 64), boxes, labels, crowd), "val")
+    assert module.val_gt_covered.compute().item() == 0.5  # 2 of the 4 boxes, the crowd left out
+
+
+def write_coco(root, annotations: list[dict]) -> None:
+    """One 64x64 image, train.json = val.json with ``annotations`` and K categories, ids 1..K."""
+    (root / "images").mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "images" / "001.png")
+    content = {
+        "images": [{"id": 1, "file_name": "001.png", "width": 64, "height": 64}],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, K + 1)],
+    }
+    for name in ("train.json", "val.json"):
+        (root / name).write_text(json.dumps(content))
+
+
+def test_a_detection_of_a_crowd_region_is_ignored_and_the_crowd_is_no_target(tmp_path) -> None:
+    # The reviewer's case: an object and a crowd region of its class, both detected, the crowd
+    # region scoring higher. Dropping the crowd made its detection a false positive ranked first:
+    # map_50 0.5; COCOeval ignores it: 1.0.
+    write_coco(tmp_path, [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 16], "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [32, 32, 24, 24], "iscrowd": 1},
+    ])  # fmt: skip
+    dm = CocoJsonDataModule(root=str(tmp_path), num_classes=K, batch_size=1, normalize=False)
+    dm.setup("fit")
+    assert dm.train_class_counts == [1, 0, 0, 0]  # the crowd is no training box
+    both = torch.tensor([[[8.0, 8.0, 24.0, 24.0], [32.0, 32.0, 56.0, 56.0]]])
+    module = task()
+    # outputs that say both boxes, as if the crowd region were an object, and it more surely
+    out, targets = outputs_for(module, both, torch.tensor([[0, 0]]))
+    on_object = targets.positive & (targets.index == 0)
+    out[..., 0] = torch.where(on_object, 2.0, out[..., 0])
+    module.net.forward = lambda x: out
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    (logged,) = trainer.validate(module, datamodule=dm, verbose=False)
+    assert logged["val/map_50"] == pytest.approx(1.0) and logged["val/map"] == pytest.approx(1.0)
+    assert logged["val/gt_covered"] == 1.0  # the one object; the crowd region is not counted
+    # the same detections scored without the crowd region: the defect's 0.5
+    points, _, _ = module.geometry(64, 64, "cpu")
+    dropped = unpad(both[:, :1], torch.tensor([[0]]))
+    assert detection_map(module.decode(out, points, 64, 64), dropped)["map_50"] == 0.5
+    # never a target: its confident locations are background (focal loss ≈ 0.75 · 12 each), and
+    # balanced_ce counts the locations of the object alone
+    assert logged["val/cls_loss"] > 1
+    weighted = task(cls_loss="balanced_ce")
+    weighted.check(dm)
+    alone = weighted.location_weights(both[:, :1], torch.tensor([[0]]), 64, 64)
+    assert torch.equal(weighted.class_weights, alone)
+
+
 def small_data(**kw) -> ShapesDetDataModule:
     dm = ShapesDetDataModule(n_train=24, n_val=4, n_test=4, **kw)
     dm.setup("fit")
@@ -210,7 +349,7 @@ def test_check_takes_class_names_and_balanced_ce_weights_from_the_data() -> None
     assert weights[3] == weights[:-1].max()  # the rare ring
     assert module.validation_metric_names() == {
         "val/loss", "val/cls_loss", "val/box_loss", "val/ctr_loss",
-        "val/map", "val/map_50", "val/map_75", "val/mar_100",
+        "val/map", "val/map_50", "val/map_75", "val/mar_100", "val/gt_covered",
     }  # fmt: skip
 
 

@@ -5,7 +5,9 @@ The network (:class:`ablab.models.detector.DenseDetector`, ``model=fcos``) is in
 (N, C, H, W) batch it gives (N, A, K + 5): per location K class logits, the distances
 (l, t, r, b) to its box's sides and a centerness logit, and ``net.locations(H, W)`` gives each
 location's (x, y) and stride. Batches are ``(x, boxes, labels)`` with boxes (N, M, 4) in pixels
-(x1, y1, x2, y2) and labels (N, M), −1 marking padding (:mod:`ablab.data.shapes_det`).
+(x1, y1, x2, y2) and labels (N, M), −1 marking padding (:mod:`ablab.data.shapes_det`), or
+``(x, boxes, labels, crowd)`` with ``crowd`` (N, M) bool flagging COCO's crowd regions
+(``iscrowd: 1``, :mod:`ablab.data.coco_json`; none when absent).
 
 Targets (FCOS §3.1–3.2): a location is a positive of a box when it lies inside the box and the
 largest of its distances (l*, t*, r*, b*) falls in its level's range (m_{l−1}, m_l], with
@@ -13,12 +15,18 @@ m_l = ``level_range`` · s_l for every level but the last (m_L = ∞) and m_0 = 
 800 px, i.e. P3 (0, 64]; here objects are 4 to 40 px and the finest stride is 4, so 2 · s puts
 objects up to ~16 px on the finest level, ~16-32 px on the next, larger ones above). A location
 inside several boxes takes the one of least area. A single-level net (``model.fpn=false``) takes
-every box on its level. Every other location is background.
+every box on its level. Every other location is background. A crowd region is never a target: no
+location is its positive, its locations are background (as detectron2 drops crowds from training
+targets) and ``balanced_ce`` does not count it. The targets are computed a block of images at a
+time, so that the (images, locations, boxes, 4) temporaries stay under :data:`ASSIGN_BUDGET`
+elements whatever the batch and the image size.
 
 Losses, each summed over the batch:
 
 - classification, over every location and class, divided by the number of positives (FCOS,
-  RetinaNet): ``cls_loss``
+  RetinaNet): ``cls_loss``. Under DDP each of the R ranks divides by the mean count over the
+  ranks, max(Σ_r n_r / R, 1) (FCOS's ``num_pos_avg_per_gpu``), so that the gradient DDP averages
+  is the one of a single process on the whole batch (:func:`positive_normaliser`);
   - ``focal``: the sigmoid focal loss −α_t (1 − p_t)^γ log p_t (Lin et al. 2017, ``focal_alpha``,
     ``focal_gamma``; α < 0 turns α off, γ = 0 with α ≥ 0 is RetinaNet's α-balanced CE);
   - ``ce``: binary cross-entropy, every term weighted 1 (the loss the focal loss replaces);
@@ -45,6 +53,14 @@ Scores (validation and test loaders): COCO AP from ``ablab.ops.mean_average_prec
 ``map_75``, ``mar_100``, ``map_small|medium|large`` (COCO's absolute areas: < 32², 32²–96², ≥ 96²
 pixels, so at 64 px every object under 32x32 is small and no object is large: a size with no
 object is undefined and not logged), and at test ``ap/<class>``. ``val/map`` is monitored.
+Crowd regions go to the metric flagged (``iscrowd``): as in COCOeval, a detection that matches
+one is ignored, neither a true nor a false positive, and it is no object to recall.
+
+``gt_covered``: the fraction of the epoch's ground-truth boxes (crowds left out) that at least one
+location is assigned to, after the level ranges and the least-area rule: FCOS's "best possible
+recall" (§3.2, Table 1), the recall no detector with these targets can exceed. It depends on the
+data, the levels and ``level_range``, not on the weights (a box smaller than the stride that no
+location centre falls in is never covered); a torchmetrics mean of each box's 0/1.
 
 After every validation epoch (not the sanity check) rank 0 logs ``detection/epoch_NNN.png``: for
 the first ``grid_size`` validation images, the ground-truth boxes and the detections scoring at
@@ -55,9 +71,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
@@ -93,14 +111,21 @@ STAGES = ("train", *SCORED)
 ALWAYS = ("map", "map_50", "map_75", "mar_100")
 #: Detections drawn in the box grid: those scoring at least this.
 DRAWN_SCORE = 0.3
+#: Elements of the (images, locations, boxes, 4) distances :func:`assign` holds at once (64 MiB
+#: in float32). All at once, 256 images of 512 px (21,504 locations at strides 4, 8, 16) with 93
+#: box rows (COCO's most per image) would take 2 · 10⁹ elements, 8 GB.
+ASSIGN_BUDGET = 2**24
 
 
-class Targets:
+class Targets(NamedTuple):
     """Per location of a batch: ``labels`` (N, A) with −1 for background, ``boxes`` (N, A, 4)
-    the assigned box (zeros for background), ``distances`` (N, A, 4) its (l*, t*, r*, b*)."""
+    the assigned box (zeros for background), ``distances`` (N, A, 4) its (l*, t*, r*, b*),
+    ``index`` (N, A) its row in the batch's boxes (−1 for background)."""
 
-    def __init__(self, labels: Tensor, boxes: Tensor, distances: Tensor) -> None:
-        self.labels, self.boxes, self.distances = labels, boxes, distances
+    labels: Tensor
+    boxes: Tensor
+    distances: Tensor
+    index: Tensor
 
     @property
     def positive(self) -> Tensor:
@@ -118,9 +143,45 @@ def level_bounds(strides: Tensor, level_range: float) -> tuple[Tensor, Tensor]:
     return lower[index], upper[index]
 
 
-def assign(points: Tensor, lower: Tensor, upper: Tensor, boxes: Tensor, labels: Tensor) -> Targets:
+def assign(
+    points: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    boxes: Tensor,
+    labels: Tensor,
+    budget: int = ASSIGN_BUDGET,
+) -> Targets:
     """FCOS targets for one batch: locations (A, 2) as (x, y) with their ranges (A,), padded
-    boxes (N, M, 4) and labels (N, M)."""
+    boxes (N, M, 4) and labels (N, M) (−1: no target).
+
+    A block of images at a time, and of locations when one image alone is over ``budget``, so
+    that the (n, a, M, 4) distances hold at most ``budget`` elements: a location's target depends
+    on its image's boxes and its own position alone, so the blocks give the same targets."""
+    n, a = len(boxes), len(points)
+    per_location = 4 * max(boxes.shape[1], 1)
+    images = max(1, budget // (a * per_location))
+    locations = min(a, max(1, budget // per_location))  # below A only when images is 1
+    if images >= n and locations >= a:
+        return assign_block(points, lower, upper, boxes, labels)
+    targets = Targets(
+        labels.new_full((n, a), PAD), boxes.new_zeros(n, a, 4), boxes.new_zeros(n, a, 4),
+        labels.new_full((n, a), PAD),
+    )  # fmt: skip
+    for i in range(0, n, images):
+        for j in range(0, a, locations):
+            at = slice(j, j + locations)
+            block = assign_block(
+                points[at], lower[at], upper[at], boxes[i : i + images], labels[i : i + images]
+            )
+            for whole, part in zip(targets, block, strict=True):
+                whole[i : i + images, at] = part
+    return targets
+
+
+def assign_block(
+    points: Tensor, lower: Tensor, upper: Tensor, boxes: Tensor, labels: Tensor
+) -> Targets:
+    """:func:`assign` on every image and location it is given at once."""
     n, a = len(boxes), len(points)
     x, y = points[:, 0].view(1, a, 1), points[:, 1].view(1, a, 1)
     # (N, A, M, 4): distances from every location to the sides of every box
@@ -148,7 +209,50 @@ def assign(points: Tensor, lower: Tensor, upper: Tensor, boxes: Tensor, labels: 
         torch.where(positive, labels.gather(1, match), PAD),
         torch.where(keep, matched_boxes, 0.0),
         torch.where(keep, matched, 0.0),
+        torch.where(positive, match, PAD),
     )
+
+
+def covered(targets: Targets, rows: int) -> Tensor:
+    """Per box row (N, ``rows``) of the batch: whether at least one location is assigned to it."""
+    n = len(targets.index)
+    hit = torch.zeros(n, rows + 1, dtype=torch.bool, device=targets.index.device)
+    # background writes to the extra last column
+    return hit.scatter_(1, torch.where(targets.positive, targets.index, rows), True)[:, :rows]
+
+
+def positive_normaliser(
+    count: Tensor, reduce_sum: Callable[[Tensor], Tensor] | None = None, world_size: int = 1
+) -> Tensor:
+    """The classification loss's divisor: max(n, 1) for one process's n positives; with
+    ``reduce_sum`` (the sum over R = ``world_size`` ranks), max(Σ_r n_r / R, 1), FCOS's
+    ``num_pos_avg_per_gpu``. Then the gradient DDP averages over the ranks, (1/R) Σ_r ∇L_r / n̄,
+    is ∇(Σ_r L_r) / Σ_r n_r: one process's on the whole batch."""
+    if reduce_sum is None:
+        return count.clamp(min=1)
+    return (reduce_sum(count.float()) / world_size).clamp(min=1)
+
+
+def distributed_sum(value: Tensor) -> Tensor:
+    """Σ of ``value`` over the ranks of torch.distributed's default group, as a new tensor."""
+    total = value.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def ground_truth(boxes: Tensor, labels: Tensor, crowd: Tensor) -> list[dict[str, Tensor]]:
+    """Per image ``{"boxes", "labels", "iscrowd"}`` of its rows that are not padding, crowd
+    regions flagged for COCO's evaluation."""
+    return [
+        {**truth, "iscrowd": c[y != PAD].long()}
+        for truth, c, y in zip(unpad(boxes, labels), crowd, labels, strict=True)
+    ]
+
+
+def unpack(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x, boxes, labels, crowd)`` of a batch with crowd flags or without (then no crowd)."""
+    x, boxes, labels, *crowd = batch
+    return x, boxes, labels, crowd[0] if crowd else torch.zeros_like(labels, dtype=torch.bool)
 
 
 def centerness(distances: Tensor) -> Tensor:
@@ -225,6 +329,7 @@ class DetectionModule(Task):
                 setattr(self, f"{stage}_{part}", MeanMetric())
         for stage in SCORED:
             setattr(self, f"{stage}_map", mean_average_precision())
+            setattr(self, f"{stage}_gt_covered", MeanMetric())  # of each box's 0/1
         self._grid: list[tuple[Tensor, list[dict[str, Tensor]], list[dict[str, Tensor]]]] = []
 
     # -- before the run ------------------------------------------------------------------------
@@ -275,7 +380,12 @@ class DetectionModule(Task):
     def validation_metric_names(self) -> set[str]:
         """Logged every validation epoch; not ``map_small|medium|large``, undefined (not logged)
         when the validation set has no object of that size."""
-        return {"val/loss", *(f"val/{p}" for p in PARTS), *(f"val/{k}" for k in ALWAYS)}
+        return {
+            "val/loss",
+            "val/gt_covered",
+            *(f"val/{p}" for p in PARTS),
+            *(f"val/{k}" for k in ALWAYS),
+        }
 
     def training_metric_names(self) -> set[str]:
         return {"train/loss", *(f"train/{p}" for p in PARTS)}
@@ -294,7 +404,10 @@ class DetectionModule(Task):
         """cls, box and centerness losses of outputs (N, A, K + 5) against ``targets``."""
         logits, distances, ctr = out[..., : self.num_classes], out[..., -5:-1], out[..., -1]
         positive = targets.positive
-        n_pos = positive.sum().clamp(min=1)
+        if dist.is_available() and dist.is_initialized():
+            n_pos = positive_normaliser(positive.sum(), distributed_sum, dist.get_world_size())
+        else:
+            n_pos = positive_normaliser(positive.sum())
         onehot = F.one_hot(targets.labels.clamp(min=0), self.num_classes).to(logits.dtype)
         onehot = onehot * positive[..., None]
         if self.cls_loss == "focal":
@@ -339,20 +452,24 @@ class DetectionModule(Task):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str) -> Tensor:
-        x, boxes, labels = batch
+    def _shared_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
+        x, boxes, labels, crowd = unpack(batch)
         height, width = x.shape[-2:]
         points, lower, upper = self.geometry(height, width, x.device)
         out = self(x)
-        parts = self.losses(out, points, assign(points, lower, upper, boxes, labels))
+        trained = torch.where(crowd, PAD, labels)  # a crowd region is never a target
+        targets = assign(points, lower, upper, boxes, trained)
+        parts = self.losses(out, points, targets)
         loss = sum(parts.values())
         getattr(self, f"{stage}_loss").update(loss.detach(), len(x))
         for name, value in parts.items():
             getattr(self, f"{stage}_{name}").update(value.detach(), len(x))
         if stage in SCORED:
             detections = self.decode(out.detach(), points, height, width)
-            truth = unpad(boxes, labels)
+            truth = ground_truth(boxes, labels, crowd)
             getattr(self, f"{stage}_map").update(detections, truth)
+            hit = covered(targets, labels.shape[1])[trained != PAD]
+            getattr(self, f"{stage}_gt_covered").update(hit.float())
             trainer = self._trainer
             if stage == "val" and trainer is not None and not trainer.sanity_checking:
                 self._keep_for_grid(x, truth, detections)
@@ -401,13 +518,16 @@ class DetectionModule(Task):
             self._log_epoch(stage)
 
     def _log_epoch(self, stage: str) -> None:
-        """The epoch's losses and, on a scored stage, its COCO AP (per class at test)."""
+        """The epoch's losses and, on a scored stage, its COCO AP (per class at test) and
+        ``gt_covered``."""
         values = {f"{stage}/loss": getattr(self, f"{stage}_loss").compute()}
         for part in PARTS:
             values[f"{stage}/{part}"] = getattr(self, f"{stage}_{part}").compute()
             getattr(self, f"{stage}_{part}").reset()
         getattr(self, f"{stage}_loss").reset()
         if stage in SCORED:
+            values[f"{stage}/gt_covered"] = getattr(self, f"{stage}_gt_covered").compute()
+            getattr(self, f"{stage}_gt_covered").reset()
             metric = getattr(self, f"{stage}_map")
             named = named_average_precision(metric.compute(), self.class_names)
             metric.reset()
