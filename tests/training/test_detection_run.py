@@ -52,10 +52,11 @@ def test_fcos_on_shapes_is_tracked_and_resumes_after_kill_9(root: Path) -> None:
     history = [m.value for m in client.get_metric_history(run_id, "val/map")]
     assert len(history) == 3 and metrics["val/map_best"] == pytest.approx(max(history))
     assert {"val/map_50", "val/map_75", "val/mar_100", "val/map_small", "val/cls_loss",
-            "val/box_loss", "val/ctr_loss", "train/loss", "test/map", "tested_val/map"} <= set(
+            "val/box_loss", "val/ctr_loss", "train/loss", "test/map", "tested_val/map",
+            "val/gt_covered", "test/gt_covered"} <= set(
         metrics
     )  # fmt: skip
-    assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/map", "val/map_50"))
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/map", "val/map_50", "val/gt_covered"))
     assert any(k.startswith("test/ap/") for k in metrics)  # per class, named, at test
     assert not any(k.startswith("val/ap/") for k in metrics)
     # a box grid per validation epoch, the killed attempt's included; none for the sanity check
