@@ -51,6 +51,8 @@ FORM_OPTIONS = {
     ("generator", "dcgan"): "gan", ("discriminator", "dcgan"): "gan", ("task", "gan"): "gan",
     ("model", "fcos"): "detection", ("data", "shapes_det"): "detection",
     ("data", "coco_json"): "detection", ("task", "detection"): "detection",
+    ("data", "densities"): "divergence", ("discriminator", "mlp"): "divergence",
+    ("task", "divergence"): "divergence",
 }  # fmt: skip
 FORMS = {
     "sequence": {"task": "sequence", "data": "adding", "model": "lstm"},
@@ -58,6 +60,7 @@ FORMS = {
     "segmentation": {"task": "segmentation", "data": "shapes", "model": "unet"},
     "gan": {"task": "gan", "data": "digits", "generator": "dcgan", "discriminator": "dcgan"},
     "detection": {"task": "detection", "data": "shapes_det", "model": "fcos"},
+    "divergence": {"task": "divergence", "data": "densities", "discriminator": "mlp"},
 }
 
 
@@ -116,6 +119,8 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
             dm = instantiate(cfg.data, **augmentation)
             if kind == "sequence":
                 assert dm.example_input().shape[2] == cfg.data.input_size
+            elif kind == "divergence":  # samples of two densities, no classes
+                assert dm.example_input().shape == (2, cfg.discriminator.in_features)
             else:
                 assert dm.num_classes == cfg.data.num_classes
         elif group in ("model", "init"):
@@ -135,6 +140,9 @@ def test_option_composes_and_instantiates(group: str, option: str, compose_cfg) 
                 assert net(x).shape == expected
         elif group in ("generator", "discriminator"):
             net = initialize(instantiate(cfg[group]), **cfg.init)
+            if form(group, option) == "divergence":  # one score per 1-D sample
+                assert net(torch.randn(2, cfg.discriminator.in_features)).shape == (2,)
+                return
             images = (2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
             if group == "generator":
                 assert net(torch.randn(2, cfg.task.latent_size)).shape == images
