@@ -53,6 +53,7 @@ FORM_OPTIONS = {
     ("data", "coco_json"): "detection", ("task", "detection"): "detection",
     ("data", "densities"): "divergence", ("discriminator", "mlp"): "divergence",
     ("task", "divergence"): "divergence",
+    ("task", "anchors"): "anchors", ("data", "box_sets"): "anchors",
 }  # fmt: skip
 FORMS = {
     "sequence": {"task": "sequence", "data": "adding", "model": "lstm"},
@@ -61,6 +62,7 @@ FORMS = {
     "gan": {"task": "gan", "data": "digits", "generator": "dcgan", "discriminator": "dcgan"},
     "detection": {"task": "detection", "data": "shapes_det", "model": "fcos"},
     "divergence": {"task": "divergence", "data": "densities", "discriminator": "mlp"},
+    "anchors": {"task": "anchors", "data": "box_sets"},
 }
 
 

@@ -98,7 +98,7 @@ def measure_networks(overrides: list[str]) -> list[tuple[str, Complexity]]:
                     cfg.task,
                     **networks,
                     **components(cfg, task_class.components),
-                    optimizer=instantiate(cfg.optimizer),
+                    optimizer=instantiate(cfg.get("optimizer")),  # None: a task without one
                     scheduler=None,
                 )
                 examples = task.example_inputs(datamodule)

@@ -12,6 +12,11 @@ each box assigned to its nearest centroid and each centroid moved to its members
 The paper does not say how centroids are updated; the mean is standard k-means (a cluster left
 empty keeps its centroid). With k = 1 there is nothing to assign, so under either distance the
 one anchor is the mean (w, h) of all boxes.
+
+The pieces are public so that ``task=anchors`` (:mod:`ablab.tasks.anchors`), which runs one Lloyd
+step per training epoch, is this algorithm and not a copy of it: :func:`seed_anchors` (the
+seeding), :func:`nearest_anchor` (the assignment), :func:`centroid_step` (the mean update) and
+:func:`iou_wh` (the IoU of centre-aligned (w, h) pairs).
 """
 
 from __future__ import annotations
@@ -54,47 +59,72 @@ def kmeans_anchors(
             f"kmeans_anchors: k={k} must be between 1 and the {n_distinct} distinct (w, h) pairs"
         )
 
-    generator = torch.Generator().manual_seed(seed)
-    centroids = _seed_centroids(points, k, distance, generator)  # (k, 2)
+    centroids = seed_anchors(points, k, distance, seed)  # (k, 2)
     assignment = None
     for _ in range(iters):
-        nearest = _distance(points, centroids, distance).argmin(dim=1)  # (N,)
+        nearest = nearest_anchor(points, centroids, distance)  # (N,)
         if assignment is not None and torch.equal(nearest, assignment):
             break
         assignment = nearest
         sums = torch.zeros_like(centroids).index_add_(0, assignment, points)  # (k, 2)
         counts = torch.bincount(assignment, minlength=k)  # (k,)
-        filled = counts > 0  # an empty cluster keeps its centroid
-        centroids[filled] = sums[filled] / counts[filled, None]
+        centroids = centroid_step(centroids, sums, counts)
 
     centroids = centroids[torch.argsort(centroids.prod(dim=1), stable=True)]  # by area
-    mean_iou = float(_iou_wh(points, centroids).max(dim=1).values.mean())
+    mean_iou = float(iou_wh(points, centroids).max(dim=1).values.mean())
     dtype = wh.dtype if wh.is_floating_point() else torch.get_default_dtype()
     return KMeansAnchors(centroids.to(wh.device, dtype), mean_iou)
 
 
-def _seed_centroids(points: Tensor, k: int, distance: str, generator: torch.Generator) -> Tensor:
-    """k-means++: the first centroid uniformly among the boxes, each next one with probability
-    ∝ d² to its nearest centroid so far (a box equal to a centroid is never drawn again)."""
-    first = torch.randint(len(points), (1,), generator=generator)
-    centroids = points[first]  # (1, 2)
+def seed_anchors(wh: Tensor, k: int, distance: str = "iou", seed: int = 0) -> Tensor:
+    """k-means++ on (w, h) pairs (N, 2) → k centroids (k, 2), in draw order: the first uniformly
+    among the boxes, each next one with probability ∝ d² to its nearest centroid so far (a box
+    equal to a centroid is never drawn again), from a CPU generator seeded with ``seed`` (give
+    float64 CPU pairs, as :func:`kmeans_anchors` does, for draws that repeat exactly). Needs
+    1 <= k <= the distinct pairs (:func:`kmeans_anchors` checks it)."""
+    if distance not in DISTANCES:
+        raise unknown_choice("k-means distance", distance, DISTANCES)
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(len(wh), (1,), generator=generator)
+    centroids = wh[first]  # (1, 2)
     for _ in range(k - 1):
-        d2 = _distance(points, centroids, distance).min(dim=1).values ** 2  # (N,)
+        d2 = _distance(wh, centroids, distance).min(dim=1).values ** 2  # (N,)
         pick = torch.multinomial(d2, 1, generator=generator)
-        centroids = torch.cat([centroids, points[pick]])
+        centroids = torch.cat([centroids, wh[pick]])
     return centroids
+
+
+def nearest_anchor(wh: Tensor, anchors: Tensor, distance: str = "iou") -> Tensor:
+    """Lloyd's assignment: the index of each box's nearest anchor under ``distance``, (N, 2),
+    (k, 2) → (N,) (ties: the lowest index)."""
+    if distance not in DISTANCES:
+        raise unknown_choice("k-means distance", distance, DISTANCES)
+    return _distance(wh, anchors, distance).argmin(dim=1)
+
+
+def centroid_step(centroids: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
+    """Lloyd's update: each centroid (k, 2) moved to its members' mean (w, h), sums (k, 2) /
+    counts (k,); a cluster left empty keeps its centroid. A new tensor."""
+    moved = centroids.clone()
+    filled = counts > 0
+    moved[filled] = sums[filled] / counts[filled, None]
+    return moved
 
 
 def _distance(points: Tensor, centroids: Tensor, distance: str) -> Tensor:
     """d between each box and each centroid: (N, 2), (k, 2) → (N, k)."""
     if distance == "iou":
-        return 1 - _iou_wh(points, centroids)
+        return 1 - iou_wh(points, centroids)
     # Not torch.cdist: for many points it switches to a matrix-product form that rounds differently.
     return (points[:, None] - centroids[None]).pow(2).sum(dim=2).sqrt()
 
 
-def _iou_wh(wh1: Tensor, wh2: Tensor) -> Tensor:
+def iou_wh(wh1: Tensor, wh2: Tensor) -> Tensor:
     """IoU of boxes sharing one centre: min(w) min(h) / (w₁h₁ + w₂h₂ − min(w) min(h)); (N, 2),
     (k, 2) → (N, k)."""
     inter = torch.min(wh1[:, None], wh2[None]).prod(dim=2)  # (N, k)
     return inter / (wh1.prod(dim=1)[:, None] + wh2.prod(dim=1)[None] - inter)
+
+
+#: The name tests/ops/test_anchors.py imports (before :func:`iou_wh` was public).
+_iou_wh = iou_wh

@@ -46,7 +46,7 @@ class NonFiniteLossGuard(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # {}: no loss
         if loss is not None and not torch.isfinite(loss).all():
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at epoch {trainer.current_epoch}, "

@@ -147,7 +147,7 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
             cfg.task,
             **networks,
             **components(cfg, task_class.components),
-            optimizer=instantiate(cfg.optimizer),
+            optimizer=instantiate(cfg.get("optimizer")),  # None: a task without one
             scheduler=scheduler,
         )
         if not task.automatic_optimization:
