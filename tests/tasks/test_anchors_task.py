@@ -5,6 +5,7 @@ real config stops at convergence; bad input is one line."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import partial
 from pathlib import Path
@@ -123,6 +124,8 @@ def test_held_out_scores_of_a_case_checked_by_hand() -> None:
     assert scores["val/mean_iou_small"] == pytest.approx((1 + 0.5) / 2)  # areas 100, 50 <= 250
     assert scores["val/mean_iou_large"] == pytest.approx(0.5)  # areas 400, 1600
     assert scores["val/anchor_area_share_large"] == 0.5  # 800 > 250, 100 is not
+    # log10 of the anchors' geometric-mean area over the median: (log10 0.4 + log10 3.2) / 2
+    assert scores["val/anchor_log_area"] == pytest.approx(math.log10(math.sqrt(100 * 800) / 250))
 
 
 def test_a_reloaded_checkpoint_continues_to_the_uninterrupted_anchors(tmp_path: Path) -> None:

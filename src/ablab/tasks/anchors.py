@@ -36,7 +36,10 @@ IoU with the anchors, centre-aligned: ``<stage>/mean_iou`` (monitored: the best 
 highest ``val/mean_iou``), ``<stage>/mean_iou_small`` and ``<stage>/mean_iou_large`` over the
 boxes whose area w·h is at most / above the training boxes' median area (the mean of the two
 middle areas for an even count), and ``<stage>/anchor_area_share_large``, the fraction of
-anchors whose area is above that median: the claim's "bias toward large boxes", as a number.
+anchors whose area is above that median, and ``<stage>/anchor_log_area``, the mean over the
+anchors of log10(area / median area), i.e. log10 of their geometric-mean area in units of the
+median box: the claim's "bias toward large boxes" as two numbers (the share moves in steps of
+1/k; the log area sees an anchor grow inside its half too).
 After testing (on the tested anchors) rank 0 logs ``anchors/anchors.json`` (the anchors as
 [w, h] in pixels, by increasing area) and ``anchors/anchors.png`` (the training boxes' (w, h)
 with the anchors marked).
@@ -217,7 +220,7 @@ class AnchorsModule(Task):
         self._train_wh = wh
 
     def validation_metric_names(self) -> set[str]:
-        return {f"val/{name}" for name in (*SCORES, "anchor_area_share_large")}
+        return {f"val/{name}" for name in (*SCORES, "anchor_area_share_large", "anchor_log_area")}
 
     def training_metric_names(self) -> set[str]:
         return {"train/changed", "train/mean_iou"}
@@ -319,6 +322,7 @@ class AnchorsModule(Task):
         means = self.scores[stage]
         values = {f"{stage}/{n}": m.compute() for n, m in means.items() if m.update_called}
         values[f"{stage}/anchor_area_share_large"] = self.area_share_large()
+        values[f"{stage}/anchor_log_area"] = self.log_area()
         for metric in means.values():
             metric.reset()
         shown = f"{stage}/mean_iou"
@@ -329,6 +333,10 @@ class AnchorsModule(Task):
     def area_share_large(self) -> Tensor:
         """The fraction of anchors whose area is above the training boxes' median area."""
         return (self.anchors.prod(dim=1) > self.median_area).float().mean()
+
+    def log_area(self) -> Tensor:
+        """mean_j log10(w_j h_j / m) over the anchors, m the training boxes' median area."""
+        return torch.log10(self.anchors.prod(dim=1) / self.median_area).mean().float()
 
     def sorted_anchors(self) -> Tensor:
         """The anchors (k, 2) by increasing area, on the CPU."""
