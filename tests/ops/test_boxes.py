@@ -227,6 +227,25 @@ def test_batched_nms_is_nms_per_class() -> None:
         )
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("max_kept", [0, 1, 7, 100, 10_000])
+def test_max_kept_is_the_head_of_the_full_result(max_kept: int, ties: bool) -> None:
+    """Stopping after ``max_kept`` kept boxes gives the full NMS's first ``max_kept`` (a kept box
+    depends on higher-scoring boxes only), for both NMS forms; more than there are: all."""
+    boxes, scores = random_boxes(400, seed=11), random_scores(400, seed=11, ties=ties)
+    classes = torch.randint(0, 3, (400,), generator=torch.Generator().manual_seed(11))
+    full = tv.nms(boxes, scores, 0.5)
+    assert torch.equal(nms(boxes, scores, 0.5, max_kept), full[:max_kept])
+    full = batched_nms(boxes, scores, classes, 0.5)
+    assert torch.equal(batched_nms(boxes, scores, classes, 0.5, max_kept), full[:max_kept])
+
+
+def test_negative_max_kept_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match="max_kept=-1 must be >= 0") as error:
+        nms(random_boxes(3, seed=12), torch.rand(3), 0.5, max_kept=-1)
+    assert "\n" not in str(error.value)
+
+
 def test_different_classes_never_suppress_each_other() -> None:
     boxes, scores = BOX.repeat(4, 1), torch.tensor([0.9, 0.8, 0.7, 0.6])
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 2, 1]), 0.5).tolist() == [0, 1, 2]

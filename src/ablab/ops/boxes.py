@@ -61,21 +61,30 @@ def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return _ratio(inter, union) - _ratio(hull - union, hull)
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_kept: int | None = None) -> Tensor:
     """Greedy NMS: indices of the kept boxes, by decreasing score; a box is dropped when its IoU
-    with a kept higher-scoring box is > ``iou_threshold``.
+    with a kept higher-scoring box is > ``iou_threshold``. ``max_kept``: stop after that many
+    (the first ``max_kept`` of the full result: a kept box depends on higher-scoring ones only).
 
     Equal scores are taken in index order (a stable sort), as torchvision's CPU kernel does; its
     CUDA kernel does not promise an order, this function gives the same one on every device.
     """
     boxes = _checked(boxes, "boxes")
     _check_scores(scores, len(boxes), "scores")
-    return _greedy_nms(boxes, scores, None, iou_threshold)
+    return _greedy_nms(boxes, scores, None, iou_threshold, max_kept)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    iou_threshold: float,
+    max_kept: int | None = None,
+) -> Tensor:
     """Greedy NMS within each class (boxes of different classes never suppress each other):
-    indices of the kept boxes, by decreasing score, equal scores in index order.
+    indices of the kept boxes, by decreasing score, equal scores in index order; ``max_kept``:
+    the first that many of them, found without suppressing the rest (a detector keeps 100 of
+    1,000 candidates: its loop then runs 100 times, not once per surviving box).
 
     torchvision keeps the same boxes; above 1000 boxes on CPU it runs class by class and merges
     with an unstable sort, so there its order of equal scores can differ from this one.
@@ -83,19 +92,26 @@ def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: f
     boxes = _checked(boxes, "boxes")
     _check_scores(scores, len(boxes), "scores")
     _check_scores(classes, len(boxes), "classes")
-    return _greedy_nms(boxes, scores, classes, iou_threshold)
+    return _greedy_nms(boxes, scores, classes, iou_threshold, max_kept)
 
 
 def _greedy_nms(
-    boxes: Tensor, scores: Tensor, classes: Tensor | None, iou_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor | None,
+    iou_threshold: float,
+    max_kept: int | None = None,
 ) -> Tensor:
     """One pass per kept box: the best box left is kept and every remaining box it overlaps by
     more than the threshold (in its class, if classes are given) is removed in one vector op."""
+    if max_kept is not None and max_kept < 0:
+        raise ConfigError(f"max_kept={max_kept} must be >= 0 (or None: every kept box)")
     # Stable: equal scores in index order, the same on CPU and GPU.
     order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
     areas = _area(boxes)  # (N,)
     kept = [order[:0]]  # torch.cat needs one tensor even when there are no boxes
-    while order.numel() > 0:
+    limit = len(order) if max_kept is None else max_kept
+    while order.numel() > 0 and len(kept) - 1 < limit:
         best, rest = order[:1], order[1:]  # (1,), (R,)
         kept.append(best)
         inter, union = _inter_union(boxes[best], boxes[rest], areas[best], areas[rest])

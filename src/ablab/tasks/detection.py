@@ -445,7 +445,7 @@ class DetectionModule(Task):
             boxes = to_boxes(points[where], image[where, -5:-1])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            keep = batched_nms(boxes, score, label, self.nms_iou)[: self.max_detections]
+            keep = batched_nms(boxes, score, label, self.nms_iou, self.max_detections)
             detections.append({"boxes": boxes[keep], "scores": score[keep], "labels": label[keep]})
         return detections
 
