@@ -118,6 +118,31 @@ def test_grouped_layers_add_up() -> None:
     assert stages[2].output_shape == (16, 8, 8)
 
 
+def test_parts_add_up_and_count_a_shared_head_once_per_level() -> None:
+    """A classifier's parts are stem, stages, head and sum to the whole; a detector's head,
+    shared by the pyramid's levels, counts its MACs on every level it runs on."""
+    from ablab.models import ResNet
+    from ablab.models.detector import DenseDetector
+
+    stats = measure(
+        ResNet(3, 10, depths=(1, 1), widths=(8, 16), stem="cifar", stem_width=8), (3, 16, 16)
+    )
+    assert list(stats.parts) == ["stem", "stages", "head"]
+    assert sum(p for p, _ in stats.parts.values()) == stats.params
+    assert sum(m for _, m in stats.parts.values()) == stats.macs
+
+    def detector(fpn: bool) -> DenseDetector:
+        backbone = ResNet(3, 4, depths=(1, 1, 1), widths=(8, 16, 32), stem="imagenet", stem_width=8)
+        return DenseDetector(backbone, num_classes=4, fpn=fpn, fpn_channels=16, head_convs=1)
+
+    one, pyramid = measure(detector(False), (3, 64, 64)), measure(detector(True), (3, 64, 64))
+    assert one.parts["backbone"] == pyramid.parts["backbone"]
+    # the same tower on 16² + 8² + 4² locations instead of the stride-16 level's 4²
+    _, tower_one = one.parts["cls_tower"]
+    assert pyramid.parts["cls_tower"][1] == tower_one * (16**2 + 8**2 + 4**2) // 4**2
+    assert pyramid.parts["neck"][1] > one.parts["neck"][1] > 0
+
+
 def test_receptive_fields_through_preact_and_se_blocks() -> None:
     from ablab.models import ResNet
 

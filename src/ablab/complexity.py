@@ -56,6 +56,10 @@ class Complexity:
     trainable_params: int
     macs: int
     layers: list[LayerStats] = field(default_factory=list)
+    #: Per top-level child module (a classifier's stem, stages, head; a detector's backbone, neck,
+    #: towers): (params, MACs), the MACs of every call of it in the pass (a head shared by the
+    #: levels of a pyramid counts once per level).
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,12 +227,20 @@ def measure(
                 jump=j,
             )
         )
+    parts = {
+        name: (
+            sum(p.numel() for p in child.parameters()),
+            sum(flops.get(f"{root}.{name}", {}).values()) // (2 * batch),
+        )
+        for name, child in net.named_children()
+    }
     return Complexity(
         input_shape=input_shape,
         params=sum(p.numel() for p in net.parameters()),
         trainable_params=sum(p.numel() for p in net.parameters() if p.requires_grad),
         macs=counter.get_total_flops() // (2 * batch),
         layers=layers,
+        parts=parts,
     )
 
 

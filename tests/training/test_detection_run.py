@@ -49,6 +49,9 @@ def test_fcos_on_shapes_is_tracked_and_resumes_after_kill_9(root: Path) -> None:
     counts = [int(c) for c in params["data.train_class_counts"].strip("[]").split(",")]
     assert len(counts) == 4 and 80 <= sum(counts) <= 80 * 6  # boxes per class
     assert int(params["complexity.macs"]) > 0
+    # the detector's parts, traced: what the pyramid costs beside the backbone and the head
+    parts = {p: int(params[f"complexity.part.{p}.macs"]) for p in ("backbone", "neck", "cls_tower")}
+    assert all(m > 0 for m in parts.values()) and sum(parts.values()) < int(params["complexity.macs"])
     history = [m.value for m in client.get_metric_history(run_id, "val/map")]
     assert len(history) == 3 and metrics["val/map_best"] == pytest.approx(max(history))
     assert {"val/map_50", "val/map_75", "val/mar_100", "val/map_small", "val/cls_loss",

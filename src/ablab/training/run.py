@@ -318,15 +318,20 @@ def as_config_error(err: BaseException) -> ConfigError:
 
 
 def complexity_params(complexity: dict[str, Complexity]) -> dict[str, int]:
-    """``complexity.params``/``complexity.macs`` for a one-network task; with several networks
-    each one's (``complexity.generator.params``...) and their sums."""
-    if len(complexity) == 1:
-        (only,) = complexity.values()
-        return {"complexity.params": only.params, "complexity.macs": only.macs}
-    params = {f"complexity.{name}.{key}": getattr(c, key)
-              for name, c in complexity.items() for key in ("params", "macs")}  # fmt: skip
-    params["complexity.params"] = sum(c.params for c in complexity.values())
-    params["complexity.macs"] = sum(c.macs for c in complexity.values())
+    """``complexity.params``/``complexity.macs`` for a one-network task, and its top-level parts'
+    (``complexity.part.neck.macs``: what an FPN adds to a detector, beside the head it feeds);
+    with several networks each one's (``complexity.generator.params``,
+    ``complexity.generator.part.main.macs``...) and their sums."""
+    params: dict[str, int] = {}
+    for name, c in complexity.items():
+        prefix = "complexity" if len(complexity) == 1 else f"complexity.{name}"
+        params[f"{prefix}.params"], params[f"{prefix}.macs"] = c.params, c.macs
+        for part, (n_params, macs) in c.parts.items():
+            params[f"{prefix}.part.{part}.params"] = n_params
+            params[f"{prefix}.part.{part}.macs"] = macs
+    if len(complexity) > 1:
+        params["complexity.params"] = sum(c.params for c in complexity.values())
+        params["complexity.macs"] = sum(c.macs for c in complexity.values())
     return params
 
 
