@@ -11,9 +11,9 @@ import torch
 from scipy import stats
 
 from ablab.data.box_sets import BoxSetsDataModule, beta_parameters
+from ablab.data.shapes_det import unpack
 from ablab.errors import ConfigError
 from ablab.tasks.anchors import box_sides
-from ablab.tasks.detection import unpack
 
 
 def data(**kw) -> BoxSetsDataModule:

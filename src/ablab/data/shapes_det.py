@@ -66,6 +66,13 @@ def unpad(boxes: Tensor, labels: Tensor) -> list[dict[str, Tensor]]:
     ]
 
 
+def unpack(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x, boxes, labels, crowd)`` of a box batch: COCO's carries crowd flags (N, M), the
+    procedural sets' none (then no row is a crowd)."""
+    x, boxes, labels, *crowd = batch
+    return x, boxes, labels, crowd[0] if crowd else torch.zeros_like(labels, dtype=torch.bool)
+
+
 def pad(targets: Sequence[tuple[Tensor, Tensor]], rows: int) -> tuple[Tensor, Tensor]:
     """(N, rows, 4) boxes and (N, rows) labels (−1 below each image's own) from per-image pairs."""
     boxes = torch.zeros(len(targets), rows, 4)

@@ -61,11 +61,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from ablab.data.module import TRAIN_EVAL
-from ablab.data.shapes_det import PAD
+from ablab.data.shapes_det import PAD, unpack
 from ablab.errors import ConfigError, unknown_choice
 from ablab.ops.anchors import DISTANCES, centroid_step, iou_wh, nearest_anchor, seed_anchors
 from ablab.tasks.base import OptimizerFactory, Task, tested_stage
-from ablab.tasks.detection import unpack
 
 # Nothing to optimise: Lightning runs the epochs with a stand-in optimizer and skips backward.
 warnings.filterwarnings(

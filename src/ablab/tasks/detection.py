@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from ablab.data.module import TRAIN_EVAL
-from ablab.data.shapes_det import PAD, unpad
+from ablab.data.shapes_det import PAD, unpack, unpad
 from ablab.errors import ConfigError, unknown_choice
 from ablab.ops import (
     batched_nms,
@@ -247,12 +247,6 @@ def ground_truth(boxes: Tensor, labels: Tensor, crowd: Tensor) -> list[dict[str,
         {**truth, "iscrowd": c[y != PAD].long()}
         for truth, c, y in zip(unpad(boxes, labels), crowd, labels, strict=True)
     ]
-
-
-def unpack(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(x, boxes, labels, crowd)`` of a batch with crowd flags or without (then no crowd)."""
-    x, boxes, labels, *crowd = batch
-    return x, boxes, labels, crowd[0] if crowd else torch.zeros_like(labels, dtype=torch.bool)
 
 
 def centerness(distances: Tensor) -> Tensor:
