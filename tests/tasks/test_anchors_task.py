@@ -202,3 +202,17 @@ def test_data_the_task_cannot_cluster_is_refused_before_the_run(task, data, mess
     with pytest.raises(ConfigError, match=message) as error:
         task().check(data())
     assert "\n" not in str(error.value)
+
+
+def test_ddp_is_refused_in_one_line_before_any_run(compose_cfg, tmp_path: Path) -> None:
+    """torch's DDP refuses a module with no trainable parameter at fit start, after the run
+    exists: k-means is refused first, with what to use instead."""
+    store = tmp_path / "store" / "m.db"
+    with (
+        compose_cfg("task=anchors", "trainer=ddp_cpu", f"logger.tracking_uri=sqlite:///{store}") as cfg,
+        pytest.raises(ConfigError, match=r"AnchorsModule has no trainable parameter, so "
+                                         r"trainer.strategy=ddp .* use trainer=cpu") as error,
+    ):  # fmt: skip
+        build(cfg)
+    assert "\n" not in str(error.value)
+    assert not store.parent.exists()  # no store made, so no run

@@ -99,6 +99,17 @@ def refuse_automatic_only(trainer: Any, task: str) -> None:
         )
 
 
+def refuse_ddp_without_gradients(trainer: Any, task: str) -> None:
+    """A task with no trainable parameter (k-means anchors) under DDP: torch's
+    DistributedDataParallel refuses to wrap it, at fit start, after the run exists."""
+    strategy = str(trainer.get("strategy"))
+    if strategy.startswith("ddp"):
+        raise ConfigError(
+            f"{task} has no trainable parameter, so trainer.strategy={strategy} has no gradient "
+            "to synchronise (torch's DDP refuses such a module); use trainer=cpu (one process)"
+        )
+
+
 #: Config groups a task may take a network from (``Task.networks``).
 NETWORK_GROUPS = ("model", "generator", "discriminator")
 
@@ -152,6 +163,8 @@ def build(cfg: DictConfig, run_id: str | None = None) -> Run:
         )
         if not task.automatic_optimization:
             refuse_automatic_only(cfg.trainer, task_class.__name__)
+        if not any(p.requires_grad for p in task.parameters()):
+            refuse_ddp_without_gradients(cfg.trainer, task_class.__name__)
         task.check(datamodule)  # whatever the task needs of the data, before any run exists
         # Traced on the data's own example: a network that cannot take it fails here. On the
         # eager networks: fx cannot trace a compiled one.
