@@ -1,6 +1,7 @@
-"""The detector's classification loss under DDP: two gloo ranks, each with half of a batch whose
-halves hold unequal numbers of positives, divide by the mean positive count over the ranks, so
-that the gradient DDP averages is the one of a single process on the whole batch."""
+"""The detector's losses under DDP: two gloo ranks, each with half of a batch whose halves hold
+unequal numbers of positives, divide the classification, box and centerness losses by the mean
+positive count over the ranks, so that the gradient DDP averages is the one of a single process
+on the whole batch."""
 
 from __future__ import annotations
 
@@ -41,12 +42,17 @@ def outputs() -> torch.Tensor:
     return out
 
 
-def cls_loss(task: DetectionModule, out: torch.Tensor, rows: slice) -> tuple[float, torch.Tensor]:
-    """The classification loss of images ``rows`` and its gradient with respect to ``out``."""
+PARTS = ("cls_loss", "box_loss", "ctr_loss")
+
+
+def part_loss(
+    task: DetectionModule, out: torch.Tensor, rows: slice, part: str
+) -> tuple[float, torch.Tensor]:
+    """The loss ``part`` of images ``rows`` and its gradient with respect to ``out``."""
     out = out[rows].clone().requires_grad_(True)
     points, lower, upper = task.geometry(SIZE, SIZE, "cpu")
     targets = assign(points, lower, upper, BOXES[rows], LABELS[rows])
-    loss = task.losses(out, points, targets)["cls_loss"]
+    loss = task.losses(out, points, targets)[part]
     loss.backward()
     return loss.item(), out.grad
 
@@ -58,8 +64,9 @@ def rank(index: int, folder: str) -> None:
                             world_size=RANKS)  # fmt: skip
     try:
         half = len(BOXES) // RANKS
-        loss, grad = cls_loss(module(), outputs(), slice(index * half, (index + 1) * half))
-        torch.save((loss, grad), Path(folder) / f"rank{index}.pt")
+        rows = slice(index * half, (index + 1) * half)
+        parts = {part: part_loss(module(), outputs(), rows, part) for part in PARTS}
+        torch.save(parts, Path(folder) / f"rank{index}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -70,20 +77,24 @@ def test_each_rank_divides_by_the_mean_positive_count_and_ddp_averages_to_the_wh
     mp.spawn(rank, args=(str(tmp_path),), nprocs=RANKS, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(RANKS)]
     task, out = module(), outputs()
-    whole, whole_grad = cls_loss(task, out, slice(None))
     points, lower, upper = task.geometry(SIZE, SIZE, "cpu")
     counts = [int(assign(points, lower, upper, BOXES[s], LABELS[s]).positive.sum())
               for s in (slice(0, 2), slice(2, 4))]  # fmt: skip
     assert counts[0] > 3 * counts[1] > 0  # halves that weigh differently under their own counts
     mean = sum(counts) / RANKS
-    for r, (loss, grad) in enumerate(ranks):
-        rows = slice(2 * r, 2 * r + 2)
-        alone, _ = cls_loss(task, out, rows)  # one process on the half: Σ / n_r
-        assert loss == pytest.approx(alone * counts[r] / mean, rel=1e-5)
-        # DDP averages the ranks' gradients: the whole batch's
-        assert torch.allclose(grad / RANKS, whole_grad[rows], rtol=1e-5, atol=1e-8)
-    # the ranks' mean loss is the whole batch's (halves of equal size); with each rank's own
-    # count it would not be
-    assert sum(loss for loss, _ in ranks) / RANKS == pytest.approx(whole, rel=1e-5)
-    own = [cls_loss(task, out, slice(2 * r, 2 * r + 2))[0] for r in range(RANKS)]
-    assert abs(sum(own) / RANKS - whole) > 0.1 * whole
+    for part in PARTS:
+        whole, whole_grad = part_loss(task, out, slice(None), part)
+        for r in range(RANKS):
+            loss, grad = ranks[r][part]
+            rows = slice(2 * r, 2 * r + 2)
+            alone, _ = part_loss(task, out, rows, part)  # one process on the half: Σ / n_r
+            assert loss == pytest.approx(alone * counts[r] / mean, rel=1e-5)
+            # DDP averages the ranks' gradients: the whole batch's
+            assert torch.allclose(grad / RANKS, whole_grad[rows], rtol=1e-5, atol=1e-8)
+        # the ranks' mean loss is the whole batch's (halves of equal size); with each rank's
+        # own count it would not be
+        assert sum(ranks[r][part][0] for r in range(RANKS)) / RANKS == pytest.approx(
+            whole, rel=1e-5
+        )
+        own = [part_loss(task, out, slice(2 * r, 2 * r + 2), part)[0] for r in range(RANKS)]
+        assert sum(own) / RANKS != pytest.approx(whole, rel=1e-3)

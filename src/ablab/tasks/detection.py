@@ -24,9 +24,7 @@ elements whatever the batch and the image size.
 Losses, each summed over the batch:
 
 - classification, over every location and class, divided by the number of positives (FCOS,
-  RetinaNet): ``cls_loss``. Under DDP each of the R ranks divides by the mean count over the
-  ranks, max(Σ_r n_r / R, 1) (FCOS's ``num_pos_avg_per_gpu``), so that the gradient DDP averages
-  is the one of a single process on the whole batch (:func:`positive_normaliser`);
+  RetinaNet): ``cls_loss``;
   - ``focal``: the sigmoid focal loss −α_t (1 − p_t)^γ log p_t (Lin et al. 2017, ``focal_alpha``,
     ``focal_gamma``; α < 0 turns α off, γ = 0 with α ≥ 0 is RetinaNet's α-balanced CE);
   - ``ce``: binary cross-entropy, every term weighted 1 (the loss the focal loss replaces);
@@ -36,9 +34,15 @@ Losses, each summed over the batch:
     class frequency weighting of ``loss=balanced_cross_entropy``, with background the (K + 1)th
     class, so it rebalances both objects against background and a rare class against the others;
 - box: 1 − GIoU (Rezatofighi et al. 2019, ``ablab.ops.paired_generalized_box_iou``) between the predicted
-  and target boxes of the positives, averaged over them (FCOS's IoU loss, in its later GIoU form);
+  and target boxes of the positives, divided by their number (FCOS's IoU loss, in its later GIoU
+  form);
 - centerness: binary cross-entropy of the centerness logit against
-  √(min(l*, r*)/max(l*, r*) · min(t*, b*)/max(t*, b*)), averaged over the positives.
+  √(min(l*, r*)/max(l*, r*) · min(t*, b*)/max(t*, b*)), divided by the number of positives.
+
+Under DDP each of the R ranks divides all three by the mean count over the ranks,
+max(Σ_r n_r / R, 1) (FCOS's ``num_pos_avg_per_gpu``), so that the gradient DDP averages is the
+one of a single process on the whole batch (:func:`positive_normaliser`); one process divides by
+its own count, max(n, 1).
 
 ``<stage>/loss`` is their sum (``cls_loss``, ``box_loss``, ``ctr_loss`` logged beside it).
 
@@ -419,9 +423,12 @@ class DetectionModule(Task):
             where = points.expand(len(out), -1, -1)[positive]  # (P, 2)
             predicted = to_boxes(where, distances[positive].float())
             giou = paired_generalized_box_iou(predicted, targets.boxes[positive].float())
-            box = (1 - giou).mean()
+            box = (1 - giou).sum() / n_pos
             ctr_target = centerness(targets.distances[positive])
-            ctr_loss = F.binary_cross_entropy_with_logits(ctr[positive], ctr_target)
+            ctr_loss = (
+                F.binary_cross_entropy_with_logits(ctr[positive], ctr_target, reduction="sum")
+                / n_pos
+            )
         else:  # no object in the batch: nothing to regress (kept in the graph, at 0)
             box = ctr_loss = distances.sum() * 0.0 + ctr.sum() * 0.0
         return {"cls_loss": cls, "box_loss": box, "ctr_loss": ctr_loss}
