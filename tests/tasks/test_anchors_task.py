@@ -204,14 +204,27 @@ def test_data_the_task_cannot_cluster_is_refused_before_the_run(task, data, mess
     assert "\n" not in str(error.value)
 
 
-def test_ddp_is_refused_in_one_line_before_any_run(compose_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("trainer", "message"),
+    [
+        (["trainer=ddp_cpu"], r"trainer.strategy=ddp "),
+        # strategy=auto: Lightning itself picks DDP for more than one device or node
+        (["trainer=cpu", "trainer.devices=2"],
+         r"trainer.strategy=auto with trainer.devices=2 trainer.num_nodes=1 \(Lightning's ddp\)"),
+        (["trainer=cpu", "trainer.num_nodes=2"], r"trainer.strategy=auto .* trainer.num_nodes=2 \(Lightning's ddp\)"),
+    ],
+    ids=["ddp", "auto-devices", "auto-nodes"],
+)  # fmt: skip
+def test_ddp_is_refused_in_one_line_before_any_run(
+    trainer, message, compose_cfg, tmp_path: Path
+) -> None:
     """torch's DDP refuses a module with no trainable parameter at fit start, after the run
     exists: k-means is refused first, with what to use instead."""
     store = tmp_path / "store" / "m.db"
     with (
-        compose_cfg("task=anchors", "trainer=ddp_cpu", f"logger.tracking_uri=sqlite:///{store}") as cfg,
+        compose_cfg("task=anchors", *trainer, f"logger.tracking_uri=sqlite:///{store}") as cfg,
         pytest.raises(ConfigError, match=r"AnchorsModule has no trainable parameter, so "
-                                         r"trainer.strategy=ddp .* use trainer=cpu") as error,
+                                         + message + r".* use trainer=cpu") as error,
     ):  # fmt: skip
         build(cfg)
     assert "\n" not in str(error.value)

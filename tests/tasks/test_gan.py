@@ -319,12 +319,15 @@ TRACKED = [o for o in TINY if o != "~logger"]
         (["+trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2 are not"),
         (["+trainer.max_steps=10"], "trainer.max_steps=10 would count each of their steps"),
         (["trainer.strategy=ddp"], "use trainer.strategy=ddp_find_unused_parameters_true"),
+        (["trainer.accelerator=cpu", "trainer.devices=2"],
+         r"trainer.strategy=auto with trainer.devices=2 trainer.num_nodes=1 \(Lightning's ddp\) "
+         "expects every one to; use trainer.strategy=ddp_find_unused_parameters_true"),
         (["model=resnet20"], "model=resnet20 is not used: GANModule builds its networks from "
                              "discriminator, generator; drop the model option"),
         (["callbacks=diagnostics"], r"callbacks.diagnostics \(LayerDiagnostics\) runs the task"),
     ],
     ids=["wgan_gp+bn", "sequences", "noise", "conditional", "size", "clip", "accumulate",
-         "max_steps", "ddp", "model", "diagnostics"],
+         "max_steps", "ddp", "auto-ddp", "model", "diagnostics"],
 )  # fmt: skip
 def test_what_does_not_fit_is_one_line_before_any_run(overrides, message, compose_cfg, tmp_path):
     store = tmp_path / "store" / "m.db"

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
@@ -90,23 +90,61 @@ def refuse_automatic_only(trainer: Any, task: str) -> None:
             f"{task} steps several optimizers per batch: trainer.max_steps={max_steps} would "
             "count each of their steps; use trainer.max_epochs"
         )
-    strategy = str(trainer.get("strategy"))
+    strategy = ddp_strategy(trainer)
     if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         raise ConfigError(
             f"{task} trains its networks in turn, so some parameters get no gradient in a "
-            f"backward: trainer.strategy={strategy} expects every one to; use "
+            f"backward: {describe_strategy(trainer, strategy)} expects every one to; use "
             f"trainer.strategy={strategy}_find_unused_parameters_true"
         )
+
+
+#: Lightning's device parsing per accelerator name, for the ones ablab runs on.
+DEVICE_PARSERS = {"cpu": CPUAccelerator, "gpu": CUDAAccelerator, "cuda": CUDAAccelerator}
+
+
+def ddp_strategy(trainer: Any) -> str | None:
+    """The DDP strategy a trainer config runs, or None: a ``ddp*`` strategy by name, or ``ddp``
+    when ``strategy=auto`` meets more than one device or node (Lightning then picks it itself)."""
+    strategy = str(trainer.get("strategy"))
+    if strategy.startswith("ddp"):
+        return strategy
+    if strategy != "auto":
+        return None
+    accelerator = str(trainer.get("accelerator"))
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    parser = DEVICE_PARSERS.get(accelerator)
+    devices = trainer.get("devices")
+    if parser is None:
+        return None  # another accelerator: Lightning checks its own devices
+    try:
+        parsed = parser.auto_device_count() if devices == "auto" else parser.parse_devices(devices)
+    except Exception:
+        return None  # an invalid devices value: Lightning names it as the trainer is built
+    count = len(parsed) if isinstance(parsed, list) else int(parsed or 0)
+    return "ddp" if count * int(trainer.get("num_nodes") or 1) > 1 else None
+
+
+def describe_strategy(trainer: Any, strategy: str) -> str:
+    """``trainer.strategy=<name>``, or what made ``auto`` choose DDP."""
+    if str(trainer.get("strategy")) == strategy:
+        return f"trainer.strategy={strategy}"
+    return (
+        f"trainer.strategy=auto with trainer.devices={trainer.get('devices')} "
+        f"trainer.num_nodes={trainer.get('num_nodes') or 1} (Lightning's {strategy})"
+    )
 
 
 def refuse_ddp_without_gradients(trainer: Any, task: str) -> None:
     """A task with no trainable parameter (k-means anchors) under DDP: torch's
     DistributedDataParallel refuses to wrap it, at fit start, after the run exists."""
-    strategy = str(trainer.get("strategy"))
-    if strategy.startswith("ddp"):
+    strategy = ddp_strategy(trainer)
+    if strategy is not None:
         raise ConfigError(
-            f"{task} has no trainable parameter, so trainer.strategy={strategy} has no gradient "
-            "to synchronise (torch's DDP refuses such a module); use trainer=cpu (one process)"
+            f"{task} has no trainable parameter, so {describe_strategy(trainer, strategy)} has "
+            "no gradient to synchronise (torch's DDP refuses such a module); use trainer=cpu "
+            "(one process)"
         )
 
 
