@@ -380,7 +380,7 @@ def complexity_params(complexity: dict[str, Complexity]) -> dict[str, int]:
         for part, (n_params, macs) in c.parts.items():
             params[f"{prefix}.part.{part}.params"] = n_params
             params[f"{prefix}.part.{part}.macs"] = macs
-    if len(complexity) > 1:
+    if len(complexity) != 1:  # several networks' sums; 0 for a task without one (anchors)
         params["complexity.params"] = sum(c.params for c in complexity.values())
         params["complexity.macs"] = sum(c.macs for c in complexity.values())
     return params
